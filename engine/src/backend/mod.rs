@@ -1,0 +1,375 @@
+//! The I/O backends: the only syscalls and the only `unsafe` of sluice.
+//!
+//! Three ways to move a block between a file and a socket, producing the same
+//! wire bytes: `copy` (pread/write and read/pwrite through a pooled buffer),
+//! `splice` (sendfile on send, splice socket → pipe → file on receive) and
+//! `uring` (io_uring SPLICE chains). The choice is made once per session from
+//! [`IoMode`], a probe, and the `SLUICE_IO` environment variable; this module
+//! executes, it does not decide policy beyond that.
+//!
+//! Verification needs the bytes in user memory: the sender always reads a
+//! block to checksum it before its header goes out, and the zero-copy
+//! receive paths read the written range back from the page cache to check it.
+
+#![allow(unsafe_code)]
+
+pub mod sys;
+#[cfg(feature = "uring")]
+mod uring;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use crate::Error;
+use crate::codec;
+use crate::wire::DATA_PREFIX_LEN;
+
+/// Environment variable that forces a backend when the mode is `auto`.
+pub const IO_ENV: &str = "SLUICE_IO";
+
+/// What the user asked for (`--io`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// Measured best per direction, unless `SLUICE_IO` forces one.
+    #[default]
+    Auto,
+    Uring,
+    Splice,
+    Copy,
+}
+
+impl FromStr for IoMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(Self::Uring),
+            "splice" | "sendfile" => Ok(Self::Splice),
+            "copy" | "rw" => Ok(Self::Copy),
+            _ => Err(Error::Config(format!("unknown I/O backend {s:?}: use auto, uring, splice or copy"))),
+        }
+    }
+}
+
+/// How one direction moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Uring,
+    Splice,
+    Copy,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Uring => "uring",
+            Self::Splice => "splice",
+            Self::Copy => "copy",
+        })
+    }
+}
+
+/// Methods measured fastest on loopback on the reference machine (see
+/// perf/RESULTS.md): the plain copy loop, in both directions.
+const AUTO_SEND: Method = Method::Copy;
+const AUTO_RECV: Method = Method::Copy;
+
+/// Whether io_uring with SPLICE works here (probed once per process).
+pub fn uring_available() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            #[cfg(feature = "uring")]
+            {
+                uring::probe()
+            }
+            #[cfg(not(feature = "uring"))]
+            {
+                Err("this build has no io_uring support (feature `uring` off)".to_string())
+            }
+        })
+        .clone()
+}
+
+/// Resolves the mode into the method for one direction (`send` or `recv`).
+pub fn select(mode: IoMode, sending: bool) -> Result<Method, Error> {
+    let mode = match (mode, std::env::var(IO_ENV)) {
+        (IoMode::Auto, Ok(v)) if !v.is_empty() => {
+            v.parse().map_err(|_| Error::Config(format!("{IO_ENV}={v:?} is not one of auto, uring, splice, copy")))?
+        }
+        (m, _) => m,
+    };
+    Ok(match mode {
+        IoMode::Auto => {
+            if sending {
+                AUTO_SEND
+            } else {
+                AUTO_RECV
+            }
+        }
+        IoMode::Uring => {
+            uring_available().map_err(|reason| Error::BackendUnavailable { backend: "uring", reason })?;
+            Method::Uring
+        }
+        IoMode::Splice => Method::Splice,
+        IoMode::Copy => Method::Copy,
+    })
+}
+
+/// A pipe used as the splice buffer of one stream.
+#[derive(Debug)]
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new(want: usize) -> io::Result<Self> {
+        let (read, write) = sys::pipe()?;
+        let capacity = sys::set_pipe_size(&write, want)?;
+        Ok(Self { read, write, capacity })
+    }
+}
+
+/// Per-stream I/O state: the pooled block buffer, the splice pipe and the
+/// ring, reused for every block of the stream.
+#[derive(Debug)]
+pub struct StreamIo {
+    method: Method,
+    buf: Vec<u8>,
+    pipe: Option<Pipe>,
+    #[cfg(feature = "uring")]
+    ring: Option<uring::Ring>,
+    sendfile_ok: bool,
+}
+
+impl StreamIo {
+    /// State for blocks of at most `block_size` bytes.
+    pub fn new(method: Method, block_size: u32) -> io::Result<Self> {
+        let pipe = match method {
+            Method::Copy => None,
+            Method::Splice | Method::Uring => Some(Pipe::new(block_size as usize)?),
+        };
+        Ok(Self {
+            method,
+            buf: vec![0u8; DATA_PREFIX_LEN + block_size as usize],
+            pipe,
+            #[cfg(feature = "uring")]
+            ring: if method == Method::Uring { Some(uring::Ring::new()?) } else { None },
+            sendfile_ok: true,
+        })
+    }
+
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// Reads the block at `offset` into the buffer and returns its checksum.
+    /// A file shorter than announced is an error, never zeros.
+    pub fn load(&mut self, file: &File, offset: u64, len: u32) -> io::Result<u64> {
+        let data = &mut self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + len as usize];
+        file.read_exact_at(data, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::new(e.kind(), "file shrank while being sent") } else { e }
+        })?;
+        Ok(codec::checksum(data))
+    }
+
+    /// Sends `prefix` and then the block last [`load`](Self::load)ed from
+    /// `file` at `offset`.
+    pub fn transmit(&mut self, sock: &TcpStream, prefix: &[u8; DATA_PREFIX_LEN], file: &File, offset: u64, len: u32) -> io::Result<()> {
+        match self.method {
+            Method::Copy => self.write_loaded(sock, prefix, len),
+            Method::Splice => {
+                if !self.sendfile_ok {
+                    return self.write_loaded(sock, prefix, len);
+                }
+                send_all_more(sock, prefix)?;
+                let mut off = offset;
+                let end = offset + u64::from(len);
+                while off < end {
+                    let want = (end - off) as usize;
+                    match sys::sendfile(sock, file, &mut off, want) {
+                        Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent")),
+                        Ok(_) => {}
+                        Err(e) if off == offset && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                            tracing::info!("sendfile unsupported here ({e}); this stream falls back to copying");
+                            self.sendfile_ok = false;
+                            let data = &self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + len as usize];
+                            return (&*sock).write_all(data);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
+            Method::Uring => {
+                send_all_more(sock, prefix)?;
+                self.pump(file.as_fd(), Some(offset), sock.as_fd(), None, u64::from(len))
+            }
+        }
+    }
+
+    fn write_loaded(&mut self, sock: &TcpStream, prefix: &[u8; DATA_PREFIX_LEN], len: u32) -> io::Result<()> {
+        self.buf[..DATA_PREFIX_LEN].copy_from_slice(prefix);
+        (&*sock).write_all(&self.buf[..DATA_PREFIX_LEN + len as usize])
+    }
+
+    /// Receives `len` payload bytes from `sock` into `file` at `offset` and
+    /// returns the checksum of what is now in the file.
+    pub fn receive(&mut self, sock: &TcpStream, file: &File, offset: u64, len: u32) -> io::Result<u64> {
+        let n = len as usize;
+        match self.method {
+            Method::Copy => {
+                let data = &mut self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + n];
+                (&*sock).read_exact(data)?;
+                let sum = codec::checksum(data);
+                file.write_all_at(data, offset)?;
+                return Ok(sum);
+            }
+            Method::Splice => {
+                let pipe = self.pipe.as_ref().expect("splice streams own a pipe");
+                let mut left = n;
+                let mut off = offset;
+                while left > 0 {
+                    let got = sys::splice(sock, None, &pipe.write, None, left.min(pipe.capacity), libc::SPLICE_F_MOVE)?;
+                    if got == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection mid-block"));
+                    }
+                    let mut in_pipe = got;
+                    while in_pipe > 0 {
+                        let put = sys::splice(&pipe.read, None, file, Some(&mut off), in_pipe, libc::SPLICE_F_MOVE)?;
+                        if put == 0 {
+                            return Err(io::Error::new(io::ErrorKind::WriteZero, "splice into the file moved no bytes"));
+                        }
+                        in_pipe -= put;
+                    }
+                    left -= got;
+                }
+            }
+            Method::Uring => self.pump(sock.as_fd(), None, file.as_fd(), Some(offset), u64::from(len))?,
+        }
+        // Zero-copy put the bytes in the page cache without passing through
+        // us: read them back (cache-hot) to verify them.
+        let data = &mut self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + n];
+        file.read_exact_at(data, offset)?;
+        Ok(codec::checksum(data))
+    }
+
+    #[cfg(feature = "uring")]
+    fn pump(
+        &mut self,
+        src: std::os::fd::BorrowedFd<'_>,
+        src_off: Option<u64>,
+        dst: std::os::fd::BorrowedFd<'_>,
+        dst_off: Option<u64>,
+        len: u64,
+    ) -> io::Result<()> {
+        let pipe = self.pipe.as_ref().expect("uring streams own a pipe");
+        let ring = self.ring.as_mut().expect("uring streams own a ring");
+        ring.pump(pipe, src, src_off, dst, dst_off, len)
+    }
+
+    #[cfg(not(feature = "uring"))]
+    fn pump(
+        &mut self,
+        _src: std::os::fd::BorrowedFd<'_>,
+        _src_off: Option<u64>,
+        _dst: std::os::fd::BorrowedFd<'_>,
+        _dst_off: Option<u64>,
+        _len: u64,
+    ) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "built without io_uring"))
+    }
+}
+
+/// Writes all of `buf` with `MSG_MORE`, so the payload that follows joins
+/// the same TCP segment.
+fn send_all_more(sock: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match sys::send_more(sock, buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn methods() -> Vec<Method> {
+        let mut m = vec![Method::Copy, Method::Splice];
+        match uring_available() {
+            Ok(()) => m.push(Method::Uring),
+            Err(why) => eprintln!("skipping the uring backend: {why}"),
+        }
+        m
+    }
+
+    /// Every sending method against every receiving method moves the same
+    /// bytes and agrees on the checksum.
+    #[test]
+    fn every_pair_of_methods_moves_identical_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(&src_path, &data).unwrap();
+        let src = File::open(&src_path).unwrap();
+        for send in methods() {
+            for recv in methods() {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let dst_path = dir.path().join(format!("dst-{send}-{recv}"));
+                let dst = File::options().read(true).write(true).create(true).truncate(true).open(&dst_path).unwrap();
+                let block = 1 << 20;
+                let reader = std::thread::spawn(move || {
+                    let (sock, _) = listener.accept().unwrap();
+                    let mut io = StreamIo::new(recv, block).unwrap();
+                    let mut prefix = [0u8; DATA_PREFIX_LEN];
+                    let mut sums = Vec::new();
+                    let mut off = 0u64;
+                    while off < 3_000_000 {
+                        let len = (3_000_000 - off).min(u64::from(block)) as u32;
+                        (&sock).read_exact(&mut prefix).unwrap();
+                        assert_eq!(prefix[0], off as u8);
+                        sums.push(io.receive(&sock, &dst, off, len).unwrap());
+                        off += u64::from(len);
+                    }
+                    sums
+                });
+                let sock = TcpStream::connect(addr).unwrap();
+                let mut io = StreamIo::new(send, block).unwrap();
+                let mut sums = Vec::new();
+                let mut off = 0u64;
+                while off < 3_000_000 {
+                    let len = (3_000_000 - off).min(u64::from(block)) as u32;
+                    sums.push(io.load(&src, off, len).unwrap());
+                    let mut prefix = [0u8; DATA_PREFIX_LEN];
+                    prefix[0] = off as u8;
+                    io.transmit(&sock, &prefix, &src, off, len).unwrap();
+                    off += u64::from(len);
+                }
+                assert_eq!(reader.join().unwrap(), sums, "{send} -> {recv}");
+                assert_eq!(std::fs::read(&dst_path).unwrap(), data, "{send} -> {recv}");
+            }
+        }
+    }
+
+    #[test]
+    fn modes_parse_and_reject_garbage() {
+        assert_eq!("URING".parse::<IoMode>().unwrap(), IoMode::Uring);
+        assert_eq!("sendfile".parse::<IoMode>().unwrap(), IoMode::Splice);
+        let err = "fast".parse::<IoMode>().unwrap_err().to_string();
+        assert!(err.contains("fast") && err.contains("auto, uring, splice or copy"), "{err}");
+    }
+}

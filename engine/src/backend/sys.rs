@@ -1,0 +1,176 @@
+//! Safe wrappers over the raw Linux syscalls the engine needs.
+//!
+//! Every `unsafe` block of the workspace lives in this module tree. Each
+//! wrapper takes borrowed descriptors and Rust slices, so callers cannot pass
+//! dangling pointers or closed descriptors.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as usize) }
+}
+
+/// A pipe with close-on-exec ends: `(read, write)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid, writable array of two c_ints, as pipe2 requires.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Asks for a pipe capacity of `size` bytes and returns what was granted
+/// (the kernel caps it at `/proc/sys/fs/pipe-max-size` without privilege).
+pub fn set_pipe_size(fd: impl AsFd, size: usize) -> io::Result<usize> {
+    let raw = fd.as_fd().as_raw_fd();
+    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
+    let granted = unsafe { libc::fcntl(raw, libc::F_SETPIPE_SZ, size as libc::c_int) };
+    if granted >= 0 {
+        return Ok(granted as usize);
+    }
+    // SAFETY: F_GETPIPE_SZ takes no argument.
+    cvt(unsafe { libc::fcntl(raw, libc::F_GETPIPE_SZ) }).map(|n| n as usize)
+}
+
+/// `sendfile(2)` from `file` at `*offset` to `sock`, advancing `*offset`.
+pub fn sendfile(sock: impl AsFd, file: impl AsFd, offset: &mut u64, count: usize) -> io::Result<usize> {
+    let mut off = *offset as libc::off_t;
+    // SAFETY: `off` is a valid off_t for the duration of the call; both fds are borrowed open descriptors.
+    let n = cvt_size(unsafe { libc::sendfile(sock.as_fd().as_raw_fd(), file.as_fd().as_raw_fd(), &raw mut off, count) })?;
+    *offset = off as u64;
+    Ok(n)
+}
+
+/// `splice(2)` between `fd_in` and `fd_out`; a `Some` offset is used (and
+/// advanced) for the side that is a regular file.
+pub fn splice(
+    fd_in: impl AsFd,
+    off_in: Option<&mut u64>,
+    fd_out: impl AsFd,
+    off_out: Option<&mut u64>,
+    len: usize,
+    flags: libc::c_uint,
+) -> io::Result<usize> {
+    let mut oi = off_in.as_ref().map(|o| **o as libc::loff_t);
+    let mut oo = off_out.as_ref().map(|o| **o as libc::loff_t);
+    let pi = oi.as_mut().map_or(std::ptr::null_mut(), std::ptr::from_mut);
+    let po = oo.as_mut().map_or(std::ptr::null_mut(), std::ptr::from_mut);
+    // SAFETY: the offset pointers are null or point at locals that outlive the call; fds are borrowed and open.
+    let n = cvt_size(unsafe { libc::splice(fd_in.as_fd().as_raw_fd(), pi, fd_out.as_fd().as_raw_fd(), po, len, flags) })?;
+    if let (Some(o), Some(v)) = (off_in, oi) {
+        *o = v as u64;
+    }
+    if let (Some(o), Some(v)) = (off_out, oo) {
+        *o = v as u64;
+    }
+    Ok(n)
+}
+
+/// `send(2)` with `MSG_MORE` (the next write continues this segment) and
+/// `MSG_NOSIGNAL`.
+pub fn send_more(sock: impl AsFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes for the duration of the call.
+    cvt_size(unsafe { libc::send(sock.as_fd().as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_MORE | libc::MSG_NOSIGNAL) })
+}
+
+/// Resolution flags for [`openat2`]: stay beneath the directory and follow
+/// no symlink (and no magic link) in any component.
+pub const RESOLVE_CONFINED: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// `openat2(2)` relative to `dir` with `resolve` flags.
+pub fn openat2(dir: impl AsFd, path: &CStr, flags: libc::c_int, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+    // The kernel's `struct open_how` (include/uapi/linux/openat2.h); libc's
+    // version is non-exhaustive, so we lay it out ourselves.
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: u64::from(mode), resolve };
+    // SAFETY: `path` is NUL-terminated and `how` is a fully initialised open_how whose size we pass.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_openat2, dir.as_fd().as_raw_fd(), path.as_ptr(), &raw const how, std::mem::size_of::<OpenHow>()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// `mkdirat(2)` of a single name inside `dir`.
+pub fn mkdirat(dir: impl AsFd, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; the fd is borrowed and open.
+    cvt(unsafe { libc::mkdirat(dir.as_fd().as_raw_fd(), name.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// `symlinkat(2)`: creates `name` in `dir` pointing at `target`.
+pub fn symlinkat(target: &CStr, dir: impl AsFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated; the fd is borrowed and open.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_fd().as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// Sets the mtime of `name` in `dir` without following a symlink (atime untouched).
+pub fn set_mtime_nofollow(dir: impl AsFd, name: &CStr, sec: i64, nsec: u32) -> io::Result<()> {
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: libc::c_long::from(nsec as i32) },
+    ];
+    // SAFETY: `name` is NUL-terminated and `times` is an array of two timespecs, as utimensat requires.
+    cvt(unsafe { libc::utimensat(dir.as_fd().as_raw_fd(), name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+}
+
+/// Sets the mtime of an open file or directory (atime untouched).
+pub fn set_mtime(fd: impl AsFd, sec: i64, nsec: u32) -> io::Result<()> {
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: libc::c_long::from(nsec as i32) },
+    ];
+    // SAFETY: `times` is an array of two timespecs; the fd is borrowed and open.
+    cvt(unsafe { libc::futimens(fd.as_fd().as_raw_fd(), times.as_ptr()) }).map(drop)
+}
+
+/// Changes the owner of `name` in `dir` without following a symlink.
+pub fn chown_nofollow(dir: impl AsFd, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; the fd is borrowed and open.
+    cvt(unsafe { libc::fchownat(dir.as_fd().as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+}
+
+fn seek(fd: impl AsFd, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    // SAFETY: lseek touches no memory of ours; the fd is borrowed and open.
+    let r = unsafe { libc::lseek(fd.as_fd().as_raw_fd(), offset as libc::off_t, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // ENXIO: no data (or hole) at or after `offset`.
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(r as u64))
+}
+
+/// `lseek(SEEK_DATA)`: the next data offset at or after `offset`.
+pub fn seek_data(fd: impl AsFd, offset: u64) -> io::Result<Option<u64>> {
+    seek(fd, offset, libc::SEEK_DATA)
+}
+
+/// `lseek(SEEK_HOLE)`: the next hole at or after `offset` (EOF counts as one).
+pub fn seek_hole(fd: impl AsFd, offset: u64) -> io::Result<Option<u64>> {
+    seek(fd, offset, libc::SEEK_HOLE)
+}
+
+/// `syncfs(2)`: flushes the whole filesystem holding `fd`, data and metadata.
+pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
+    // SAFETY: syncfs touches no memory of ours; the fd is borrowed and open.
+    cvt(unsafe { libc::syncfs(fd.as_fd().as_raw_fd()) }).map(drop)
+}
+
+/// Whether the process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}

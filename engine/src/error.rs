@@ -1,0 +1,65 @@
+//! The engine's one error type.
+//!
+//! Every variant names what it is about (file, peer, option) so the message
+//! a user reads says what went wrong and where; `hint` adds what to do.
+
+use std::io;
+
+use crate::wire::WireError;
+
+/// Everything that can make a transfer fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A local I/O operation failed; `context` names the operation and path.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The peer sent bytes that break the protocol.
+    #[error("protocol violation from {peer}: {source}")]
+    Wire {
+        peer: String,
+        #[source]
+        source: WireError,
+    },
+    /// The peer went away or misbehaved at the session level.
+    #[error("{peer}: {reason}")]
+    Peer { peer: String, reason: String },
+    /// The receiver refused the connection or the session.
+    #[error("the receiver rejected the session: {0}")]
+    Rejected(String),
+    /// The receiver's final verdict was an error.
+    #[error("the receiver reported a failure: {0}")]
+    ReceiverFailed(String),
+    /// Data arrived but does not match what the sender announced.
+    #[error("verification failed for {path}: {reason}")]
+    Verify { path: String, reason: String },
+    /// A destination path is missing, exists already, or is not writable.
+    #[error("destination {path}: {reason}")]
+    Destination { path: String, reason: String },
+    /// An option or argument is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// A forced I/O backend cannot run here.
+    #[error("I/O backend {backend} is unavailable: {reason} (use --io auto, splice or copy)")]
+    BackendUnavailable { backend: &'static str, reason: String },
+    /// The session was aborted because another stream failed first.
+    #[error("aborted: {0}")]
+    Aborted(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+
+    pub(crate) fn peer(peer: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        Self::Peer { peer: peer.to_string(), reason: reason.into() }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,56 @@
+//! sluice-engine: a multi-stream, verified, position-addressed transfer
+//! engine. It moves a tree of files from a sender to a receiver over N TCP
+//! connections, checks every block and every file, and reports success only
+//! for data that is verified and durable. It knows nothing of MariaDB.
+//!
+//! Modules, each with one job: [`wire`] (frame layout), [`plan`] (manifest,
+//! block queue, tallies), [`codec`] (checksums), [`backend`] (the only
+//! syscalls and `unsafe`), [`source`] (reading the sender's tree), [`sink`]
+//! (writing the receiver's tree), [`net`] (sockets), [`send`] and [`recv`]
+//! (the two session state machines), [`progress`] (byte accounting).
+//! The protocol is specified in `engine/PROTOCOL.md`.
+
+#![deny(unsafe_code)]
+
+pub mod backend;
+pub mod codec;
+pub mod diff;
+mod error;
+pub mod net;
+pub mod plan;
+pub mod progress;
+pub mod recv;
+pub mod send;
+pub mod sink;
+pub mod source;
+pub mod wire;
+
+pub use backend::{IO_ENV, IoMode, Method};
+pub use error::{Error, Result};
+pub use net::Token;
+pub use recv::{ReceiveConfig, Receiver};
+pub use send::{SendConfig, send};
+
+/// Default block size: large enough that per-frame costs vanish, small
+/// enough that N streams share one big file evenly.
+pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
+
+/// What a finished session moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Manifest entries (files, directories, symlinks).
+    pub entries: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Data bytes moved (holes excluded).
+    pub bytes: u64,
+    /// Wall time of the session.
+    pub elapsed: std::time::Duration,
+}
+
+impl Summary {
+    /// Throughput in MiB/s.
+    pub fn mib_per_sec(&self) -> f64 {
+        self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}

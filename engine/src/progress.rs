@@ -1,0 +1,47 @@
+//! Byte and time accounting shared by all streams of a session.
+//!
+//! Streams add what they moved; whoever reports (a binary, the SST front
+//! end) reads a snapshot. Nothing here prints.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Shared counters of one session.
+#[derive(Debug)]
+pub struct Progress {
+    started: Instant,
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+/// A consistent-enough view of [`Progress`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub total: u64,
+    pub done: u64,
+    pub seconds: f64,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self { started: Instant::now(), total: AtomicU64::new(0), done: AtomicU64::new(0) }
+    }
+}
+
+impl Progress {
+    pub fn set_total(&self, bytes: u64) {
+        self.total.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn add(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            total: self.total.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The receiver's session: listen, authenticate streams, take the manifest,
+//! write blocks where they belong, verify every file, sync, and answer with
+//! a verdict.
+//!
+//! States, in order: `Assemble` (accept connections; each HELLO is checked
+//! on its own thread so garbage or slow peers cannot stall the session) →
+//! `Manifest` (stream 0) → `Data` (one thread per stream) → `End` →
+//! `Verify` → `Sync` → `Verdict`. A connection with bad magic, a wrong token
+//! or a foreign session is dropped and logged without touching the session.
+
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender as Tx, bounded};
+
+use crate::backend::{self, IoMode, StreamIo};
+use crate::net::{self, Token};
+use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
+use crate::progress::Progress;
+use crate::sink::{Sink, SinkOptions};
+use crate::wire::{self, Frame, Hello, Kind, MAGIC};
+use crate::{Error, Result, Summary};
+
+/// How to receive.
+#[derive(Debug, Clone)]
+pub struct ReceiveConfig {
+    pub io: IoMode,
+    pub sink: SinkOptions,
+    /// Time a new connection has to present its HELLO.
+    pub handshake_timeout: Duration,
+    /// Time all streams of a session have to connect once the first did.
+    pub assemble_timeout: Duration,
+    /// Longest silence tolerated on a stream mid-session.
+    pub idle_timeout: Duration,
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for ReceiveConfig {
+    fn default() -> Self {
+        Self {
+            io: IoMode::Auto,
+            sink: SinkOptions::default(),
+            handshake_timeout: Duration::from_secs(10),
+            assemble_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            progress: None,
+        }
+    }
+}
+
+/// A bound listener with its one-time token, ready to receive one session.
+#[derive(Debug)]
+pub struct Receiver {
+    listener: TcpListener,
+    token: Token,
+    cfg: ReceiveConfig,
+}
+
+/// Most handshakes examined at once; further connections wait in the backlog.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
+struct Joined {
+    sock: TcpStream,
+    peer: String,
+    hello: Hello,
+}
+
+impl Receiver {
+    /// Binds `addr` and mints a fresh session token.
+    pub fn bind(addr: &str, cfg: ReceiveConfig) -> Result<Self> {
+        let targets = net::resolve(addr)?;
+        let listener = TcpListener::bind(&targets[..])
+            .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e} (is the port in use, or the address not local?)")))?;
+        Ok(Self { listener, token: Token::generate()?, cfg })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|e| Error::io("reading the listening address", e))
+    }
+
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// Receives one session into `dest`. Returns only after every file is
+    /// verified and synced; on error the destination keeps its
+    /// `.sluice-incomplete` marker.
+    pub fn run(self, dest: &Path) -> Result<Summary> {
+        let started = Instant::now();
+        let method = backend::select(self.cfg.io, false)?;
+        tracing::info!(backend = %method, dest = %dest.display(), "receiving");
+        let streams = self.assemble()?;
+        let socks: Vec<TcpStream> =
+            streams.iter().map(|j| j.sock.try_clone()).collect::<Result<_, _>>().map_err(|e| Error::io("cloning a socket", e))?;
+        let peer = streams[0].peer.clone();
+        let result = receive_session(&streams, &self.cfg, method, dest);
+        match &result {
+            Ok(_) => net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: true, reason: String::new() })?,
+            Err(e) => {
+                tracing::error!("session failed: {e}");
+                let _ = net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: false, reason: e.to_string() });
+                for s in &socks {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+        }
+        let (entries, files, bytes) = result?;
+        Ok(Summary { entries, files, bytes, elapsed: started.elapsed() })
+    }
+
+    /// Accepts connections until every stream of one session has joined.
+    fn assemble(&self) -> Result<Vec<Joined>> {
+        self.listener.set_nonblocking(true).map_err(|e| Error::io("configuring the listener", e))?;
+        let (tx, rx) = bounded::<Joined>(MAX_PENDING_HANDSHAKES);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut slots: Vec<Option<Joined>> = Vec::new();
+        let mut salt = None;
+        let mut deadline = None;
+        loop {
+            match self.listener.accept() {
+                Ok((sock, addr)) => {
+                    if pending.load(Ordering::Acquire) >= MAX_PENDING_HANDSHAKES {
+                        tracing::warn!(%addr, "too many pending handshakes; dropping connection");
+                    } else {
+                        pending.fetch_add(1, Ordering::AcqRel);
+                        let (tx, pending, token, t) = (tx.clone(), Arc::clone(&pending), self.token.clone(), self.cfg.handshake_timeout);
+                        std::thread::spawn(move || {
+                            examine(sock, addr, &token, t, &tx);
+                            pending.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            }
+            while let Ok(j) = rx.try_recv() {
+                let h = &j.hello;
+                match salt {
+                    None => {
+                        salt = Some(h.session_salt);
+                        slots.resize_with(usize::from(h.stream_count), || None);
+                        deadline = Some(Instant::now() + self.cfg.assemble_timeout);
+                        tracing::info!(peer = %j.peer, streams = h.stream_count, "session started");
+                    }
+                    Some(s) if s != h.session_salt || usize::from(h.stream_count) != slots.len() => {
+                        reject(&j, "a different session is already in progress on this receiver");
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+                let i = usize::from(h.stream_index);
+                if slots[i].is_some() {
+                    reject(&j, "stream index joined twice");
+                    continue;
+                }
+                let welcome = Frame::Welcome { version: wire::PROTOCOL_VERSION.min(h.max_version), capabilities: 0 };
+                if let Err(e) = net::write_frame(&j.sock, &j.peer, &welcome) {
+                    tracing::warn!("{e}");
+                    continue;
+                }
+                slots[i] = Some(j);
+            }
+            if !slots.is_empty() && slots.iter().all(Option::is_some) {
+                return Ok(slots.into_iter().map(|s| s.expect("checked above")).collect());
+            }
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                let joined = slots.iter().filter(|s| s.is_some()).count();
+                return Err(Error::Aborted(format!(
+                    "only {joined} of {} streams connected within {:?}; the sender gave up or was stopped",
+                    slots.len(),
+                    self.cfg.assemble_timeout
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn reject(j: &Joined, reason: &str) {
+    tracing::warn!(peer = %j.peer, "refused a connection: {reason}");
+    let _ = net::write_frame(&j.sock, &j.peer, &Frame::Reject { reason: reason.into() });
+}
+
+/// Checks one new connection's magic, HELLO and token. Failures are logged
+/// and the connection dropped; the session never sees them.
+fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, tx: &Tx<Joined>) {
+    let peer = addr.to_string();
+    let refuse = |sock: &TcpStream, reason: &str, answer: bool| {
+        tracing::warn!(peer = %peer, "refused a connection: {reason}");
+        if answer {
+            let _ = net::write_frame(sock, &peer, &Frame::Reject { reason: reason.into() });
+        }
+    };
+    if sock.set_nonblocking(false).and_then(|()| net::configure(&sock, timeout)).is_err() {
+        return;
+    }
+    let mut magic = [0u8; 8];
+    if let Err(e) = std::io::Read::read_exact(&mut &sock, &mut magic) {
+        return refuse(&sock, &format!("no greeting ({e})"), false);
+    }
+    if magic != MAGIC {
+        return refuse(&sock, &format!("not a sluice sender (first bytes {:?})", String::from_utf8_lossy(&magic)), false);
+    }
+    let hello = match net::read_frame(&sock, &peer, "during the handshake") {
+        Ok(Frame::Hello(h)) => h,
+        Ok(f) => return refuse(&sock, &format!("sent {:?} instead of HELLO", f.kind()), true),
+        Err(e) => return refuse(&sock, &format!("bad HELLO: {e}"), true),
+    };
+    if !token.matches(&hello.token) {
+        return refuse(&sock, "invalid session token (use the token printed by this `sluice recv`)", true);
+    }
+    if hello.max_version < wire::MIN_PROTOCOL_VERSION || hello.min_version > wire::PROTOCOL_VERSION {
+        return refuse(&sock, &format!("protocol versions {}..={} are not supported", hello.min_version, hello.max_version), true);
+    }
+    if hello.capabilities & !wire::caps::SUPPORTED != 0 {
+        return refuse(&sock, &format!("capabilities {:#x} are not supported by this receiver", hello.capabilities), true);
+    }
+    let _ = tx.send(Joined { sock, peer, hello });
+}
+
+/// Manifest, data, end, verification and sync; returns (entries, files, bytes).
+fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Method, dest: &Path) -> Result<(u64, u64, u64)> {
+    for j in streams {
+        net::configure(&j.sock, cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
+    }
+    let (s0, peer) = (&streams[0].sock, streams[0].peer.as_str());
+    let (entries, data_bytes) = read_manifest(s0, peer)?;
+    if let Some(p) = &cfg.progress {
+        p.set_total(data_bytes);
+    }
+    let entries = Arc::new(entries);
+    let sink = Sink::create(dest, Arc::clone(&entries), cfg.sink)?;
+    let tally = RecvTally::new(&entries);
+    let abort = AtomicBool::new(false);
+    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .iter()
+            .map(|j| {
+                let ctx = StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, cfg, method };
+                s.spawn(move || {
+                    let r = ctx.run();
+                    if r.is_err() && !ctx.abort.swap(true, Ordering::AcqRel) {
+                        // Unblock the other streams at once.
+                        for other in streams {
+                            let _ = other.sock.shutdown(Shutdown::Read);
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Aborted("a receiver thread panicked".into())))).collect()
+    });
+    let mut frames = 0;
+    let mut bytes = 0;
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok((f, b)) => {
+                frames += f;
+                bytes += b;
+            }
+            Err(e) if first_err.is_none() || matches!(first_err, Some(Error::Aborted(_))) => first_err = Some(e),
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    match net::read_frame(s0, peer, "before END")? {
+        Frame::End { entries: n, data_bytes: b, frames: f } => {
+            if n != entries.len() as u64 || b != bytes || f != frames || b != data_bytes {
+                return Err(Error::peer(
+                    peer,
+                    format!(
+                        "END totals ({n} entries, {b} bytes, {f} frames) disagree with what arrived ({} entries, {bytes} bytes of {data_bytes} announced, {frames} frames)",
+                        entries.len()
+                    ),
+                ));
+            }
+        }
+        other => return Err(Error::peer(peer, format!("sent {:?} where END was expected", other.kind()))),
+    }
+    if let Some((id, got, want)) = tally.incomplete().first() {
+        return Err(Error::Verify {
+            path: entries[*id as usize].display_path(),
+            reason: format!("{got} of {want} data bytes arrived and verified"),
+        });
+    }
+    sink.finish()?;
+    Ok((entries.len() as u64, u64::from(tally.regular_files()), bytes))
+}
+
+/// Reads MANIFEST frames up to MANIFEST_END and checks ids, uniqueness and
+/// that every entry's parent is a directory of the manifest.
+fn read_manifest(sock: &TcpStream, peer: &str) -> Result<(Vec<Entry>, u64)> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let bad = |reason: String| Error::peer(peer, format!("sent a bad manifest: {reason}"));
+    loop {
+        match net::read_frame(sock, peer, "while sending the manifest")? {
+            Frame::Manifest(batch) => {
+                for e in batch {
+                    if e.id as usize != entries.len() {
+                        return Err(bad(format!("entry id {} out of sequence", e.id)));
+                    }
+                    if entries.len() as u64 >= wire::MAX_ENTRIES {
+                        return Err(bad("too many entries".into()));
+                    }
+                    entries.push(e);
+                }
+            }
+            Frame::ManifestEnd { entries: n, data_bytes } => {
+                if n != entries.len() as u64 {
+                    return Err(bad(format!("announced {n} entries but listed {}", entries.len())));
+                }
+                let sum: u64 = entries.iter().map(Entry::data_bytes).sum();
+                if sum != data_bytes {
+                    return Err(bad(format!("announced {data_bytes} data bytes but the extents add up to {sum}")));
+                }
+                let mut dirs = std::collections::HashSet::new();
+                let mut all = std::collections::HashSet::new();
+                for e in &entries {
+                    if !all.insert(e.path.as_slice()) {
+                        return Err(bad(format!("path {} listed twice", e.display_path())));
+                    }
+                    if let Some(i) = e.path.iter().rposition(|&b| b == b'/') {
+                        if !dirs.contains(&e.path[..i]) {
+                            return Err(bad(format!("{} comes before (or without) its parent directory", e.display_path())));
+                        }
+                    }
+                    if e.kind == EntryKind::Dir {
+                        dirs.insert(e.path.as_slice());
+                    }
+                }
+                return Ok((entries, data_bytes));
+            }
+            other => return Err(Error::peer(peer, format!("sent {:?} inside the manifest", other.kind()))),
+        }
+    }
+}
+
+struct StreamCtx<'a> {
+    j: &'a Joined,
+    entries: &'a [Entry],
+    sink: &'a Sink,
+    tally: &'a RecvTally,
+    abort: &'a AtomicBool,
+    cfg: &'a ReceiveConfig,
+    method: backend::Method,
+}
+
+impl StreamCtx<'_> {
+    /// Handles DATA and FILE_DONE frames until STREAM_END; returns (frames, bytes).
+    fn run(&self) -> Result<(u64, u64)> {
+        let (sock, peer) = (&self.j.sock, self.j.peer.as_str());
+        let index = self.j.hello.stream_index;
+        let mut io = StreamIo::new(self.method, wire::MAX_PAYLOAD).map_err(|e| Error::io("setting up receive I/O", e))?;
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        let what = format!("on stream {index} before its end");
+        loop {
+            let h = match net::read_header(sock, peer, &what) {
+                Err(_) if self.abort.load(Ordering::Acquire) => return Err(Error::Aborted("another stream failed".into())),
+                r => r?,
+            };
+            if h.kind == Kind::Data {
+                let (d, len) = net::read_data_header(sock, peer, h)?;
+                let entry = self
+                    .entries
+                    .get(d.file_id as usize)
+                    .ok_or_else(|| Error::peer(peer, format!("sent data for unknown file id {}", d.file_id)))?;
+                RecvTally::check_range(entry, d.offset, len)
+                    .map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })?;
+                let file = self.sink.file(d.file_id)?;
+                let sum = io.receive(sock, &file, d.offset, len).map_err(|e| {
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                    ) {
+                        Error::peer(peer, format!("stream {index} broke while receiving {}: {e}", entry.display_path()))
+                    } else {
+                        Error::Destination { path: entry.display_path(), reason: format!("writing at offset {}: {e}", d.offset) }
+                    }
+                })?;
+                if sum != d.checksum {
+                    return Err(Error::Verify {
+                        path: entry.display_path(),
+                        reason: format!("checksum mismatch in the block at offset {} ({len} bytes)", d.offset),
+                    });
+                }
+                drop(file);
+                frames += 1;
+                bytes += u64::from(len);
+                if let Some(p) = &self.cfg.progress {
+                    p.add(u64::from(len));
+                }
+                let state = self.tally.record_block(d.file_id, d.offset, len, sum);
+                self.settle(entry, state)?;
+                continue;
+            }
+            match net::read_body(sock, peer, h)? {
+                Frame::FileDone { file_id, digest } => {
+                    let entry = self
+                        .entries
+                        .get(file_id as usize)
+                        .filter(|e| e.kind == EntryKind::File && !e.extents.is_empty())
+                        .ok_or_else(|| Error::peer(peer, format!("sent FILE_DONE for file id {file_id}, which carries no data")))?;
+                    let state = self.tally.record_done(file_id, digest);
+                    self.settle(entry, state)?;
+                }
+                Frame::StreamEnd { frames: f, bytes: b } => {
+                    if (f, b) != (frames, bytes) {
+                        return Err(Error::peer(
+                            peer,
+                            format!("stream {index} ended claiming {f} frames / {b} bytes, but {frames} / {bytes} arrived"),
+                        ));
+                    }
+                    return Ok((frames, bytes));
+                }
+                other => return Err(Error::peer(peer, format!("sent {:?} in the middle of the data", other.kind()))),
+            }
+        }
+    }
+
+    fn settle(&self, entry: &Entry, state: Result<FileProgress, crate::plan::TallyError>) -> Result<()> {
+        match state.map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })? {
+            FileProgress::Complete => self.sink.finish_file(entry.id),
+            FileProgress::Pending => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The sender's session: handshake on N streams, manifest on stream 0,
+//! blocks pulled from the shared [`Schedule`] by one thread per stream, the
+//! END totals, and the receiver's verdict.
+//!
+//! States, in order: `Connect` (HELLO/WELCOME on every stream) → `Manifest`
+//! → `Data` (stream threads) → `End` → `AwaitVerdict`. Any stream failure
+//! aborts the others; the receiver's verdict, when it has one, is the error
+//! reported, because it says what went wrong on the far side.
+
+use std::fs::File;
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver as Rx, bounded};
+
+use crate::backend::{self, IoMode, StreamIo};
+use crate::net::{self, Token};
+use crate::plan::{Block, Schedule, SendTally};
+use crate::progress::Progress;
+use crate::source::{self, SourceTree};
+use crate::wire::{self, DataHeader, Frame, Hello, MAGIC};
+use crate::{Error, Result, Summary};
+
+/// How to send.
+#[derive(Debug, Clone)]
+pub struct SendConfig {
+    /// Parallel TCP connections.
+    pub streams: u16,
+    pub io: IoMode,
+    /// Largest block per DATA frame.
+    pub block_size: u32,
+    /// How long to keep retrying a refused connection.
+    pub connect_timeout: Duration,
+    /// Longest time a socket may block.
+    pub idle_timeout: Duration,
+    /// Shared byte counters, if the caller wants to report progress.
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Default stream count: the number of CPUs, at least 2.
+pub fn default_streams() -> u16 {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, usize::from(wire::MAX_STREAMS)) as u16)
+}
+
+impl Default for SendConfig {
+    fn default() -> Self {
+        Self {
+            streams: default_streams(),
+            io: IoMode::Auto,
+            block_size: crate::DEFAULT_BLOCK_SIZE,
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            progress: None,
+        }
+    }
+}
+
+/// Sends `roots` to the receiver at `addr`, authenticating with `token`.
+/// Returns only after the receiver has verified and synced everything.
+pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> Result<Summary> {
+    let started = Instant::now();
+    if cfg.streams == 0 || cfg.streams > wire::MAX_STREAMS {
+        return Err(Error::Config(format!("--streams must be between 1 and {}", wire::MAX_STREAMS)));
+    }
+    if cfg.block_size < 4096 || cfg.block_size > wire::MAX_PAYLOAD {
+        return Err(Error::Config(format!("--block-size must be between 4 KiB and {} MiB", wire::MAX_PAYLOAD >> 20)));
+    }
+    let method = backend::select(cfg.io, true)?;
+    tracing::info!(backend = %method, streams = cfg.streams, "sending");
+    let tree = source::scan(roots)?;
+    let total = tree.data_bytes();
+    if let Some(p) = &cfg.progress {
+        p.set_total(total);
+    }
+
+    let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
+    let mut socks = Vec::with_capacity(usize::from(cfg.streams));
+    for i in 0..cfg.streams {
+        socks.push(handshake(addr, token, salt, i, cfg)?);
+    }
+    let peer = net::peer_name(&socks[0]);
+    send_manifest(&socks[0], &peer, &tree)?;
+
+    // The receiver speaks on stream 0 only: its verdict, possibly early.
+    let (verdict_tx, verdict_rx) = bounded(1);
+    let control = socks[0].try_clone().map_err(|e| Error::io("cloning stream 0", e))?;
+    let control_peer = peer.clone();
+    let listener = std::thread::Builder::new()
+        .name("sluice-verdict".into())
+        .spawn(move || {
+            let _ = control.set_read_timeout(None);
+            let v = match net::read_frame(&control, &control_peer, "before its verdict") {
+                Ok(Frame::Verdict { ok, reason }) => Ok((ok, reason)),
+                Ok(other) => Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
+                Err(e) => Err(e),
+            };
+            let _ = verdict_tx.send(v);
+        })
+        .map_err(|e| Error::io("spawning a thread", e))?;
+
+    let schedule = Schedule::new(&tree.entries, cfg.block_size);
+    let tally = SendTally::new(&tree.entries, cfg.block_size);
+    let abort = AtomicBool::new(false);
+    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = socks
+            .iter()
+            .enumerate()
+            .map(|(i, sock)| {
+                let ctx = StreamCtx { sock, peer: &peer, tree: &tree, schedule: &schedule, tally: &tally, abort: &abort, cfg, index: i };
+                s.spawn(move || {
+                    let r = ctx.run(method);
+                    if r.is_err() {
+                        ctx.abort.store(true, Ordering::Release);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Aborted("a sender thread panicked".into())))).collect()
+    });
+
+    let outcome = finish(&socks, &peer, &tree, results, &verdict_rx);
+    if outcome.is_err() {
+        for s in &socks {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+    let _ = listener.join();
+    let bytes = outcome?;
+    let files = tree.entries.iter().filter(|e| e.kind == crate::plan::EntryKind::File).count() as u64;
+    Ok(Summary { entries: tree.entries.len() as u64, files, bytes, elapsed: started.elapsed() })
+}
+
+fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendConfig) -> Result<TcpStream> {
+    let sock = net::connect(addr, cfg.connect_timeout)?;
+    net::configure(&sock, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
+    let peer = net::peer_name(&sock);
+    let mut buf = MAGIC.to_vec();
+    Frame::Hello(Hello {
+        min_version: wire::MIN_PROTOCOL_VERSION,
+        max_version: wire::PROTOCOL_VERSION,
+        stream_index: index,
+        stream_count: cfg.streams,
+        capabilities: 0,
+        token: *token.as_bytes(),
+        session_salt: salt,
+    })
+    .encode(&mut buf);
+    std::io::Write::write_all(&mut &sock, &buf).map_err(|e| Error::peer(&peer, format!("sending HELLO failed: {e}")))?;
+    match net::read_frame(&sock, &peer, "during the handshake") {
+        Ok(Frame::Welcome { version, capabilities }) => {
+            if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || capabilities != 0 {
+                return Err(Error::peer(
+                    &peer,
+                    format!("chose protocol {version} with capabilities {capabilities:#x}, which this build did not offer"),
+                ));
+            }
+            Ok(sock)
+        }
+        Ok(Frame::Reject { reason }) => Err(Error::Rejected(reason)),
+        Ok(other) => Err(Error::peer(&peer, format!("answered HELLO with {:?}", other.kind()))),
+        Err(Error::Peer { .. }) => Err(Error::Rejected(format!(
+            "{peer} closed the connection during the handshake (wrong token, or its session already started?)"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+fn send_manifest(sock: &TcpStream, peer: &str, tree: &SourceTree) -> Result<()> {
+    let budget = wire::MAX_MANIFEST_BODY as usize / 2;
+    let mut batch = Vec::new();
+    let mut size = 0;
+    let mut buf = Vec::with_capacity(budget + 1024);
+    for e in &tree.entries {
+        let n = wire::entry_len(e);
+        if size + n > budget && !batch.is_empty() {
+            Frame::Manifest(std::mem::take(&mut batch)).encode(&mut buf);
+            size = 0;
+        }
+        batch.push(e.clone());
+        size += n;
+        if buf.len() > budget {
+            std::io::Write::write_all(&mut &*sock, &buf).map_err(|err| Error::peer(peer, format!("sending the manifest failed: {err}")))?;
+            buf.clear();
+        }
+    }
+    if !batch.is_empty() {
+        Frame::Manifest(batch).encode(&mut buf);
+    }
+    Frame::ManifestEnd { entries: tree.entries.len() as u64, data_bytes: tree.data_bytes() }.encode(&mut buf);
+    std::io::Write::write_all(&mut &*sock, &buf).map_err(|err| Error::peer(peer, format!("sending the manifest failed: {err}")))
+}
+
+struct StreamCtx<'a> {
+    sock: &'a TcpStream,
+    peer: &'a str,
+    tree: &'a SourceTree,
+    schedule: &'a Schedule,
+    tally: &'a SendTally,
+    abort: &'a AtomicBool,
+    cfg: &'a SendConfig,
+    index: usize,
+}
+
+impl StreamCtx<'_> {
+    /// Sends blocks until the queue is empty; returns (frames, bytes).
+    fn run(&self, method: backend::Method) -> Result<(u64, u64)> {
+        let mut io = StreamIo::new(method, self.cfg.block_size).map_err(|e| Error::io(format!("setting up {method} I/O"), e))?;
+        let mut open: Option<(u32, File)> = None;
+        let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
+        while let Some(b) = self.schedule.next_block() {
+            if self.abort.load(Ordering::Acquire) {
+                return Err(Error::Aborted("another stream failed".into()));
+            }
+            if open.as_ref().is_none_or(|(id, _)| *id != b.file_id) {
+                let path = &self.tree.paths[b.file_id as usize];
+                let f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+                open = Some((b.file_id, f));
+            }
+            let file = &open.as_ref().expect("opened above").1;
+            self.send_block(&mut io, file, &b, seq)?;
+            seq = seq.wrapping_add(1);
+            frames += 1;
+            bytes += u64::from(b.len);
+            if let Some(p) = &self.cfg.progress {
+                p.add(u64::from(b.len));
+            }
+        }
+        net::write_frame(self.sock, self.peer, &Frame::StreamEnd { frames, bytes })?;
+        Ok((frames, bytes))
+    }
+
+    fn send_block(&self, io: &mut StreamIo, file: &File, b: &Block, seq: u32) -> Result<()> {
+        let path = || self.tree.paths[b.file_id as usize].display().to_string();
+        let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
+        let prefix = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum }.encode_prefix(b.len);
+        io.transmit(self.sock, &prefix, file, b.offset, b.len).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::io(format!("sending {}", path()), e)
+            } else {
+                Error::peer(self.peer, format!("stream {} failed while sending {}: {e}", self.index, path()))
+            }
+        })?;
+        if let Some(digest) = self.tally.record(b, checksum) {
+            net::write_frame(self.sock, self.peer, &Frame::FileDone { file_id: b.file_id, digest })?;
+        }
+        Ok(())
+    }
+}
+
+/// After the stream threads: END on stream 0, then the verdict.
+fn finish(
+    socks: &[TcpStream],
+    peer: &str,
+    tree: &SourceTree,
+    results: Vec<Result<(u64, u64)>>,
+    verdict: &Rx<Result<(bool, String)>>,
+) -> Result<u64> {
+    let mut frames = 0;
+    let mut bytes = 0;
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok((f, b)) => {
+                frames += f;
+                bytes += b;
+            }
+            // Keep the root cause, not the "aborted" echoes of other streams.
+            Err(e) if first_err.is_none() || matches!(first_err, Some(Error::Aborted(_))) => first_err = Some(e),
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_err {
+        // If the receiver said why it hung up, that is the better message.
+        return Err(match verdict.recv_timeout(Duration::from_secs(2)) {
+            Ok(Ok((false, reason))) => Error::ReceiverFailed(reason),
+            _ => e,
+        });
+    }
+    net::write_frame(&socks[0], peer, &Frame::End { entries: tree.entries.len() as u64, data_bytes: bytes, frames })?;
+    match verdict.recv() {
+        Ok(Ok((true, _))) => Ok(bytes),
+        Ok(Ok((false, reason))) => Err(Error::ReceiverFailed(reason)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::peer(peer, "closed the connection without a verdict")),
+    }
+}

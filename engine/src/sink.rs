@@ -1,0 +1,206 @@
+//! The receiver's side of the tree: creates directories, files and symlinks
+//! strictly inside the destination and makes them durable.
+//!
+//! Every path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! from the destination's directory descriptor, so neither a hostile path
+//! nor a symlink (the peer's or a pre-existing one) can lead a write outside
+//! it. Symlinks are created last. Until [`Sink::finish`] has synced the
+//! filesystem, the destination holds a marker file saying it is incomplete.
+
+use std::ffi::CString;
+use std::fs::{self, File, Permissions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::sys::{self, RESOLVE_CONFINED};
+use crate::plan::{Entry, EntryKind, INCOMPLETE_MARKER};
+use crate::{Error, Result};
+
+/// How the receiver treats its destination.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkOptions {
+    /// Replace existing regular files instead of refusing them.
+    pub overwrite: bool,
+    /// Apply the sender's uid/gid (only effective as root).
+    pub preserve_owner: bool,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Closed,
+    Open(Arc<File>),
+    Finished,
+}
+
+/// An open destination for one session.
+#[derive(Debug)]
+pub struct Sink {
+    root: File,
+    root_path: PathBuf,
+    entries: Arc<Vec<Entry>>,
+    slots: Vec<Mutex<Slot>>,
+    opts: SinkOptions,
+}
+
+fn cpath(p: &[u8]) -> CString {
+    // Manifest paths were validated to contain no NUL.
+    CString::new(p).expect("manifest paths contain no NUL")
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`); a top-level name has parent `.`.
+fn split_parent(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (b".", p),
+    }
+}
+
+impl Sink {
+    /// Opens (creating if needed) the destination, marks it incomplete and
+    /// creates the manifest's directories.
+    pub fn create(root: &Path, entries: Arc<Vec<Entry>>, opts: SinkOptions) -> Result<Self> {
+        let dest_err = |reason: String| Error::Destination { path: root.display().to_string(), reason };
+        fs::create_dir_all(root).map_err(|e| dest_err(format!("cannot create the directory: {e}")))?;
+        let root_file = File::open(root).map_err(|e| dest_err(format!("cannot open: {e}")))?;
+        if !root_file.metadata().map_err(|e| dest_err(e.to_string()))?.is_dir() {
+            return Err(dest_err("is not a directory".into()));
+        }
+        fs::write(
+            root.join(INCOMPLETE_MARKER),
+            b"sluice: a transfer into this directory is in progress or failed; its content is incomplete.\n",
+        )
+        .map_err(|e| dest_err(format!("not writable: {e}")))?;
+        let slots = entries.iter().map(|_| Mutex::new(Slot::Closed)).collect();
+        let sink = Self { root: root_file, root_path: root.to_path_buf(), entries, slots, opts };
+        for e in sink.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+            sink.ensure_dir(&e.path)?;
+        }
+        Ok(sink)
+    }
+
+    fn err(&self, rel: &[u8], what: &str, e: &io::Error) -> Error {
+        let path = self.root_path.join(String::from_utf8_lossy(rel).as_ref());
+        let hint = match e.raw_os_error() {
+            Some(libc::EEXIST) => " (receive into an empty directory, or pass --overwrite)",
+            Some(libc::ELOOP) => " (a symlink is in the way; sluice never writes through symlinks)",
+            Some(libc::ENOSPC) => " (the destination filesystem is full)",
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => " (check the destination's permissions)",
+            _ => "",
+        };
+        Error::Destination { path: path.display().to_string(), reason: format!("{what}: {e}{hint}") }
+    }
+
+    /// Creates `rel` and any missing parents as directories (mode 0700 until
+    /// [`finish`](Self::finish) applies the real modes).
+    fn ensure_dir(&self, rel: &[u8]) -> Result<()> {
+        let mut prefix = Vec::with_capacity(rel.len());
+        for comp in rel.split(|&b| b == b'/') {
+            let (parent, name) = if prefix.is_empty() { (&b"."[..], comp) } else { (&prefix[..], comp) };
+            let pfd = sys::openat2(&self.root, &cpath(parent), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
+                .map_err(|e| self.err(parent, "opening directory", &e))?;
+            match sys::mkdirat(&pfd, &cpath(name), 0o700) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(self.err(rel, "creating directory", &e)),
+            }
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(comp);
+            // Refuse an existing non-directory or symlink in the way.
+            sys::openat2(&self.root, &cpath(&prefix), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
+                .map_err(|e| self.err(&prefix, "checking directory", &e))?;
+        }
+        Ok(())
+    }
+
+    fn open_file(&self, e: &Entry) -> Result<File> {
+        let excl = if self.opts.overwrite { libc::O_TRUNC } else { libc::O_EXCL };
+        let fd = sys::openat2(&self.root, &cpath(&e.path), libc::O_RDWR | libc::O_CREAT | excl, 0o600, RESOLVE_CONFINED)
+            .map_err(|err| self.err(&e.path, "creating file", &err))?;
+        let f = File::from(fd);
+        if e.size > 0 {
+            // Holes stay holes: only data extents are ever written. (Opened
+            // read-write: the zero-copy paths read blocks back to verify them.)
+            f.set_len(e.size).map_err(|err| self.err(&e.path, "setting file size", &err))?;
+        }
+        Ok(f)
+    }
+
+    /// The open destination file for entry `id`, created on first use so
+    /// that streams create files in parallel.
+    pub fn file(&self, id: u32) -> Result<Arc<File>> {
+        let mut slot = self.slots[id as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Slot::Open(f) => Ok(Arc::clone(f)),
+            Slot::Finished => Err(Error::Verify {
+                path: self.entries[id as usize].display_path(),
+                reason: "data arrived after the file was complete".into(),
+            }),
+            Slot::Closed => {
+                let f = Arc::new(self.open_file(&self.entries[id as usize])?);
+                *slot = Slot::Open(Arc::clone(&f));
+                Ok(f)
+            }
+        }
+    }
+
+    /// Applies mode, owner and mtime to a complete file and closes it.
+    pub fn finish_file(&self, id: u32) -> Result<()> {
+        let e = &self.entries[id as usize];
+        let f = {
+            let mut slot = self.slots[id as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match std::mem::replace(&mut *slot, Slot::Finished) {
+                Slot::Open(f) => f,
+                Slot::Closed => Arc::new(self.open_file(e)?),
+                Slot::Finished => return Ok(()),
+            }
+        };
+        self.apply_meta(&f, e)
+    }
+
+    fn apply_meta(&self, f: &File, e: &Entry) -> Result<()> {
+        // setuid/setgid bits from a peer are dropped on purpose.
+        f.set_permissions(Permissions::from_mode(e.mode & 0o1777)).map_err(|err| self.err(&e.path, "setting mode", &err))?;
+        if self.opts.preserve_owner && sys::is_root() {
+            std::os::unix::fs::fchown(f, Some(e.uid), Some(e.gid)).map_err(|err| self.err(&e.path, "setting owner", &err))?;
+        }
+        sys::set_mtime(f.as_fd(), e.mtime_sec, e.mtime_nsec).map_err(|err| self.err(&e.path, "setting mtime", &err))
+    }
+
+    /// Completes the tree once every data byte is verified: files without
+    /// data, symlinks, directory metadata (deepest first), then `syncfs` and
+    /// only then removes the incomplete-marker.
+    pub fn finish(&self) -> Result<()> {
+        for e in self.entries.iter().filter(|e| e.kind == EntryKind::File) {
+            self.finish_file(e.id)?;
+        }
+        for e in self.entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
+            let (parent, name) = split_parent(&e.path);
+            let pfd = sys::openat2(&self.root, &cpath(parent), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
+                .map_err(|err| self.err(parent, "opening directory", &err))?;
+            let name = cpath(name);
+            sys::symlinkat(&cpath(&e.link_target), &pfd, &name).map_err(|err| self.err(&e.path, "creating symlink", &err))?;
+            if self.opts.preserve_owner && sys::is_root() {
+                sys::chown_nofollow(&pfd, &name, e.uid, e.gid).map_err(|err| self.err(&e.path, "setting owner", &err))?;
+            }
+            sys::set_mtime_nofollow(&pfd, &name, e.mtime_sec, e.mtime_nsec)
+                .map_err(|err| self.err(&e.path, "setting symlink mtime", &err))?;
+        }
+        let mut dirs: Vec<&Entry> = self.entries.iter().filter(|e| e.kind == EntryKind::Dir).collect();
+        dirs.sort_by_key(|e| std::cmp::Reverse(e.path.iter().filter(|&&b| b == b'/').count()));
+        for e in dirs {
+            let fd = sys::openat2(&self.root, &cpath(&e.path), libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_CONFINED)
+                .map_err(|err| self.err(&e.path, "opening directory", &err))?;
+            self.apply_meta(&File::from(fd), e)?;
+        }
+        // One syncfs makes every file and directory of the session durable
+        // (it reports writeback errors since Linux 5.8).
+        sys::syncfs(&self.root).map_err(|err| self.err(b".", "syncing the filesystem", &err))?;
+        fs::remove_file(self.root_path.join(INCOMPLETE_MARKER)).map_err(|err| self.err(b".", "removing the marker", &err))?;
+        self.root.sync_all().map_err(|err| self.err(b".", "syncing the directory", &err))
+    }
+}

@@ -1,0 +1,726 @@
+//! Wire protocol v1: frame layout, encoding and bounded decoding.
+//!
+//! Owns the byte layout of everything that crosses a sluice connection and
+//! the protocol version constants. It does no I/O and never allocates more
+//! than a per-kind bound taken from a peer's length field: every decoder
+//! reads through [`Reader`], which returns [`WireError`] instead of
+//! panicking. The full specification is `engine/PROTOCOL.md`.
+
+use crate::plan::{Entry, EntryKind, Extent, validate_rel_path};
+
+/// Bytes every sluice connection starts with (sender → receiver).
+///
+/// The high-bit first byte catches 7-bit channels, the newline catches text
+/// mode conversions, and an HTTP request or random bytes fail at once.
+pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
+
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// Protocol version that introduced each feature (WDT style): code that
+/// depends on a feature checks the negotiated version against its constant.
+pub mod since {
+    /// Position-addressed DATA frames with an xxh3-64 checksum.
+    pub const DATA_XXH3: u16 = 1;
+    /// Sparse data extents in MANIFEST entries.
+    pub const SPARSE_EXTENTS: u16 = 1;
+    /// FILE_DONE frames with an order-independent per-file digest.
+    pub const FILE_DIGEST: u16 = 1;
+    /// The receiver's VERDICT frame.
+    pub const VERDICT: u16 = 1;
+}
+
+/// Capability bits a sender may request in HELLO. v1 receivers grant none
+/// of them; they are reserved so later features need no new frame layout.
+pub mod caps {
+    /// Per-chunk lz4 compression.
+    pub const COMPRESS_LZ4: u64 = 1 << 0;
+    /// Per-chunk zstd compression.
+    pub const COMPRESS_ZSTD: u64 = 1 << 1;
+    /// AES-256-GCM sealed chunks.
+    pub const SEAL_AES256GCM: u64 = 1 << 2;
+    /// Acknowledged ranges and reconnecting streams.
+    pub const RESUME: u64 = 1 << 3;
+    /// Every capability this build implements.
+    pub const SUPPORTED: u64 = 0;
+}
+
+/// Size of the common frame header.
+pub const FRAME_HEADER_LEN: usize = 8;
+/// Size of the DATA sub-header that follows the frame header.
+pub const DATA_HEADER_LEN: usize = 32;
+/// Frame header plus DATA sub-header: what precedes every payload.
+pub const DATA_PREFIX_LEN: usize = FRAME_HEADER_LEN + DATA_HEADER_LEN;
+
+/// Largest DATA payload accepted (and the largest block size allowed).
+pub const MAX_PAYLOAD: u32 = 16 << 20;
+/// Largest body of a MANIFEST frame.
+pub const MAX_MANIFEST_BODY: u32 = 4 << 20;
+/// Largest body of any other control frame.
+pub const MAX_CONTROL_BODY: u32 = 64 << 10;
+/// Longest relative path accepted in a manifest (Linux PATH_MAX).
+pub const MAX_PATH: usize = 4096;
+/// Longest single path component (NAME_MAX).
+pub const MAX_COMPONENT: usize = 255;
+/// Most data extents one file may list; the sender coalesces beyond that.
+pub const MAX_EXTENTS: usize = 1 << 16;
+/// Most manifest entries one session may carry.
+pub const MAX_ENTRIES: u64 = 1 << 26;
+/// Longest reason text in REJECT and VERDICT frames.
+pub const MAX_REASON: usize = 4096;
+/// Most streams one session may use.
+pub const MAX_STREAMS: u16 = 256;
+
+/// Everything that can be wrong with bytes received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    #[error("not a sluice peer (bad magic bytes {0:02x?})")]
+    BadMagic([u8; 8]),
+    #[error("peer speaks protocol versions {min}..={max}, this build {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}")]
+    Version { min: u16, max: u16 },
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("{kind:?} frame has unexpected flags {flags:#04x}")]
+    Flags { kind: Kind, flags: u8 },
+    #[error("{what}: length {len} exceeds the limit of {max}")]
+    TooLarge { what: &'static str, len: u64, max: u64 },
+    #[error("{what}: frame ends early")]
+    Truncated { what: &'static str },
+    #[error("{what}: {extra} unexpected trailing bytes")]
+    Trailing { what: &'static str, extra: usize },
+    #[error("{what}: invalid value {value}")]
+    Invalid { what: &'static str, value: u64 },
+    #[error("manifest path {path:?} is not allowed: {reason}")]
+    Path { path: String, reason: &'static str },
+    #[error("expected a {expected:?} frame, got {got:?}")]
+    Unexpected { expected: Kind, got: Kind },
+}
+
+/// Frame kinds. Direction: S = sender → receiver, R = receiver → sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// S: first frame on every connection, after [`MAGIC`].
+    Hello = 1,
+    /// R: the connection joined the session.
+    Welcome = 2,
+    /// R: the connection was refused, with a reason.
+    Reject = 3,
+    /// S (stream 0): a batch of manifest entries.
+    Manifest = 4,
+    /// S (stream 0): the manifest is complete.
+    ManifestEnd = 5,
+    /// S: a position-addressed block of file data.
+    Data = 6,
+    /// S: every block of a file was sent; carries the file digest.
+    FileDone = 7,
+    /// S: this stream carries no more data.
+    StreamEnd = 8,
+    /// S (stream 0): session totals, after every stream ended.
+    End = 9,
+    /// R (stream 0): the receiver's final word.
+    Verdict = 10,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Result<Self, WireError> {
+        Ok(match b {
+            1 => Self::Hello,
+            2 => Self::Welcome,
+            3 => Self::Reject,
+            4 => Self::Manifest,
+            5 => Self::ManifestEnd,
+            6 => Self::Data,
+            7 => Self::FileDone,
+            8 => Self::StreamEnd,
+            9 => Self::End,
+            10 => Self::Verdict,
+            other => return Err(WireError::UnknownKind(other)),
+        })
+    }
+
+    /// Largest body this kind may declare.
+    fn max_body(self) -> u32 {
+        match self {
+            Self::Manifest => MAX_MANIFEST_BODY,
+            Self::Data => DATA_HEADER_LEN as u32 + MAX_PAYLOAD,
+            _ => MAX_CONTROL_BODY,
+        }
+    }
+}
+
+/// The 8-byte header in front of every frame: kind, flags, reserved, length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub kind: Kind,
+    pub flags: u8,
+    /// Length of the body that follows (for DATA: sub-header plus payload).
+    pub len: u32,
+}
+
+impl FrameHeader {
+    pub fn encode(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut b = [0u8; FRAME_HEADER_LEN];
+        b[0] = self.kind as u8;
+        b[1] = self.flags;
+        b[4..8].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Decodes and bounds a header. v1 defines no flags for any kind.
+    pub fn decode(b: &[u8; FRAME_HEADER_LEN]) -> Result<Self, WireError> {
+        let kind = Kind::from_u8(b[0])?;
+        let flags = b[1];
+        if flags != 0 {
+            return Err(WireError::Flags { kind, flags });
+        }
+        let reserved = u16::from_le_bytes([b[2], b[3]]);
+        if reserved != 0 {
+            return Err(WireError::Invalid { what: "frame header reserved bits", value: u64::from(reserved) });
+        }
+        let len = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        if len > kind.max_body() {
+            return Err(WireError::TooLarge { what: "frame body", len: u64::from(len), max: u64::from(kind.max_body()) });
+        }
+        Ok(Self { kind, flags, len })
+    }
+}
+
+/// HELLO: who the sender is and what it wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    pub stream_index: u16,
+    pub stream_count: u16,
+    pub capabilities: u64,
+    /// The receiver's one-time session token.
+    pub token: [u8; 16],
+    /// Random per sender session; all streams of one session carry the same.
+    pub session_salt: [u8; 16],
+}
+
+/// DATA sub-header: where the payload belongs and how to check it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    pub file_id: u32,
+    /// Per-stream sequence number (for later reordering and resume).
+    pub seq: u32,
+    pub offset: u64,
+    /// Length of the decoded payload (equals the wire length in v1).
+    pub raw_len: u32,
+    /// xxh3-64 of the decoded payload.
+    pub checksum: u64,
+}
+
+impl DataHeader {
+    /// Encodes the frame header and sub-header of a DATA frame whose payload
+    /// has `payload_len` bytes.
+    pub fn encode_prefix(&self, payload_len: u32) -> [u8; DATA_PREFIX_LEN] {
+        let mut b = [0u8; DATA_PREFIX_LEN];
+        let fh = FrameHeader { kind: Kind::Data, flags: 0, len: DATA_HEADER_LEN as u32 + payload_len };
+        b[..FRAME_HEADER_LEN].copy_from_slice(&fh.encode());
+        let d = &mut b[FRAME_HEADER_LEN..];
+        d[0..4].copy_from_slice(&self.file_id.to_le_bytes());
+        d[4..8].copy_from_slice(&self.seq.to_le_bytes());
+        d[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        d[16..20].copy_from_slice(&self.raw_len.to_le_bytes());
+        // d[20..24] reserved
+        d[24..32].copy_from_slice(&self.checksum.to_le_bytes());
+        b
+    }
+
+    /// Decodes the sub-header of a DATA frame whose header said `frame_len`,
+    /// returning it with the payload length.
+    pub fn decode(frame_len: u32, b: &[u8; DATA_HEADER_LEN]) -> Result<(Self, u32), WireError> {
+        let payload_len = frame_len.checked_sub(DATA_HEADER_LEN as u32).ok_or(WireError::Truncated { what: "DATA frame" })?;
+        let mut r = Reader::new(b, "DATA header");
+        let h = Self {
+            file_id: r.u32()?,
+            seq: r.u32()?,
+            offset: r.u64()?,
+            raw_len: r.u32()?,
+            checksum: {
+                let reserved = r.u32()?;
+                if reserved != 0 {
+                    return Err(WireError::Invalid { what: "DATA reserved field", value: u64::from(reserved) });
+                }
+                r.u64()?
+            },
+        };
+        if h.raw_len != payload_len {
+            return Err(WireError::Invalid { what: "DATA raw length (no transform negotiated)", value: u64::from(h.raw_len) });
+        }
+        h.offset.checked_add(u64::from(payload_len)).ok_or(WireError::Invalid { what: "DATA offset", value: h.offset })?;
+        Ok((h, payload_len))
+    }
+}
+
+/// Control frames: every kind except DATA, with decoded bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Welcome { version: u16, capabilities: u64 },
+    Reject { reason: String },
+    Manifest(Vec<Entry>),
+    ManifestEnd { entries: u64, data_bytes: u64 },
+    FileDone { file_id: u32, digest: u64 },
+    StreamEnd { frames: u64, bytes: u64 },
+    End { entries: u64, data_bytes: u64, frames: u64 },
+    Verdict { ok: bool, reason: String },
+}
+
+impl Frame {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Hello(_) => Kind::Hello,
+            Self::Welcome { .. } => Kind::Welcome,
+            Self::Reject { .. } => Kind::Reject,
+            Self::Manifest(_) => Kind::Manifest,
+            Self::ManifestEnd { .. } => Kind::ManifestEnd,
+            Self::FileDone { .. } => Kind::FileDone,
+            Self::StreamEnd { .. } => Kind::StreamEnd,
+            Self::End { .. } => Kind::End,
+            Self::Verdict { .. } => Kind::Verdict,
+        }
+    }
+
+    /// Appends the whole frame (header and body) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        match self {
+            Self::Hello(h) => {
+                put16(out, h.min_version);
+                put16(out, h.max_version);
+                put16(out, h.stream_index);
+                put16(out, h.stream_count);
+                put64(out, h.capabilities);
+                out.extend_from_slice(&h.token);
+                out.extend_from_slice(&h.session_salt);
+            }
+            Self::Welcome { version, capabilities } => {
+                put16(out, *version);
+                put16(out, 0);
+                put64(out, *capabilities);
+            }
+            Self::Reject { reason } => put_str(out, reason),
+            Self::Manifest(entries) => {
+                put32(out, entries.len() as u32);
+                for e in entries {
+                    encode_entry(e, out);
+                }
+            }
+            Self::ManifestEnd { entries, data_bytes } => {
+                put64(out, *entries);
+                put64(out, *data_bytes);
+            }
+            Self::FileDone { file_id, digest } => {
+                put32(out, *file_id);
+                put32(out, 0);
+                put64(out, *digest);
+            }
+            Self::StreamEnd { frames, bytes } => {
+                put64(out, *frames);
+                put64(out, *bytes);
+            }
+            Self::End { entries, data_bytes, frames } => {
+                put64(out, *entries);
+                put64(out, *data_bytes);
+                put64(out, *frames);
+            }
+            Self::Verdict { ok, reason } => {
+                out.push(u8::from(!*ok));
+                put_str(out, reason);
+            }
+        }
+        let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+        let fh = FrameHeader { kind: self.kind(), flags: 0, len };
+        out[start..start + FRAME_HEADER_LEN].copy_from_slice(&fh.encode());
+    }
+
+    /// Decodes the body of a control frame. `body` is exactly `header.len`
+    /// bytes, already bounded by [`FrameHeader::decode`].
+    pub fn decode(header: FrameHeader, body: &[u8]) -> Result<Self, WireError> {
+        let what = match header.kind {
+            Kind::Data => return Err(WireError::Unexpected { expected: Kind::Manifest, got: Kind::Data }),
+            Kind::Hello => "HELLO",
+            Kind::Welcome => "WELCOME",
+            Kind::Reject => "REJECT",
+            Kind::Manifest => "MANIFEST",
+            Kind::ManifestEnd => "MANIFEST_END",
+            Kind::FileDone => "FILE_DONE",
+            Kind::StreamEnd => "STREAM_END",
+            Kind::End => "END",
+            Kind::Verdict => "VERDICT",
+        };
+        let mut r = Reader::new(body, what);
+        let frame = match header.kind {
+            Kind::Hello => {
+                let h = Hello {
+                    min_version: r.u16()?,
+                    max_version: r.u16()?,
+                    stream_index: r.u16()?,
+                    stream_count: r.u16()?,
+                    capabilities: r.u64()?,
+                    token: r.array()?,
+                    session_salt: r.array()?,
+                };
+                if h.stream_count == 0 || h.stream_count > MAX_STREAMS {
+                    return Err(WireError::Invalid { what: "HELLO stream count", value: u64::from(h.stream_count) });
+                }
+                if h.stream_index >= h.stream_count {
+                    return Err(WireError::Invalid { what: "HELLO stream index", value: u64::from(h.stream_index) });
+                }
+                if h.min_version > h.max_version {
+                    return Err(WireError::Version { min: h.min_version, max: h.max_version });
+                }
+                Self::Hello(h)
+            }
+            Kind::Welcome => {
+                let version = r.u16()?;
+                let _reserved = r.u16()?;
+                Self::Welcome { version, capabilities: r.u64()? }
+            }
+            Kind::Reject => Self::Reject { reason: r.string()? },
+            Kind::Manifest => {
+                let count = r.u32()?;
+                // Each entry takes at least 48 bytes, so the count is bounded by the body.
+                let max = body.len() / 48;
+                if count as usize > max {
+                    return Err(WireError::TooLarge { what: "MANIFEST entry count", len: u64::from(count), max: max as u64 });
+                }
+                let mut entries = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    entries.push(decode_entry(&mut r)?);
+                }
+                Self::Manifest(entries)
+            }
+            Kind::ManifestEnd => {
+                let entries = r.u64()?;
+                if entries > MAX_ENTRIES {
+                    return Err(WireError::TooLarge { what: "manifest entries", len: entries, max: MAX_ENTRIES });
+                }
+                Self::ManifestEnd { entries, data_bytes: r.u64()? }
+            }
+            Kind::FileDone => {
+                let file_id = r.u32()?;
+                let _reserved = r.u32()?;
+                Self::FileDone { file_id, digest: r.u64()? }
+            }
+            Kind::StreamEnd => Self::StreamEnd { frames: r.u64()?, bytes: r.u64()? },
+            Kind::End => Self::End { entries: r.u64()?, data_bytes: r.u64()?, frames: r.u64()? },
+            Kind::Verdict => {
+                let status = r.u8()?;
+                if status > 1 {
+                    return Err(WireError::Invalid { what: "VERDICT status", value: u64::from(status) });
+                }
+                Self::Verdict { ok: status == 0, reason: r.string()? }
+            }
+            Kind::Data => unreachable!("handled above"),
+        };
+        r.finish()?;
+        Ok(frame)
+    }
+}
+
+/// Encoded size of one manifest entry (used by the sender to batch frames).
+pub fn entry_len(e: &Entry) -> usize {
+    48 + e.path.len() + e.link_target.len() + 16 * e.extents.len()
+}
+
+fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
+    put32(out, e.id);
+    out.push(e.kind as u8);
+    out.push(0);
+    put16(out, e.path.len() as u16);
+    put32(out, e.mode);
+    put32(out, e.uid);
+    put32(out, e.gid);
+    put64(out, e.mtime_sec as u64);
+    put32(out, e.mtime_nsec);
+    put64(out, e.size);
+    put16(out, e.link_target.len() as u16);
+    put32(out, e.extents.len() as u32);
+    put16(out, 0);
+    out.extend_from_slice(&e.path);
+    out.extend_from_slice(&e.link_target);
+    for x in &e.extents {
+        put64(out, x.offset);
+        put64(out, x.len);
+    }
+}
+
+fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, WireError> {
+    let id = r.u32()?;
+    let kind = match r.u8()? {
+        1 => EntryKind::File,
+        2 => EntryKind::Dir,
+        3 => EntryKind::Symlink,
+        other => return Err(WireError::Invalid { what: "manifest entry kind", value: u64::from(other) }),
+    };
+    let _reserved = r.u8()?;
+    let path_len = r.u16()? as usize;
+    let mode = r.u32()?;
+    let uid = r.u32()?;
+    let gid = r.u32()?;
+    let mtime_sec = r.u64()? as i64;
+    let mtime_nsec = r.u32()?;
+    let size = r.u64()?;
+    let target_len = r.u16()? as usize;
+    let extent_count = r.u32()? as usize;
+    let _pad = r.u16()?;
+    if path_len > MAX_PATH {
+        return Err(WireError::TooLarge { what: "manifest path", len: path_len as u64, max: MAX_PATH as u64 });
+    }
+    if target_len > MAX_PATH {
+        return Err(WireError::TooLarge { what: "symlink target", len: target_len as u64, max: MAX_PATH as u64 });
+    }
+    if extent_count > MAX_EXTENTS {
+        return Err(WireError::TooLarge { what: "extent count", len: extent_count as u64, max: MAX_EXTENTS as u64 });
+    }
+    if mtime_nsec >= 1_000_000_000 {
+        return Err(WireError::Invalid { what: "mtime nanoseconds", value: u64::from(mtime_nsec) });
+    }
+    if mode & !0o7777 != 0 {
+        return Err(WireError::Invalid { what: "entry mode", value: u64::from(mode) });
+    }
+    let path = r.bytes(path_len)?.to_vec();
+    validate_rel_path(&path).map_err(|reason| WireError::Path { path: String::from_utf8_lossy(&path).into_owned(), reason })?;
+    let link_target = r.bytes(target_len)?.to_vec();
+    if extent_count.checked_mul(16).is_none_or(|n| n > r.remaining()) {
+        return Err(WireError::Truncated { what: "manifest extents" });
+    }
+    let mut extents = Vec::with_capacity(extent_count);
+    let mut end = 0u64;
+    for _ in 0..extent_count {
+        let offset = r.u64()?;
+        let len = r.u64()?;
+        let stop = offset.checked_add(len).ok_or(WireError::Invalid { what: "extent end", value: offset })?;
+        if len == 0 || offset < end || stop > size {
+            return Err(WireError::Invalid { what: "extent (empty, overlapping, unsorted or past the file size)", value: offset });
+        }
+        end = stop;
+        extents.push(Extent { offset, len });
+    }
+    match kind {
+        EntryKind::File if !link_target.is_empty() => {
+            return Err(WireError::Invalid { what: "link target on a regular file", value: target_len as u64 });
+        }
+        EntryKind::Dir | EntryKind::Symlink if size != 0 || extent_count != 0 => {
+            return Err(WireError::Invalid { what: "size on a directory or symlink", value: size });
+        }
+        EntryKind::Symlink if link_target.is_empty() || link_target.contains(&0) => {
+            return Err(WireError::Invalid { what: "symlink target (empty or NUL)", value: target_len as u64 });
+        }
+        _ => {}
+    }
+    Ok(Entry { id, kind, path, mode, uid, gid, mtime_sec, mtime_nsec, size, extents, link_target })
+}
+
+fn put16(out: &mut Vec<u8>, v: u16) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+fn put32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+fn put64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(MAX_REASON);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    put16(out, end as u16);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// Bounded cursor over a peer's bytes: every read is checked.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Self { buf, pos: 0, what }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if n > self.remaining() {
+            return Err(WireError::Truncated { what: self.what });
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// A u16-length-prefixed UTF-8 string (lossy), at most [`MAX_REASON`] bytes.
+    pub fn string(&mut self) -> Result<String, WireError> {
+        let n = self.u16()? as usize;
+        if n > MAX_REASON {
+            return Err(WireError::TooLarge { what: self.what, len: n as u64, max: MAX_REASON as u64 });
+        }
+        Ok(String::from_utf8_lossy(self.bytes(n)?).into_owned())
+    }
+
+    pub fn finish(&self) -> Result<(), WireError> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(WireError::Trailing { what: self.what, extra }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(bytes: &[u8]) -> Result<Frame, WireError> {
+        let mut r = Reader::new(bytes, "test");
+        let fh = FrameHeader::decode(&r.array()?)?;
+        let body = r.bytes(fh.len as usize)?;
+        Frame::decode(fh, body)
+    }
+
+    fn entry(id: u32, path: &str) -> Entry {
+        Entry {
+            id,
+            kind: EntryKind::File,
+            path: path.as_bytes().to_vec(),
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            mtime_sec: -5,
+            mtime_nsec: 999,
+            size: 100,
+            extents: vec![Extent { offset: 0, len: 10 }, Extent { offset: 50, len: 50 }],
+            link_target: vec![],
+        }
+    }
+
+    #[test]
+    fn every_control_frame_round_trips() {
+        let frames = vec![
+            Frame::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                stream_index: 3,
+                stream_count: 4,
+                capabilities: caps::RESUME,
+                token: [7; 16],
+                session_salt: [9; 16],
+            }),
+            Frame::Welcome { version: 1, capabilities: 0 },
+            Frame::Reject { reason: "bad token".into() },
+            Frame::Manifest(vec![entry(0, "a/b c"), entry(1, "ünï")]),
+            Frame::ManifestEnd { entries: 2, data_bytes: 120 },
+            Frame::FileDone { file_id: 1, digest: u64::MAX },
+            Frame::StreamEnd { frames: 3, bytes: 4 },
+            Frame::End { entries: 2, data_bytes: 120, frames: 9 },
+            Frame::Verdict { ok: false, reason: "disk full".into() },
+        ];
+        for f in frames {
+            let mut out = Vec::new();
+            f.encode(&mut out);
+            assert_eq!(decode_all(&out).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn data_prefix_round_trips_and_bounds_length() {
+        let h = DataHeader { file_id: 5, seq: 6, offset: 1 << 40, raw_len: 4096, checksum: 0xdead_beef };
+        let b = h.encode_prefix(4096);
+        let fh = FrameHeader::decode(b[..8].try_into().unwrap()).unwrap();
+        assert_eq!(fh.kind, Kind::Data);
+        let (d, n) = DataHeader::decode(fh.len, b[8..].try_into().unwrap()).unwrap();
+        assert_eq!((d, n), (h, 4096));
+        let huge = FrameHeader { kind: Kind::Data, flags: 0, len: u32::MAX }.encode();
+        assert!(matches!(FrameHeader::decode(&huge), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn hostile_manifest_entries_are_refused() {
+        for bad in ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", ""] {
+            let mut out = Vec::new();
+            Frame::Manifest(vec![entry(0, bad)]).encode(&mut out);
+            assert!(matches!(decode_all(&out), Err(WireError::Path { .. })), "{bad:?} accepted");
+        }
+        let mut e = entry(0, "ok");
+        e.extents = vec![Extent { offset: 90, len: 20 }];
+        let mut out = Vec::new();
+        Frame::Manifest(vec![e]).encode(&mut out);
+        assert!(matches!(decode_all(&out), Err(WireError::Invalid { .. })));
+    }
+
+    #[test]
+    fn http_request_is_not_magic() {
+        assert_ne!(&b"GET / HTTP/1.1\r\n"[..8], &MAGIC);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_all(&bytes);
+            if bytes.len() >= 40 {
+                if let Ok(fh) = FrameHeader::decode(bytes[..8].try_into().unwrap()) {
+                    let _ = DataHeader::decode(fh.len, bytes[8..40].try_into().unwrap());
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(idx in 0usize..400, val in any::<u8>()) {
+            let mut out = Vec::new();
+            Frame::Manifest(vec![entry(0, "x/y"), entry(1, "z")]).encode(&mut out);
+            let i = idx % out.len();
+            out[i] = val;
+            let _ = decode_all(&out);
+        }
+
+        #[test]
+        fn manifest_round_trips(paths in proptest::collection::vec("[a-z ]{1,12}(/[a-zé]{1,8}){0,3}", 1..20),
+                                size in 0u64..1 << 50, nsec in 0u32..1_000_000_000) {
+            let entries: Vec<Entry> = paths.iter().enumerate().map(|(i, p)| Entry {
+                id: i as u32, kind: EntryKind::File, path: p.as_bytes().to_vec(), mode: 0o600, uid: 0, gid: 0,
+                mtime_sec: i64::from(nsec), mtime_nsec: nsec, size,
+                extents: if size > 0 { vec![Extent { offset: 0, len: size }] } else { vec![] },
+                link_target: vec![],
+            }).filter(|e| validate_rel_path(&e.path).is_ok()).collect();
+            let f = Frame::Manifest(entries);
+            let mut out = Vec::new();
+            f.encode(&mut out);
+            prop_assert_eq!(decode_all(&out).unwrap(), f);
+        }
+    }
+}
