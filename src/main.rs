@@ -276,6 +276,7 @@ fn copy(src: &Path, dest: &Path, io: IoMode, streams: Option<u16>, block: u64, s
     let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { io, sink, ..ReceiveConfig::default() })?;
     let addr = r.local_addr()?.to_string();
     let token = r.token().clone();
+    let cancel = r.cancel_handle();
     let dest_owned = dest.to_path_buf();
     let receiver = std::thread::spawn(move || r.run(&dest_owned));
     let cfg = SendConfig {
@@ -285,11 +286,15 @@ fn copy(src: &Path, dest: &Path, io: IoMode, streams: Option<u16>, block: u64, s
         ..SendConfig::default()
     };
     let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], &cfg);
+    if sent.is_err() {
+        cancel.store(true, std::sync::atomic::Ordering::Release);
+    }
     let received = receiver.join().map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?;
     match (sent, received) {
         (Ok(_), Ok(s)) => Ok(s),
-        (_, Err(e)) => Err(e).with_context(|| format!("copying {} to {}", src.display(), dest.display())),
-        (Err(e), Ok(_)) => Err(e).with_context(|| format!("copying {} to {}", src.display(), dest.display())),
+        (Err(e), Err(sluice_engine::Error::Aborted(_)) | Ok(_)) | (_, Err(e)) => {
+            Err(e).with_context(|| format!("copying {} to {}", src.display(), dest.display()))
+        }
     }
 }
 

@@ -57,6 +57,7 @@ pub struct Receiver {
     listener: TcpListener,
     token: Token,
     cfg: ReceiveConfig,
+    cancel: Arc<AtomicBool>,
 }
 
 /// Most handshakes examined at once; further connections wait in the backlog.
@@ -74,7 +75,13 @@ impl Receiver {
         let targets = net::resolve(addr)?;
         let listener = TcpListener::bind(&targets[..])
             .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e} (is the port in use, or the address not local?)")))?;
-        Ok(Self { listener, token: Token::generate()?, cfg })
+        Ok(Self { listener, token: Token::generate()?, cfg, cancel: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// A flag that, once set, makes [`run`](Self::run) give up waiting for a
+    /// sender (used when the local sender of `sluice copy` fails early).
+    pub fn cancel_handle(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.cancel)
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -162,6 +169,9 @@ impl Receiver {
                     continue;
                 }
                 slots[i] = Some(j);
+            }
+            if self.cancel.load(Ordering::Acquire) {
+                return Err(Error::Aborted("cancelled while waiting for the sender".into()));
             }
             if !slots.is_empty() && slots.iter().all(Option::is_some) {
                 return Ok(slots.into_iter().map(|s| s.expect("checked above")).collect());

@@ -1,0 +1,112 @@
+//! Shared fixtures for the integration tests: a tree with every kind of
+//! entry the engine must carry, and helpers to run real transfers.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sluice_engine::{IoMode, Method, ReceiveConfig, Receiver, SendConfig, Summary};
+
+/// Size of the file that spans several blocks.
+pub const BIG: usize = 1_000_003;
+/// Block size the matrix uses, so `BIG` is split over many blocks.
+pub const BLOCK: u32 = 64 << 10;
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Builds the fixture tree under `root` and returns it.
+pub fn fixture(root: &Path) -> PathBuf {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("nested/deeper")).unwrap();
+    fs::create_dir_all(src.join("empty dir")).unwrap();
+    fs::create_dir_all(src.join("données")).unwrap();
+    fs::write(src.join("big.bin"), pattern(BIG, 1)).unwrap();
+    fs::write(src.join("nested/deeper/small.txt"), b"hello sluice\n").unwrap();
+    fs::write(src.join("données/café au lait.ibd"), pattern(70_000, 2)).unwrap();
+    fs::write(src.join("empty"), b"").unwrap();
+    fs::write(src.join("secret"), b"mode 0600").unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(src.join("tool.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(src.join("tool.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("nested/deeper"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("nested/deeper/small.txt", src.join("link to small")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/outside", src.join("dangling")).unwrap();
+    // Sparse: 32 MiB with data at 0, 8 MiB and the last 4 KiB.
+    let mut f = File::create(src.join("sparse.ibd")).unwrap();
+    f.write_all(&pattern(4096, 3)).unwrap();
+    f.seek(SeekFrom::Start(8 << 20)).unwrap();
+    f.write_all(&pattern(100_000, 4)).unwrap();
+    f.seek(SeekFrom::Start((32 << 20) - 4096)).unwrap();
+    f.write_all(&pattern(4096, 5)).unwrap();
+    drop(f);
+    // A distinctive mtime on a file and a directory.
+    let t = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 123_456_789);
+    File::options().write(true).open(src.join("secret")).unwrap().set_modified(t).unwrap();
+    File::open(src.join("empty dir")).unwrap().set_modified(t).unwrap();
+    src
+}
+
+/// Asserts that `dest` is an exact copy of the fixture at `src`.
+pub fn assert_copy(src: &Path, dest: &Path) {
+    let n = sluice_engine::diff::compare(src, dest).unwrap_or_else(|d| panic!("copy differs: {d}"));
+    assert_eq!(n, 13, "entries compared");
+    let sparse = fs::metadata(dest.join("sparse.ibd")).unwrap();
+    assert_eq!(sparse.len(), 32 << 20);
+    assert!(sparse.blocks() * 512 < 1 << 20, "holes were filled: {} blocks", sparse.blocks());
+    assert_eq!(fs::read_link(dest.join("link to small")).unwrap(), Path::new("nested/deeper/small.txt"));
+    assert_eq!(fs::metadata(dest.join("secret")).unwrap().mode() & 0o7777, 0o600);
+    assert_eq!(fs::metadata(dest.join("tool.sh")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(fs::metadata(dest.join("secret")).unwrap().mtime_nsec(), 123_456_789);
+    assert!(fs::read_dir(dest.join("empty dir")).unwrap().next().is_none());
+    assert!(!dest.join(".sluice-incomplete").exists(), "marker left after success");
+}
+
+pub fn io_of(m: Method) -> IoMode {
+    match m {
+        Method::Uring => IoMode::Uring,
+        Method::Splice => IoMode::Splice,
+        Method::Copy => IoMode::Copy,
+    }
+}
+
+/// Methods this machine can run; io_uring is reported when skipped.
+pub fn methods() -> Vec<Method> {
+    let mut m = vec![Method::Copy, Method::Splice];
+    match sluice_engine::backend::uring_available() {
+        Ok(()) => m.push(Method::Uring),
+        Err(why) => eprintln!("SKIPPED: io_uring backend unavailable here: {why}"),
+    }
+    m
+}
+
+/// One in-process transfer over a real loopback socket.
+pub fn transfer(
+    src: &Path,
+    dest: &Path,
+    send: IoMode,
+    recv: IoMode,
+    streams: u16,
+) -> (sluice_engine::Result<Summary>, sluice_engine::Result<Summary>) {
+    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { io: recv, ..ReceiveConfig::default() }).unwrap();
+    let addr = r.local_addr().unwrap().to_string();
+    let token = r.token().clone();
+    let dest = dest.to_path_buf();
+    let h = std::thread::spawn(move || r.run(&dest));
+    let cfg = SendConfig { streams, io: send, block_size: BLOCK, ..SendConfig::default() };
+    let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], &cfg);
+    (sent, h.join().unwrap())
+}
