@@ -69,6 +69,9 @@ struct RecvArgs {
     /// Apply the sender's owners (root only).
     #[arg(long)]
     preserve_owner: bool,
+    /// Write only through the page cache (no O_DIRECT for large files).
+    #[arg(long)]
+    buffered: bool,
     /// Seconds a stream may stay silent mid-session.
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
@@ -115,6 +118,9 @@ struct CopyArgs {
     overwrite: bool,
     #[arg(long)]
     preserve_owner: bool,
+    /// Write only through the page cache (no O_DIRECT for large files).
+    #[arg(long)]
+    buffered: bool,
     #[command(flatten)]
     io: IoArgs,
 }
@@ -201,7 +207,7 @@ fn run(cmd: Command) -> Result<()> {
                 a.io.io,
                 a.streams,
                 a.block_size,
-                SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner },
+                SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered },
             )?;
             report("copied", &s);
             Ok(())
@@ -234,7 +240,7 @@ fn report(verb: &str, s: &Summary) {
 fn recv(a: &RecvArgs) -> Result<()> {
     let cfg = ReceiveConfig {
         io: a.io.io,
-        sink: SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner },
+        sink: SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered },
         idle_timeout: Duration::from_secs(a.idle_timeout),
         ..ReceiveConfig::default()
     };

@@ -242,7 +242,8 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
         p.set_total(data_bytes);
     }
     let entries = Arc::new(entries);
-    let sink = Sink::create(dest, Arc::clone(&entries), cfg.sink)?;
+    let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
+    let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
     let tally = RecvTally::new(&entries);
     let abort = AtomicBool::new(false);
     let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
@@ -384,7 +385,7 @@ impl StreamCtx<'_> {
                 RecvTally::check_range(entry, d.offset, len)
                     .map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })?;
                 let file = self.sink.file(d.file_id)?;
-                let sum = io.receive(sock, &file, d.offset, len).map_err(|e| {
+                let sum = io.receive(sock, &file.file, file.direct.as_ref(), d.offset, len).map_err(|e| {
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::UnexpectedEof

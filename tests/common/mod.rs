@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use sluice_engine::{IoMode, Method, ReceiveConfig, Receiver, SendConfig, Summary};
 
 /// Size of the file that spans several blocks.
-pub const BIG: usize = 1_000_003;
+pub const BIG: usize = 3 * 1024 * 1024 + 7;
 /// Block size the matrix uses, so `BIG` is split over many blocks.
 pub const BLOCK: u32 = 64 << 10;
 

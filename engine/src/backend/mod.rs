@@ -137,12 +137,21 @@ impl Pipe {
     }
 }
 
+/// Alignment O_DIRECT needs for offsets, lengths and buffers (the logical
+/// block size of every common device is at most this).
+pub const DIRECT_ALIGN: usize = 4096;
+
 /// Per-stream I/O state: the pooled block buffer, the splice pipe and the
 /// ring, reused for every block of the stream.
+///
+/// The block's data starts at `data_at`, a 4 KiB-aligned position with room
+/// for the DATA prefix just before it, so one `write` sends prefix and data,
+/// and the same buffer can be handed to an O_DIRECT write.
 #[derive(Debug)]
 pub struct StreamIo {
     method: Method,
     buf: Vec<u8>,
+    data_at: usize,
     pipe: Option<Pipe>,
     #[cfg(feature = "uring")]
     ring: Option<uring::Ring>,
@@ -156,9 +165,12 @@ impl StreamIo {
             Method::Copy => None,
             Method::Splice | Method::Uring => Some(Pipe::new(block_size as usize)?),
         };
+        let buf = vec![0u8; block_size as usize + 2 * DIRECT_ALIGN];
+        let data_at = buf.as_ptr().align_offset(DIRECT_ALIGN) + DIRECT_ALIGN;
         Ok(Self {
             method,
-            buf: vec![0u8; DATA_PREFIX_LEN + block_size as usize],
+            buf,
+            data_at,
             pipe,
             #[cfg(feature = "uring")]
             ring: if method == Method::Uring { Some(uring::Ring::new()?) } else { None },
@@ -173,7 +185,7 @@ impl StreamIo {
     /// Reads the block at `offset` into the buffer and returns its checksum.
     /// A file shorter than announced is an error, never zeros.
     pub fn load(&mut self, file: &File, offset: u64, len: u32) -> io::Result<u64> {
-        let data = &mut self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + len as usize];
+        let data = &mut self.buf[self.data_at..self.data_at + len as usize];
         file.read_exact_at(data, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::new(e.kind(), "file shrank while being sent") } else { e }
         })?;
@@ -200,7 +212,7 @@ impl StreamIo {
                         Err(e) if off == offset && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
                             tracing::info!("sendfile unsupported here ({e}); this stream falls back to copying");
                             self.sendfile_ok = false;
-                            let data = &self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + len as usize];
+                            let data = &self.buf[self.data_at..self.data_at + len as usize];
                             return (&*sock).write_all(data);
                         }
                         Err(e) => return Err(e),
@@ -216,20 +228,33 @@ impl StreamIo {
     }
 
     fn write_loaded(&mut self, sock: &TcpStream, prefix: &[u8; DATA_PREFIX_LEN], len: u32) -> io::Result<()> {
-        self.buf[..DATA_PREFIX_LEN].copy_from_slice(prefix);
-        (&*sock).write_all(&self.buf[..DATA_PREFIX_LEN + len as usize])
+        let start = self.data_at - DATA_PREFIX_LEN;
+        self.buf[start..self.data_at].copy_from_slice(prefix);
+        (&*sock).write_all(&self.buf[start..self.data_at + len as usize])
     }
 
     /// Receives `len` payload bytes from `sock` into `file` at `offset` and
-    /// returns the checksum of what is now in the file.
-    pub fn receive(&mut self, sock: &TcpStream, file: &File, offset: u64, len: u32) -> io::Result<u64> {
+    /// returns the checksum of what is now in the file. The copy method
+    /// writes the 4 KiB-aligned body through `direct` (the same file opened
+    /// with O_DIRECT) when given, bypassing the page cache; the unaligned
+    /// head or tail goes through `file`.
+    pub fn receive(&mut self, sock: &TcpStream, file: &File, direct: Option<&File>, offset: u64, len: u32) -> io::Result<u64> {
         let n = len as usize;
         match self.method {
             Method::Copy => {
-                let data = &mut self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + n];
+                let data = &mut self.buf[self.data_at..self.data_at + n];
                 (&*sock).read_exact(data)?;
                 let sum = codec::checksum(data);
-                file.write_all_at(data, offset)?;
+                let body = match direct {
+                    Some(_) if offset % DIRECT_ALIGN as u64 == 0 => n - n % DIRECT_ALIGN,
+                    _ => 0,
+                };
+                if let (Some(d), true) = (direct, body > 0) {
+                    d.write_all_at(&data[..body], offset)?;
+                }
+                if body < n {
+                    file.write_all_at(&data[body..], offset + body as u64)?;
+                }
                 return Ok(sum);
             }
             Method::Splice => {
@@ -256,7 +281,7 @@ impl StreamIo {
         }
         // Zero-copy put the bytes in the page cache without passing through
         // us: read them back (cache-hot) to verify them.
-        let data = &mut self.buf[DATA_PREFIX_LEN..DATA_PREFIX_LEN + n];
+        let data = &mut self.buf[self.data_at..self.data_at + n];
         file.read_exact_at(data, offset)?;
         Ok(codec::checksum(data))
     }
@@ -306,6 +331,7 @@ fn send_all_more(sock: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn methods() -> Vec<Method> {
         let mut m = vec![Method::Copy, Method::Splice];
@@ -332,6 +358,8 @@ mod tests {
                 let dst_path = dir.path().join(format!("dst-{send}-{recv}"));
                 let dst = File::options().read(true).write(true).create(true).truncate(true).open(&dst_path).unwrap();
                 let block = 1 << 20;
+                // O_DIRECT where the filesystem has it (tmpfs does not).
+                let direct = File::options().write(true).custom_flags(libc::O_DIRECT).open(&dst_path).ok();
                 let reader = std::thread::spawn(move || {
                     let (sock, _) = listener.accept().unwrap();
                     let mut io = StreamIo::new(recv, block).unwrap();
@@ -342,7 +370,7 @@ mod tests {
                         let len = (3_000_000 - off).min(u64::from(block)) as u32;
                         (&sock).read_exact(&mut prefix).unwrap();
                         assert_eq!(prefix[0], off as u8);
-                        sums.push(io.receive(&sock, &dst, off, len).unwrap());
+                        sums.push(io.receive(&sock, &dst, direct.as_ref(), off, len).unwrap());
                         off += u64::from(len);
                     }
                     sums

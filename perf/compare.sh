@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# End-to-end comparison on one machine, in one run: sluice send/recv against
+# the tools users would otherwise pick -- tar | socat, an rsync daemon with
+# --whole-file (what the rsync SST method runs), and local cp -a.
+#
+# Corpus (generated once, reused): one big file of mixed pages (half
+# repetitive text, half random, 16 KiB pages) and many 4-64 KiB files.
+# Every timing ends with `sync -f DEST`, so all tools are compared on
+# durable results (sluice also syncfs'es before it reports success).
+# CPU is user+sys of every process involved (both ends), via /usr/bin/time.
+#
+# Usage: perf/compare.sh [WORKDIR]   (env: BIG_MIB=4096 SMALL=20000 RUNS=2 STREAMS=2)
+# Needs: socat rsync time (apt-get install -y socat rsync time), a release build.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+work=${1:-$repo/perf/out/work}
+BIG_MIB=${BIG_MIB:-4096}
+SMALL=${SMALL:-20000}
+RUNS=${RUNS:-2}
+STREAMS=${STREAMS:-2}
+sluice=$repo/target/release/sluice
+for tool in socat rsync /usr/bin/time tar cp bc ss; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y socat rsync time" >&2; exit 2; }
+done
+[ -x "$sluice" ] || (cd "$repo" && cargo build --release)
+
+mkdir -p "$work"
+corpus=$work/corpus
+if [ ! -f "$corpus/.done-$BIG_MIB-$SMALL" ]; then
+  rm -rf "$corpus"
+  "$sluice" -q gen-sample --corpus --big-mib "$BIG_MIB" --small "$SMALL" "$corpus"
+  touch "$corpus/.done-$BIG_MIB-$SMALL"
+fi
+# Warm the source page cache the same way for every tool.
+cat "$corpus"/big/* >/dev/null
+find "$corpus/small" -type f -exec cat {} + >/dev/null
+
+dest=$work/dest
+port=$((20000 + RANDOM % 20000))
+results=$work/results.tsv
+: >"$results"
+
+# cpu FILE...: sum of user+sys seconds reported by /usr/bin/time -f "%U %S"
+cpu() { awk '/^[0-9.]+ [0-9.]+$/ {s += $1 + $2} END {printf "%.2f", s}' "$@"; }
+now() { date +%s.%N; }
+
+clean() { rm -rf "$dest"; sync; sleep 1; }
+
+run_sluice() { # src
+  local t0 t1
+  rm -f "$work/recv.json"
+  t0=$(now)
+  /usr/bin/time -f "%U %S" -o "$work/t1" "$sluice" -q recv --listen 127.0.0.1:$port --dir "$dest" --json >"$work/recv.json" 2>"$work/recv.err" &
+  local rpid=$!
+  while [ ! -s "$work/recv.json" ]; do sleep 0.01; done
+  local token; token=$(sed -E 's/.*"token":"([0-9a-f]+)".*/\1/' "$work/recv.json")
+  if ! SLUICE_TOKEN=$token /usr/bin/time -f "%U %S" -o "$work/t2" "$sluice" -q send --streams "$STREAMS" --to 127.0.0.1:$port "$1" 2>"$work/send.err"; then
+    cat "$work/send.err" >&2; kill $rpid 2>/dev/null; exit 1
+  fi
+  wait $rpid
+  sync -f "$dest"
+  t1=$(now)
+  echo "$t0 $t1 $(cpu "$work/t1" "$work/t2")"
+}
+
+wait_listen() { until ss -ltnH "sport = :$port" | grep -q .; do sleep 0.01; done; }
+
+run_socat() { # src
+  local t0 t1
+  mkdir -p "$dest"
+  t0=$(now)
+  /usr/bin/time -f "%U %S" -o "$work/t1" bash -c "socat -u TCP-LISTEN:$port,reuseaddr stdio | tar -xf - -C '$dest'" &
+  local rpid=$!
+  wait_listen
+  /usr/bin/time -f "%U %S" -o "$work/t2" bash -c "tar -cf - -C '$1' . | socat -u stdio TCP:127.0.0.1:$port"
+  wait $rpid
+  sync -f "$dest"
+  t1=$(now)
+  echo "$t0 $t1 $(cpu "$work/t1" "$work/t2")"
+}
+
+run_rsync() { # src
+  local t0 t1
+  mkdir -p "$dest"
+  cat >"$work/rsyncd.conf" <<CONF
+uid = root
+gid = root
+use chroot = false
+pid file = $work/rsyncd.pid
+[sst]
+path = $dest
+read only = false
+CONF
+  /usr/bin/time -f "%U %S" -o "$work/t1" rsync --daemon --no-detach --config="$work/rsyncd.conf" --port=$port --address=127.0.0.1 &
+  local dpid=$!
+  wait_listen
+  t0=$(now)
+  /usr/bin/time -f "%U %S" -o "$work/t2" rsync -a --whole-file --inplace "$1/" "rsync://127.0.0.1:$port/sst/"
+  sync -f "$dest"
+  t1=$(now)
+  kill "$(cat "$work/rsyncd.pid")"
+  wait $dpid 2>/dev/null || true
+  rm -f "$work/rsyncd.pid"
+  echo "$t0 $t1 $(cpu "$work/t1" "$work/t2")"
+}
+
+run_cp() { # src
+  local t0 t1
+  t0=$(now)
+  /usr/bin/time -f "%U %S" -o "$work/t1" cp -a "$1" "$dest"
+  sync -f "$dest"
+  t1=$(now)
+  echo "$t0 $t1 $(cpu "$work/t1")"
+}
+
+for set in big small; do
+  src=$corpus/$set
+  bytes=$(du -sb --apparent-size "$src" | cut -f1)
+  for run in $(seq 1 "$RUNS"); do
+    for tool in sluice socat rsync cp; do
+      clean
+      read -r t0 t1 c < <(run_$tool "$src")
+      secs=$(echo "$t1 - $t0" | bc -l)
+      mibs=$(echo "$bytes / 1048576 / $secs" | bc -l)
+      cpg=$(echo "$c / ($bytes / 1073741824)" | bc -l)
+      printf '%s\t%s\t%d\t%.2f\t%.0f\t%.2f\n' "$set" "$tool" "$run" "$secs" "$mibs" "$cpg" | tee -a "$results"
+    done
+  done
+done
+clean
+echo
+echo "set tool run seconds MiB/s CPU-s/GiB -> $results"
