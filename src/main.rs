@@ -207,7 +207,7 @@ fn run(cmd: Command) -> Result<()> {
                 a.io.io,
                 a.streams,
                 a.block_size,
-                SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered },
+                SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() },
             )?;
             report("copied", &s);
             Ok(())
@@ -240,7 +240,7 @@ fn report(verb: &str, s: &Summary) {
 fn recv(a: &RecvArgs) -> Result<()> {
     let cfg = ReceiveConfig {
         io: a.io.io,
-        sink: SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered },
+        sink: SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() },
         idle_timeout: Duration::from_secs(a.idle_timeout),
         ..ReceiveConfig::default()
     };

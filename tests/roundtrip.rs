@@ -53,3 +53,25 @@ fn existing_destination_files_are_refused_not_overwritten() {
     assert_eq!(std::fs::read(dest.join("big.bin")).unwrap(), b"precious");
     assert!(dest.join(".sluice-incomplete").exists());
 }
+
+#[test]
+fn a_full_destination_fails_with_a_named_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture(tmp.path());
+    let mnt = tmp.path().join("tiny");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "sluice-test"]).arg(&mnt).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: cannot mount a 1 MiB tmpfs here (needs root)");
+        return;
+    }
+    let dest = mnt.join("dest");
+    let (s, r) = transfer(&src, &dest, sluice_engine::IoMode::Copy, sluice_engine::IoMode::Copy, 2);
+    let marker = dest.join(".sluice-incomplete").exists();
+    let umounted = std::process::Command::new("umount").arg(&mnt).status().unwrap();
+    let r = r.unwrap_err().to_string();
+    assert!(r.contains("No space left") && r.contains("filesystem is full"), "{r}");
+    assert!(s.unwrap_err().to_string().contains("No space left"));
+    assert!(marker, "a failed destination must say it is incomplete");
+    assert!(umounted.success());
+}

@@ -136,21 +136,21 @@ fn read_err(peer: &str, what: &str, e: &io::Error) -> Error {
 }
 
 /// Reads one frame header.
-pub fn read_header(mut sock: &TcpStream, peer: &str, what: &str) -> Result<FrameHeader> {
+pub fn read_header(mut sock: impl Read, peer: &str, what: &str) -> Result<FrameHeader> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     sock.read_exact(&mut h).map_err(|e| read_err(peer, what, &e))?;
     FrameHeader::decode(&h).map_err(|source| Error::Wire { peer: peer.into(), source })
 }
 
 /// Reads the DATA sub-header after a DATA frame header.
-pub fn read_data_header(mut sock: &TcpStream, peer: &str, h: FrameHeader) -> Result<(DataHeader, u32)> {
+pub fn read_data_header(mut sock: impl Read, peer: &str, h: FrameHeader) -> Result<(DataHeader, u32)> {
     let mut b = [0u8; DATA_HEADER_LEN];
     sock.read_exact(&mut b).map_err(|e| read_err(peer, "inside a DATA frame", &e))?;
     DataHeader::decode(h.len, &b).map_err(|source| Error::Wire { peer: peer.into(), source })
 }
 
 /// Reads the body of a control frame whose header was already read.
-pub fn read_body(mut sock: &TcpStream, peer: &str, h: FrameHeader) -> Result<Frame> {
+pub fn read_body(mut sock: impl Read, peer: &str, h: FrameHeader) -> Result<Frame> {
     if h.kind == Kind::Data {
         return Err(Error::peer(peer, "sent a DATA frame where a control frame was expected"));
     }
@@ -161,9 +161,9 @@ pub fn read_body(mut sock: &TcpStream, peer: &str, h: FrameHeader) -> Result<Fra
 }
 
 /// Reads one whole control frame.
-pub fn read_frame(sock: &TcpStream, peer: &str, what: &str) -> Result<Frame> {
-    let h = read_header(sock, peer, what)?;
-    read_body(sock, peer, h)
+pub fn read_frame(mut sock: impl Read, peer: &str, what: &str) -> Result<Frame> {
+    let h = read_header(&mut sock, peer, what)?;
+    read_body(&mut sock, peer, h)
 }
 
 /// Writes one control frame.

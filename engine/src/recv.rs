@@ -246,7 +246,7 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
     let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
     let tally = RecvTally::new(&entries);
     let abort = AtomicBool::new(false);
-    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
+    let results: Vec<Result<(u64, u64, Vec<u8>)>> = std::thread::scope(|s| {
         let handles: Vec<_> = streams
             .iter()
             .map(|j| {
@@ -268,11 +268,15 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
     let mut frames = 0;
     let mut bytes = 0;
     let mut first_err = None;
-    for r in results {
+    let mut leftover0 = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok((f, b)) => {
+            Ok((f, b, rest)) => {
                 frames += f;
                 bytes += b;
+                if i == 0 {
+                    leftover0 = rest;
+                }
             }
             Err(e) if first_err.is_none() || matches!(first_err, Some(Error::Aborted(_))) => first_err = Some(e),
             Err(_) => {}
@@ -281,7 +285,8 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
     if let Some(e) = first_err {
         return Err(e);
     }
-    match net::read_frame(s0, peer, "before END")? {
+    // Stream 0's reader may have read END ahead together with STREAM_END.
+    match net::read_frame(std::io::Read::chain(&leftover0[..], s0), peer, "before END")? {
         Frame::End { entries: n, data_bytes: b, frames: f } => {
             if n != entries.len() as u64 || b != bytes || f != frames || b != data_bytes {
                 return Err(Error::peer(
@@ -364,20 +369,22 @@ struct StreamCtx<'a> {
 }
 
 impl StreamCtx<'_> {
-    /// Handles DATA and FILE_DONE frames until STREAM_END; returns (frames, bytes).
-    fn run(&self) -> Result<(u64, u64)> {
+    /// Handles DATA and FILE_DONE frames until STREAM_END; returns (frames,
+    /// bytes, bytes read ahead past STREAM_END).
+    fn run(&self) -> Result<(u64, u64, Vec<u8>)> {
         let (sock, peer) = (&self.j.sock, self.j.peer.as_str());
         let index = self.j.hello.stream_index;
         let mut io = StreamIo::new(self.method, wire::MAX_PAYLOAD).map_err(|e| Error::io("setting up receive I/O", e))?;
+        let mut inbound = io.inbound(sock);
         let (mut frames, mut bytes) = (0u64, 0u64);
         let what = format!("on stream {index} before its end");
         loop {
-            let h = match net::read_header(sock, peer, &what) {
+            let h = match net::read_header(&mut inbound, peer, &what) {
                 Err(_) if self.abort.load(Ordering::Acquire) => return Err(Error::Aborted("another stream failed".into())),
                 r => r?,
             };
             if h.kind == Kind::Data {
-                let (d, len) = net::read_data_header(sock, peer, h)?;
+                let (d, len) = net::read_data_header(&mut inbound, peer, h)?;
                 let entry = self
                     .entries
                     .get(d.file_id as usize)
@@ -385,7 +392,7 @@ impl StreamCtx<'_> {
                 RecvTally::check_range(entry, d.offset, len)
                     .map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })?;
                 let file = self.sink.file(d.file_id)?;
-                let sum = io.receive(sock, &file.file, file.direct.as_ref(), d.offset, len).map_err(|e| {
+                let sum = io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len).map_err(|e| {
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::UnexpectedEof
@@ -395,7 +402,7 @@ impl StreamCtx<'_> {
                     ) {
                         Error::peer(peer, format!("stream {index} broke while receiving {}: {e}", entry.display_path()))
                     } else {
-                        Error::Destination { path: entry.display_path(), reason: format!("writing at offset {}: {e}", d.offset) }
+                        self.sink.write_error(entry, d.offset, &e)
                     }
                 })?;
                 if sum != d.checksum {
@@ -414,7 +421,7 @@ impl StreamCtx<'_> {
                 self.settle(entry, state)?;
                 continue;
             }
-            match net::read_body(sock, peer, h)? {
+            match net::read_body(&mut inbound, peer, h)? {
                 Frame::FileDone { file_id, digest } => {
                     let entry = self
                         .entries
@@ -431,7 +438,7 @@ impl StreamCtx<'_> {
                             format!("stream {index} ended claiming {f} frames / {b} bytes, but {frames} / {bytes} arrived"),
                         ));
                     }
-                    return Ok((frames, bytes));
+                    return Ok((frames, bytes, inbound.into_leftover()));
                 }
                 other => return Err(Error::peer(peer, format!("sent {:?} in the middle of the data", other.kind()))),
             }

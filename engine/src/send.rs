@@ -237,16 +237,18 @@ impl StreamCtx<'_> {
         let path = || self.tree.paths[b.file_id as usize].display().to_string();
         let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
         let prefix = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum }.encode_prefix(b.len);
-        io.transmit(self.sock, &prefix, file, b.offset, b.len).map_err(|e| {
+        // The FILE_DONE of a file's last block rides in the same write.
+        let mut trailer = Vec::new();
+        if let Some(digest) = self.tally.record(b, checksum) {
+            Frame::FileDone { file_id: b.file_id, digest }.encode(&mut trailer);
+        }
+        io.transmit(self.sock, &prefix, file, b.offset, b.len, &trailer).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::io(format!("sending {}", path()), e)
             } else {
                 Error::peer(self.peer, format!("stream {} failed while sending {}: {e}", self.index, path()))
             }
         })?;
-        if let Some(digest) = self.tally.record(b, checksum) {
-            net::write_frame(self.sock, self.peer, &Frame::FileDone { file_id: b.file_id, digest })?;
-        }
         Ok(())
     }
 }

@@ -165,7 +165,8 @@ impl StreamIo {
             Method::Copy => None,
             Method::Splice | Method::Uring => Some(Pipe::new(block_size as usize)?),
         };
-        let buf = vec![0u8; block_size as usize + 2 * DIRECT_ALIGN];
+        // Room before the data for the prefix and alignment, after it for a trailer.
+        let buf = vec![0u8; block_size as usize + 3 * DIRECT_ALIGN];
         let data_at = buf.as_ptr().align_offset(DIRECT_ALIGN) + DIRECT_ALIGN;
         Ok(Self {
             method,
@@ -192,14 +193,24 @@ impl StreamIo {
         Ok(codec::checksum(data))
     }
 
-    /// Sends `prefix` and then the block last [`load`](Self::load)ed from
-    /// `file` at `offset`.
-    pub fn transmit(&mut self, sock: &TcpStream, prefix: &[u8; DATA_PREFIX_LEN], file: &File, offset: u64, len: u32) -> io::Result<()> {
+    /// Sends `prefix`, then the block last [`load`](Self::load)ed from
+    /// `file` at `offset`, then `trailer` (a small control frame that rides
+    /// in the same write, at most [`MAX_TRAILER`] bytes).
+    pub fn transmit(
+        &mut self,
+        sock: &TcpStream,
+        prefix: &[u8; DATA_PREFIX_LEN],
+        file: &File,
+        offset: u64,
+        len: u32,
+        trailer: &[u8],
+    ) -> io::Result<()> {
+        assert!(trailer.len() <= MAX_TRAILER, "trailer too long");
         match self.method {
-            Method::Copy => self.write_loaded(sock, prefix, len),
+            Method::Copy => self.write_loaded(sock, prefix, len, trailer),
             Method::Splice => {
                 if !self.sendfile_ok {
-                    return self.write_loaded(sock, prefix, len);
+                    return self.write_loaded(sock, prefix, len, trailer);
                 }
                 send_all_more(sock, prefix)?;
                 let mut off = offset;
@@ -213,24 +224,36 @@ impl StreamIo {
                             tracing::info!("sendfile unsupported here ({e}); this stream falls back to copying");
                             self.sendfile_ok = false;
                             let data = &self.buf[self.data_at..self.data_at + len as usize];
-                            return (&*sock).write_all(data);
+                            (&*sock).write_all(data)?;
+                            return (&*sock).write_all(trailer);
                         }
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(())
+                (&*sock).write_all(trailer)
             }
             Method::Uring => {
                 send_all_more(sock, prefix)?;
-                self.pump(file.as_fd(), Some(offset), sock.as_fd(), None, u64::from(len))
+                self.pump(file.as_fd(), Some(offset), sock.as_fd(), None, u64::from(len))?;
+                (&*sock).write_all(trailer)
             }
         }
     }
 
-    fn write_loaded(&mut self, sock: &TcpStream, prefix: &[u8; DATA_PREFIX_LEN], len: u32) -> io::Result<()> {
+    fn write_loaded(&mut self, sock: &TcpStream, prefix: &[u8; DATA_PREFIX_LEN], len: u32, trailer: &[u8]) -> io::Result<()> {
         let start = self.data_at - DATA_PREFIX_LEN;
+        let end = self.data_at + len as usize;
         self.buf[start..self.data_at].copy_from_slice(prefix);
-        (&*sock).write_all(&self.buf[start..self.data_at + len as usize])
+        self.buf[end..end + trailer.len()].copy_from_slice(trailer);
+        (&*sock).write_all(&self.buf[start..end + trailer.len()])
+    }
+
+    /// The read side for this method: buffered for `copy` (one `recv` then
+    /// serves many small frames), unbuffered for the splice methods, whose
+    /// payload bytes must still be in the socket when they splice.
+    pub fn inbound<'a>(&self, sock: &'a TcpStream) -> Inbound<'a> {
+        let cap = if self.method == Method::Copy { INBOUND_BUFFER } else { 0 };
+        Inbound { sock, buf: vec![0u8; cap], pos: 0, end: 0 }
     }
 
     /// Receives `len` payload bytes from `sock` into `file` at `offset` and
@@ -238,12 +261,14 @@ impl StreamIo {
     /// writes the 4 KiB-aligned body through `direct` (the same file opened
     /// with O_DIRECT) when given, bypassing the page cache; the unaligned
     /// head or tail goes through `file`.
-    pub fn receive(&mut self, sock: &TcpStream, file: &File, direct: Option<&File>, offset: u64, len: u32) -> io::Result<u64> {
+    pub fn receive(&mut self, src: &mut Inbound<'_>, file: &File, direct: Option<&File>, offset: u64, len: u32) -> io::Result<u64> {
         let n = len as usize;
+        let sock = src.sock;
+        debug_assert!(self.method == Method::Copy || src.pos == src.end, "splice methods read unbuffered");
         match self.method {
             Method::Copy => {
                 let data = &mut self.buf[self.data_at..self.data_at + n];
-                (&*sock).read_exact(data)?;
+                src.read_exact(data)?;
                 let sum = codec::checksum(data);
                 let body = match direct {
                     Some(_) if offset % DIRECT_ALIGN as u64 == 0 => n - n % DIRECT_ALIGN,
@@ -300,7 +325,10 @@ impl StreamIo {
         ring.pump(pipe, src, src_off, dst, dst_off, len)
     }
 
+    // Same signature as the io_uring version; `select` never hands out
+    // Method::Uring in this build, so this is unreachable in practice.
     #[cfg(not(feature = "uring"))]
+    #[allow(clippy::unused_self)]
     fn pump(
         &mut self,
         _src: std::os::fd::BorrowedFd<'_>,
@@ -310,6 +338,45 @@ impl StreamIo {
         _len: u64,
     ) -> io::Result<()> {
         Err(io::Error::new(io::ErrorKind::Unsupported, "built without io_uring"))
+    }
+}
+
+/// Largest trailer [`StreamIo::transmit`] accepts.
+pub const MAX_TRAILER: usize = 256;
+
+/// Read-ahead of the buffered (copy) receive path.
+const INBOUND_BUFFER: usize = 256 << 10;
+
+/// A socket's read side with optional read-ahead; see [`StreamIo::inbound`].
+#[derive(Debug)]
+pub struct Inbound<'a> {
+    sock: &'a TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+impl Inbound<'_> {
+    /// Bytes read ahead but not consumed (the next frame's, if any).
+    pub fn into_leftover(self) -> Vec<u8> {
+        self.buf[self.pos..self.end].to_vec()
+    }
+}
+
+impl Read for Inbound<'_> {
+    fn read(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end {
+            // Large reads (and the unbuffered case) go straight to the socket.
+            if dst.len() >= self.buf.len() {
+                return (&*self.sock).read(dst);
+            }
+            self.end = (&*self.sock).read(&mut self.buf)?;
+            self.pos = 0;
+        }
+        let n = dst.len().min(self.end - self.pos);
+        dst[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -363,14 +430,18 @@ mod tests {
                 let reader = std::thread::spawn(move || {
                     let (sock, _) = listener.accept().unwrap();
                     let mut io = StreamIo::new(recv, block).unwrap();
+                    let mut inbound = io.inbound(&sock);
                     let mut prefix = [0u8; DATA_PREFIX_LEN];
                     let mut sums = Vec::new();
                     let mut off = 0u64;
                     while off < 3_000_000 {
                         let len = (3_000_000 - off).min(u64::from(block)) as u32;
-                        (&sock).read_exact(&mut prefix).unwrap();
+                        inbound.read_exact(&mut prefix).unwrap();
                         assert_eq!(prefix[0], off as u8);
-                        sums.push(io.receive(&sock, &dst, direct.as_ref(), off, len).unwrap());
+                        sums.push(io.receive(&mut inbound, &dst, direct.as_ref(), off, len).unwrap());
+                        let mut trailer = [0u8; 3];
+                        inbound.read_exact(&mut trailer).unwrap();
+                        assert_eq!(&trailer, b"end");
                         off += u64::from(len);
                     }
                     sums
@@ -384,7 +455,7 @@ mod tests {
                     sums.push(io.load(&src, off, len).unwrap());
                     let mut prefix = [0u8; DATA_PREFIX_LEN];
                     prefix[0] = off as u8;
-                    io.transmit(&sock, &prefix, &src, off, len).unwrap();
+                    io.transmit(&sock, &prefix, &src, off, len, b"end").unwrap();
                     off += u64::from(len);
                 }
                 assert_eq!(reader.join().unwrap(), sums, "{send} -> {recv}");
