@@ -6,7 +6,7 @@
 //! Modules, each with one job: [`wire`] (frame layout), [`plan`] (manifest,
 //! block queue, tallies), [`codec`] (checksums), [`backend`] (the only
 //! syscalls and `unsafe`), [`source`] (reading the sender's tree), [`sink`]
-//! (writing the receiver's tree), [`net`] (sockets), [`send`] and [`recv`]
+//! (writing the receiver's tree), [`net`] (sockets), [`pipeline`] (stream threads and shutdown), [`send`] and [`recv`]
 //! (the two session state machines), [`progress`] (byte accounting).
 //! The protocol is specified in `engine/PROTOCOL.md`.
 
@@ -17,6 +17,7 @@ pub mod codec;
 pub mod diff;
 mod error;
 pub mod net;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recv;

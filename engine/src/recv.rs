@@ -12,6 +12,8 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::pipeline::{self, Abort};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender as Tx, bounded};
@@ -245,46 +247,22 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
     let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
     let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
     let tally = RecvTally::new(&entries);
-    let abort = AtomicBool::new(false);
-    let results: Vec<Result<(u64, u64, Vec<u8>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = streams
-            .iter()
-            .map(|j| {
-                let ctx = StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, cfg, method };
-                s.spawn(move || {
-                    let r = ctx.run();
-                    if r.is_err() && !ctx.abort.swap(true, Ordering::AcqRel) {
-                        // Unblock the other streams at once.
-                        for other in streams {
-                            let _ = other.sock.shutdown(Shutdown::Read);
-                        }
-                    }
-                    r
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Aborted("a receiver thread panicked".into())))).collect()
-    });
-    let mut frames = 0;
-    let mut bytes = 0;
-    let mut first_err = None;
-    let mut leftover0 = Vec::new();
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok((f, b, rest)) => {
-                frames += f;
-                bytes += b;
-                if i == 0 {
-                    leftover0 = rest;
-                }
+    let abort = Abort::default();
+    let results = pipeline::run_streams(
+        streams,
+        &abort,
+        |_, j| StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, cfg, method }.run(),
+        // Unblock the other streams' reads at once.
+        || {
+            for other in streams {
+                let _ = other.sock.shutdown(Shutdown::Read);
             }
-            Err(e) if first_err.is_none() || matches!(first_err, Some(Error::Aborted(_))) => first_err = Some(e),
-            Err(_) => {}
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+        },
+    );
+    let per_stream = pipeline::collect(results)?;
+    let frames: u64 = per_stream.iter().map(|r| r.0).sum();
+    let bytes: u64 = per_stream.iter().map(|r| r.1).sum();
+    let leftover0 = per_stream.into_iter().next().map(|r| r.2).unwrap_or_default();
     // Stream 0's reader may have read END ahead together with STREAM_END.
     match net::read_frame(std::io::Read::chain(&leftover0[..], s0), peer, "before END")? {
         Frame::End { entries: n, data_bytes: b, frames: f } => {
@@ -363,7 +341,7 @@ struct StreamCtx<'a> {
     entries: &'a [Entry],
     sink: &'a Sink,
     tally: &'a RecvTally,
-    abort: &'a AtomicBool,
+    abort: &'a Abort,
     cfg: &'a ReceiveConfig,
     method: backend::Method,
 }
@@ -380,7 +358,7 @@ impl StreamCtx<'_> {
         let what = format!("on stream {index} before its end");
         loop {
             let h = match net::read_header(&mut inbound, peer, &what) {
-                Err(_) if self.abort.load(Ordering::Acquire) => return Err(Error::Aborted("another stream failed".into())),
+                Err(_) if self.abort.is_set() => return Err(Abort::error()),
                 r => r?,
             };
             if h.kind == Kind::Data {

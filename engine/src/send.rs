@@ -11,13 +11,13 @@ use std::fs::File;
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver as Rx, bounded};
 
 use crate::backend::{self, IoMode, StreamIo};
 use crate::net::{self, Token};
+use crate::pipeline::{self, Abort};
 use crate::plan::{Block, Schedule, SendTally};
 use crate::progress::Progress;
 use crate::source::{self, SourceTree};
@@ -103,24 +103,22 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
 
     let schedule = Schedule::new(&tree.entries, cfg.block_size);
     let tally = SendTally::new(&tree.entries, cfg.block_size);
-    let abort = AtomicBool::new(false);
-    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = socks
-            .iter()
-            .enumerate()
-            .map(|(i, sock)| {
-                let ctx = StreamCtx { sock, peer: &peer, tree: &tree, schedule: &schedule, tally: &tally, abort: &abort, cfg, index: i };
-                s.spawn(move || {
-                    let r = ctx.run(method);
-                    if r.is_err() {
-                        ctx.abort.store(true, Ordering::Release);
-                    }
-                    r
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Aborted("a sender thread panicked".into())))).collect()
-    });
+    let abort = Abort::default();
+    let results = pipeline::run_streams(
+        &socks,
+        &abort,
+        |index, sock| {
+            let ctx = StreamCtx { sock, peer: &peer, tree: &tree, schedule: &schedule, tally: &tally, abort: &abort, cfg, index };
+            ctx.run(method)
+        },
+        // Wake writers blocked on a slow receiver; keep the read side open
+        // so the receiver's verdict can still arrive.
+        || {
+            for s in &socks {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+        },
+    );
 
     let outcome = finish(&socks, &peer, &tree, results, &verdict_rx);
     if outcome.is_err() {
@@ -200,7 +198,7 @@ struct StreamCtx<'a> {
     tree: &'a SourceTree,
     schedule: &'a Schedule,
     tally: &'a SendTally,
-    abort: &'a AtomicBool,
+    abort: &'a Abort,
     cfg: &'a SendConfig,
     index: usize,
 }
@@ -212,8 +210,8 @@ impl StreamCtx<'_> {
         let mut open: Option<(u32, File)> = None;
         let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
         while let Some(b) = self.schedule.next_block() {
-            if self.abort.load(Ordering::Acquire) {
-                return Err(Error::Aborted("another stream failed".into()));
+            if self.abort.is_set() {
+                return Err(Abort::error());
             }
             if open.as_ref().is_none_or(|(id, _)| *id != b.file_id) {
                 let path = &self.tree.paths[b.file_id as usize];
@@ -261,27 +259,17 @@ fn finish(
     results: Vec<Result<(u64, u64)>>,
     verdict: &Rx<Result<(bool, String)>>,
 ) -> Result<u64> {
-    let mut frames = 0;
-    let mut bytes = 0;
-    let mut first_err = None;
-    for r in results {
-        match r {
-            Ok((f, b)) => {
-                frames += f;
-                bytes += b;
-            }
-            // Keep the root cause, not the "aborted" echoes of other streams.
-            Err(e) if first_err.is_none() || matches!(first_err, Some(Error::Aborted(_))) => first_err = Some(e),
-            Err(_) => {}
-        }
-    }
-    if let Some(e) = first_err {
+    let per_stream = match pipeline::collect(results) {
+        Ok(v) => v,
         // If the receiver said why it hung up, that is the better message.
-        return Err(match verdict.recv_timeout(Duration::from_secs(2)) {
-            Ok(Ok((false, reason))) => Error::ReceiverFailed(reason),
-            _ => e,
-        });
-    }
+        Err(e) => {
+            return Err(match verdict.recv_timeout(Duration::from_secs(2)) {
+                Ok(Ok((false, reason))) => Error::ReceiverFailed(reason),
+                _ => e,
+            });
+        }
+    };
+    let (frames, bytes) = per_stream.iter().fold((0, 0), |(f, b), (sf, sb)| (f + sf, b + sb));
     net::write_frame(&socks[0], peer, &Frame::End { entries: tree.entries.len() as u64, data_bytes: bytes, frames })?;
     match verdict.recv() {
         Ok(Ok((true, _))) => Ok(bytes),
