@@ -7,24 +7,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 
-use sluice_engine::plan::{Entry, EntryKind, Extent};
+use sluice_engine::plan::{Entry, EntryKind};
 use sluice_engine::wire::{DataHeader, Frame, Hello, MAGIC};
 use sluice_engine::{ReceiveConfig, Receiver};
 
 fn entry(id: u32, kind: EntryKind, path: &str, size: u64, target: &str) -> Entry {
-    Entry {
-        id,
-        kind,
-        path: path.as_bytes().to_vec(),
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        size,
-        extents: if size > 0 { vec![Extent { offset: 0, len: size }] } else { vec![] },
-        link_target: target.as_bytes().to_vec(),
-    }
+    Entry { link_target: target.as_bytes().to_vec(), ..Entry::new(id, kind, path.as_bytes(), size) }
 }
 
 /// Plays a hand-written sender: HELLO, then `frames` raw, then data for

@@ -50,6 +50,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry with mode 0644, owner 0:0, mtime 0, and — for a regular file
+    /// of `size` bytes — one data extent covering it all.
+    pub fn new(id: u32, kind: EntryKind, path: &[u8], size: u64) -> Self {
+        let extents = if kind == EntryKind::File && size > 0 { vec![Extent { offset: 0, len: size }] } else { Vec::new() };
+        Self {
+            id,
+            kind,
+            path: path.to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size,
+            extents,
+            link_target: Vec::new(),
+        }
+    }
+
     /// Bytes of data (not holes) this entry carries.
     pub fn data_bytes(&self) -> u64 {
         self.extents.iter().map(|x| x.len).sum()
@@ -350,19 +369,7 @@ mod tests {
     use super::*;
 
     fn file(id: u32, extents: Vec<Extent>, size: u64) -> Entry {
-        Entry {
-            id,
-            kind: EntryKind::File,
-            path: format!("f{id}").into_bytes(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-            size,
-            extents,
-            link_target: vec![],
-        }
+        Entry { extents, ..Entry::new(id, EntryKind::File, format!("f{id}").as_bytes(), size) }
     }
 
     #[test]

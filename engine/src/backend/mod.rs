@@ -404,7 +404,7 @@ mod tests {
         let mut m = vec![Method::Copy, Method::Splice];
         match uring_available() {
             Ok(()) => m.push(Method::Uring),
-            Err(why) => eprintln!("skipping the uring backend: {why}"),
+            Err(why) => eprintln!("SKIPPED: io_uring backend unavailable here: {why}"),
         }
         m
     }
