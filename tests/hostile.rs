@@ -18,6 +18,18 @@ fn entry(id: u32, kind: EntryKind, path: &str, size: u64, target: &str) -> Entry
 /// Plays a hand-written sender: HELLO, then `frames` raw, then data for
 /// file 0 if `data` is given. Returns the receiver's result.
 fn hostile_session(dest: &Path, manifest: Vec<Entry>, data: Option<&[u8]>) -> sluice_engine::Result<sluice_engine::Summary> {
+    let sum = data.map(|d| sluice_engine::codec::checksum(d) ^ 1);
+    hostile_with(dest, manifest, 0, data.map(|d| (0, d.len() as u32, d, sum.unwrap())))
+}
+
+/// Like [`hostile_session`], with requested capabilities and a raw DATA
+/// frame: (flags, decoded length, wire payload, checksum).
+fn hostile_with(
+    dest: &Path,
+    manifest: Vec<Entry>,
+    capabilities: u64,
+    data: Option<(u8, u32, &[u8], u64)>,
+) -> sluice_engine::Result<sluice_engine::Summary> {
     let r = Receiver::bind("127.0.0.1:0", ReceiveConfig::default()).unwrap();
     let addr = r.local_addr().unwrap();
     let token = *r.token().as_bytes();
@@ -25,17 +37,14 @@ fn hostile_session(dest: &Path, manifest: Vec<Entry>, data: Option<&[u8]>) -> sl
     let h = std::thread::spawn(move || r.run(&dest));
     let mut s = TcpStream::connect(addr).unwrap();
     let mut buf = MAGIC.to_vec();
-    Frame::Hello(Hello { min_version: 1, max_version: 1, stream_index: 0, stream_count: 1, capabilities: 0, token, session_salt: [3; 16] })
+    Frame::Hello(Hello { min_version: 1, max_version: 2, stream_index: 0, stream_count: 1, capabilities, token, session_salt: [3; 16] })
         .encode(&mut buf);
     let n = manifest.len() as u64;
     let bytes = manifest.iter().map(Entry::data_bytes).sum();
     Frame::Manifest(manifest).encode(&mut buf);
     Frame::ManifestEnd { entries: n, data_bytes: bytes }.encode(&mut buf);
-    if let Some(d) = data {
-        let sum = sluice_engine::codec::checksum(d);
-        buf.extend_from_slice(
-            &DataHeader { file_id: 0, seq: 0, offset: 0, raw_len: d.len() as u32, checksum: sum ^ 1 }.encode_prefix(d.len() as u32),
-        );
+    if let Some((flags, raw_len, d, checksum)) = data {
+        buf.extend_from_slice(&DataHeader { file_id: 0, seq: 0, offset: 0, raw_len, checksum }.encode_prefix(d.len() as u32, flags));
         buf.extend_from_slice(d);
     }
     let _ = s.write_all(&buf);
@@ -100,4 +109,33 @@ fn a_block_outside_the_announced_extents_is_refused() {
     // The manifest announces 4 bytes; the peer sends 8 at offset 0.
     let err = hostile_session(&dest, vec![entry(0, EntryKind::File, "t.ibd", 4, "")], Some(b"abcdefgh")).unwrap_err().to_string();
     assert!(err.contains("t.ibd") && err.contains("outside"), "{err}");
+}
+
+#[test]
+fn compressed_blocks_need_negotiation_and_must_decode() {
+    use sluice_engine::wire::{caps, data_flags};
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let packed = lz4_flex::block::compress(plain);
+    let sum = sluice_engine::codec::checksum(plain);
+    let manifest = || vec![entry(0, EntryKind::File, "z.ibd", plain.len() as u64, "")];
+
+    // Not negotiated: refused even though it would decode.
+    let err = hostile_with(&tmp.path().join("a"), manifest(), 0, Some((data_flags::LZ4, plain.len() as u32, &packed, sum))).unwrap_err();
+    assert!(err.to_string().contains("without negotiating"), "{err}");
+
+    // Negotiated but garbage: a named verification error for the file.
+    let garbage = vec![0xF0u8; 40];
+    let err =
+        hostile_with(&tmp.path().join("b"), manifest(), caps::COMPRESS_LZ4, Some((data_flags::LZ4, plain.len() as u32, &garbage, sum)))
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("z.ibd") && err.contains("lz4"), "{err}");
+
+    // A block that decodes to more than the announced length.
+    let err = hostile_with(&tmp.path().join("c"), manifest(), caps::COMPRESS_LZ4, Some((data_flags::LZ4, 10, &packed, sum)))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("z.ibd"), "{err}");
+    assert!(tmp.path().join("b/.sluice-incomplete").exists());
 }

@@ -7,7 +7,7 @@
 //! block queue, tallies), [`codec`] (checksums), [`backend`] (the only
 //! syscalls and `unsafe`), [`source`] (reading the sender's tree), [`sink`]
 //! (writing the receiver's tree), [`net`] (sockets), [`pipeline`] (stream threads and shutdown), [`send`] and [`recv`]
-//! (the two session state machines), [`progress`] (byte accounting).
+//! (the two session state machines), [`progress`] (byte accounting), [`throttle`] (the shared rate limiter).
 //! The protocol is specified in `engine/PROTOCOL.md`.
 
 #![deny(unsafe_code)]
@@ -24,6 +24,7 @@ pub mod recv;
 pub mod send;
 pub mod sink;
 pub mod source;
+pub mod throttle;
 pub mod wire;
 
 pub use backend::{IO_ENV, IoMode, Method};
@@ -45,6 +46,8 @@ pub struct Summary {
     pub files: u64,
     /// Data bytes moved (holes excluded).
     pub bytes: u64,
+    /// Payload bytes on the wire (less than `bytes` when compressed).
+    pub wire_bytes: u64,
     /// Wall time of the session.
     pub elapsed: std::time::Duration,
 }
@@ -53,5 +56,10 @@ impl Summary {
     /// Throughput in MiB/s.
     pub fn mib_per_sec(&self) -> f64 {
         self.bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Data bytes per wire byte (1.0 without compression).
+    pub fn compression_ratio(&self) -> f64 {
+        if self.wire_bytes == 0 { 1.0 } else { self.bytes as f64 / self.wire_bytes as f64 }
     }
 }

@@ -146,7 +146,7 @@ pub fn read_header(mut sock: impl Read, peer: &str, what: &str) -> Result<FrameH
 pub fn read_data_header(mut sock: impl Read, peer: &str, h: FrameHeader) -> Result<(DataHeader, u32)> {
     let mut b = [0u8; DATA_HEADER_LEN];
     sock.read_exact(&mut b).map_err(|e| read_err(peer, "inside a DATA frame", &e))?;
-    DataHeader::decode(h.len, &b).map_err(|source| Error::Wire { peer: peer.into(), source })
+    DataHeader::decode(h.len, h.flags, &b).map_err(|source| Error::Wire { peer: peer.into(), source })
 }
 
 /// Reads the body of a control frame whose header was already read.

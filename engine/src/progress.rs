@@ -12,19 +12,24 @@ pub struct Progress {
     started: Instant,
     total: AtomicU64,
     done: AtomicU64,
+    wire: AtomicU64,
 }
 
 /// A consistent-enough view of [`Progress`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Snapshot {
+    /// Data bytes the manifest announced.
     pub total: u64,
+    /// Data bytes moved so far (decoded).
     pub done: u64,
+    /// Payload bytes on the wire so far (after compression).
+    pub wire: u64,
     pub seconds: f64,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Self { started: Instant::now(), total: AtomicU64::new(0), done: AtomicU64::new(0) }
+        Self { started: Instant::now(), total: AtomicU64::new(0), done: AtomicU64::new(0), wire: AtomicU64::new(0) }
     }
 }
 
@@ -37,10 +42,15 @@ impl Progress {
         self.done.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    pub fn add_wire(&self, bytes: u64) {
+        self.wire.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             total: self.total.load(Ordering::Relaxed),
             done: self.done.load(Ordering::Relaxed),
+            wire: self.wire.load(Ordering::Relaxed),
             seconds: self.started.elapsed().as_secs_f64(),
         }
     }

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender as Tx, bounded};
 
 use crate::backend::{self, IoMode, StreamIo};
+use crate::codec::Decoder;
 use crate::net::{self, Token};
 use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
 use crate::progress::Progress;
 use crate::sink::{Sink, SinkOptions};
-use crate::wire::{self, Frame, Hello, Kind, MAGIC};
+use crate::wire::{self, Frame, Hello, Kind, MAGIC, caps, data_flags};
 use crate::{Error, Result, Summary};
 
 /// How to receive.
@@ -116,8 +117,8 @@ impl Receiver {
                 }
             }
         }
-        let (entries, files, bytes) = result?;
-        Ok(Summary { entries, files, bytes, elapsed: started.elapsed() })
+        let (entries, files, bytes, wire_bytes) = result?;
+        Ok(Summary { entries, files, bytes, wire_bytes, elapsed: started.elapsed() })
     }
 
     /// Accepts connections until every stream of one session has joined.
@@ -127,6 +128,7 @@ impl Receiver {
         let pending = Arc::new(AtomicUsize::new(0));
         let mut slots: Vec<Option<Joined>> = Vec::new();
         let mut salt = None;
+        let mut session_caps = 0;
         let mut deadline = None;
         loop {
             match self.listener.accept() {
@@ -150,11 +152,12 @@ impl Receiver {
                 match salt {
                     None => {
                         salt = Some(h.session_salt);
+                        session_caps = h.capabilities;
                         slots.resize_with(usize::from(h.stream_count), || None);
                         deadline = Some(Instant::now() + self.cfg.assemble_timeout);
                         tracing::info!(peer = %j.peer, streams = h.stream_count, "session started");
                     }
-                    Some(s) if s != h.session_salt || usize::from(h.stream_count) != slots.len() => {
+                    Some(s) if s != h.session_salt || usize::from(h.stream_count) != slots.len() || h.capabilities != session_caps => {
                         reject(&j, "a different session is already in progress on this receiver");
                         continue;
                     }
@@ -165,7 +168,7 @@ impl Receiver {
                     reject(&j, "stream index joined twice");
                     continue;
                 }
-                let welcome = Frame::Welcome { version: wire::PROTOCOL_VERSION.min(h.max_version), capabilities: 0 };
+                let welcome = Frame::Welcome { version: wire::PROTOCOL_VERSION.min(h.max_version), capabilities: h.capabilities };
                 if let Err(e) = net::write_frame(&j.sock, &j.peer, &welcome) {
                     tracing::warn!("{e}");
                     continue;
@@ -227,22 +230,26 @@ fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, 
     if hello.max_version < wire::MIN_PROTOCOL_VERSION || hello.min_version > wire::PROTOCOL_VERSION {
         return refuse(&sock, &format!("protocol versions {}..={} are not supported", hello.min_version, hello.max_version), true);
     }
-    if hello.capabilities & !wire::caps::SUPPORTED != 0 {
+    if hello.capabilities & !caps::SUPPORTED != 0 {
         return refuse(&sock, &format!("capabilities {:#x} are not supported by this receiver", hello.capabilities), true);
+    }
+    if hello.capabilities & (caps::COMPRESS_LZ4 | caps::COMPRESS_ZSTD) != 0 && hello.max_version < wire::since::COMPRESSION {
+        return refuse(&sock, "compression needs protocol version 2", true);
     }
     let _ = tx.send(Joined { sock, peer, hello });
 }
 
 /// Manifest, data, end, verification and sync; returns (entries, files, bytes).
-fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Method, dest: &Path) -> Result<(u64, u64, u64)> {
+fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Method, dest: &Path) -> Result<(u64, u64, u64, u64)> {
     for j in streams {
         net::configure(&j.sock, cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
     }
     let (s0, peer) = (&streams[0].sock, streams[0].peer.as_str());
     let (entries, data_bytes) = read_manifest(s0, peer)?;
-    if let Some(p) = &cfg.progress {
-        p.set_total(data_bytes);
-    }
+    let progress = cfg.progress.clone().unwrap_or_default();
+    progress.set_total(data_bytes);
+    // Compressed blocks go through user memory anyway.
+    let method = if streams[0].hello.capabilities == 0 { method } else { backend::Method::Copy };
     let entries = Arc::new(entries);
     let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
     let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
@@ -251,7 +258,7 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
     let results = pipeline::run_streams(
         streams,
         &abort,
-        |_, j| StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, cfg, method }.run(),
+        |_, j| StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, progress: &progress, method }.run(),
         // Unblock the other streams' reads at once.
         || {
             for other in streams {
@@ -285,7 +292,7 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
         });
     }
     sink.finish()?;
-    Ok((entries.len() as u64, u64::from(tally.regular_files()), bytes))
+    Ok((entries.len() as u64, u64::from(tally.regular_files()), bytes, progress.snapshot().wire))
 }
 
 /// Reads MANIFEST frames up to MANIFEST_END and checks ids, uniqueness and
@@ -342,7 +349,7 @@ struct StreamCtx<'a> {
     sink: &'a Sink,
     tally: &'a RecvTally,
     abort: &'a Abort,
-    cfg: &'a ReceiveConfig,
+    progress: &'a Progress,
     method: backend::Method,
 }
 
@@ -354,6 +361,9 @@ impl StreamCtx<'_> {
         let index = self.j.hello.stream_index;
         let mut io = StreamIo::new(self.method, wire::MAX_PAYLOAD).map_err(|e| Error::io("setting up receive I/O", e))?;
         let mut inbound = io.inbound(sock);
+        let mut decoder = Decoder::default();
+        let granted = self.j.hello.capabilities;
+        let mut next_seq = 0u32;
         let (mut frames, mut bytes) = (0u64, 0u64);
         let what = format!("on stream {index} before its end");
         loop {
@@ -362,26 +372,47 @@ impl StreamCtx<'_> {
                 r => r?,
             };
             if h.kind == Kind::Data {
-                let (d, len) = net::read_data_header(&mut inbound, peer, h)?;
+                let (d, wire_len) = net::read_data_header(&mut inbound, peer, h)?;
+                let len = d.raw_len;
                 let entry = self
                     .entries
                     .get(d.file_id as usize)
                     .ok_or_else(|| Error::peer(peer, format!("sent data for unknown file id {}", d.file_id)))?;
                 RecvTally::check_range(entry, d.offset, len)
                     .map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })?;
+                if d.seq != next_seq {
+                    return Err(Error::peer(
+                        peer,
+                        format!("stream {index} sent block {} where block {next_seq} was due (replayed or lost)", d.seq),
+                    ));
+                }
+                next_seq = next_seq.wrapping_add(1);
+                let flag = h.flags & data_flags::COMPRESSED;
+                let needed = match flag {
+                    data_flags::LZ4 => caps::COMPRESS_LZ4,
+                    data_flags::ZSTD => caps::COMPRESS_ZSTD,
+                    _ => 0,
+                };
+                if granted & needed != needed {
+                    return Err(Error::peer(peer, "sent a compressed block without negotiating compression"));
+                }
                 let file = self.sink.file(d.file_id)?;
-                let sum = io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len).map_err(|e| {
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::UnexpectedEof
-                            | std::io::ErrorKind::ConnectionReset
-                            | std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                    ) {
+                let received = if flag == 0 {
+                    io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len)
+                } else {
+                    io.receive_encoded(&mut inbound, &file.file, file.direct.as_ref(), d.offset, wire_len, len, flag, &mut decoder)
+                };
+                let sum = received.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut => {
                         Error::peer(peer, format!("stream {index} broke while receiving {}: {e}", entry.display_path()))
-                    } else {
-                        self.sink.write_error(entry, d.offset, &e)
                     }
+                    std::io::ErrorKind::InvalidData => {
+                        Error::Verify { path: entry.display_path(), reason: format!("block at offset {}: {e}", d.offset) }
+                    }
+                    _ => self.sink.write_error(entry, d.offset, &e),
                 })?;
                 if sum != d.checksum {
                     return Err(Error::Verify {
@@ -392,9 +423,8 @@ impl StreamCtx<'_> {
                 drop(file);
                 frames += 1;
                 bytes += u64::from(len);
-                if let Some(p) = &self.cfg.progress {
-                    p.add(u64::from(len));
-                }
+                self.progress.add(u64::from(len));
+                self.progress.add_wire(u64::from(wire_len));
                 let state = self.tally.record_block(d.file_id, d.offset, len, sum);
                 self.settle(entry, state)?;
                 continue;

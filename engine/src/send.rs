@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver as Rx, bounded};
 
 use crate::backend::{self, IoMode, StreamIo};
+use crate::codec::{Compression, Encoder};
 use crate::net::{self, Token};
 use crate::pipeline::{self, Abort};
 use crate::plan::{Block, Schedule, SendTally};
 use crate::progress::Progress;
 use crate::source::{self, SourceTree};
+use crate::throttle::Throttle;
 use crate::wire::{self, DataHeader, Frame, Hello, MAGIC};
 use crate::{Error, Result, Summary};
 
@@ -36,6 +38,10 @@ pub struct SendConfig {
     pub connect_timeout: Duration,
     /// Longest time a socket may block.
     pub idle_timeout: Duration,
+    /// Per-chunk compression (the receiver learns it from the session).
+    pub compress: Compression,
+    /// Wire bytes per second for all streams together.
+    pub rate_limit: Option<u64>,
     /// Shared byte counters, if the caller wants to report progress.
     pub progress: Option<Arc<Progress>>,
 }
@@ -53,6 +59,8 @@ impl Default for SendConfig {
             block_size: crate::DEFAULT_BLOCK_SIZE,
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            compress: Compression::None,
+            rate_limit: None,
             progress: None,
         }
     }
@@ -68,13 +76,19 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     if cfg.block_size < 4096 || cfg.block_size > wire::MAX_PAYLOAD {
         return Err(Error::Config(format!("--block-size must be between 4 KiB and {} MiB", wire::MAX_PAYLOAD >> 20)));
     }
-    let method = backend::select(cfg.io, true)?;
-    tracing::info!(backend = %method, streams = cfg.streams, "sending");
-    let tree = source::scan(roots)?;
-    let total = tree.data_bytes();
-    if let Some(p) = &cfg.progress {
-        p.set_total(total);
+    if cfg.rate_limit == Some(0) {
+        return Err(Error::Config("--rate-limit must be positive".into()));
     }
+    let mut method = backend::select(cfg.io, true)?;
+    if cfg.compress != Compression::None && method != backend::Method::Copy {
+        tracing::info!("compression transforms every block; using the copy path instead of {method}");
+        method = backend::Method::Copy;
+    }
+    tracing::info!(backend = %method, streams = cfg.streams, compress = %cfg.compress, "sending");
+    let tree = source::scan(roots)?;
+    let progress = cfg.progress.clone().unwrap_or_default();
+    progress.set_total(tree.data_bytes());
+    let throttle = cfg.rate_limit.map(Throttle::new);
 
     let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
     let mut socks = Vec::with_capacity(usize::from(cfg.streams));
@@ -108,7 +122,18 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         &socks,
         &abort,
         |index, sock| {
-            let ctx = StreamCtx { sock, peer: &peer, tree: &tree, schedule: &schedule, tally: &tally, abort: &abort, cfg, index };
+            let ctx = StreamCtx {
+                sock,
+                peer: &peer,
+                tree: &tree,
+                schedule: &schedule,
+                tally: &tally,
+                abort: &abort,
+                cfg,
+                index,
+                throttle: throttle.as_ref(),
+                progress: &progress,
+            };
             ctx.run(method)
         },
         // Wake writers blocked on a slow receiver; keep the read side open
@@ -129,7 +154,8 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     let _ = listener.join();
     let bytes = outcome?;
     let files = tree.entries.iter().filter(|e| e.kind == crate::plan::EntryKind::File).count() as u64;
-    Ok(Summary { entries: tree.entries.len() as u64, files, bytes, elapsed: started.elapsed() })
+    let wire_bytes = progress.snapshot().wire;
+    Ok(Summary { entries: tree.entries.len() as u64, files, bytes, wire_bytes, elapsed: started.elapsed() })
 }
 
 fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendConfig) -> Result<TcpStream> {
@@ -142,7 +168,7 @@ fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendCo
         max_version: wire::PROTOCOL_VERSION,
         stream_index: index,
         stream_count: cfg.streams,
-        capabilities: 0,
+        capabilities: cfg.compress.capabilities(),
         token: *token.as_bytes(),
         session_salt: salt,
     })
@@ -150,7 +176,8 @@ fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendCo
     std::io::Write::write_all(&mut &sock, &buf).map_err(|e| Error::peer(&peer, format!("sending HELLO failed: {e}")))?;
     match net::read_frame(&sock, &peer, "during the handshake") {
         Ok(Frame::Welcome { version, capabilities }) => {
-            if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || capabilities != 0 {
+            let wanted = cfg.compress.capabilities();
+            if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || capabilities != wanted {
                 return Err(Error::peer(
                     &peer,
                     format!("chose protocol {version} with capabilities {capabilities:#x}, which this build did not offer"),
@@ -201,12 +228,18 @@ struct StreamCtx<'a> {
     abort: &'a Abort,
     cfg: &'a SendConfig,
     index: usize,
+    throttle: Option<&'a Throttle>,
+    progress: &'a Progress,
 }
 
 impl StreamCtx<'_> {
     /// Sends blocks until the queue is empty; returns (frames, bytes).
     fn run(&self, method: backend::Method) -> Result<(u64, u64)> {
         let mut io = StreamIo::new(method, self.cfg.block_size).map_err(|e| Error::io(format!("setting up {method} I/O"), e))?;
+        let mut encoder = match self.cfg.compress {
+            Compression::None => None,
+            mode => Some(Encoder::new(mode, self.cfg.block_size)?),
+        };
         let mut open: Option<(u32, File)> = None;
         let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
         while let Some(b) = self.schedule.next_block() {
@@ -219,35 +252,58 @@ impl StreamCtx<'_> {
                 open = Some((b.file_id, f));
             }
             let file = &open.as_ref().expect("opened above").1;
-            self.send_block(&mut io, file, &b, seq)?;
-            seq = seq.wrapping_add(1);
+            let wire = self.send_block(&mut io, encoder.as_mut(), file, &b, seq)?;
+            seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream; raise --block-size".into()))?;
             frames += 1;
             bytes += u64::from(b.len);
-            if let Some(p) = &self.cfg.progress {
-                p.add(u64::from(b.len));
-            }
+            self.progress.add(u64::from(b.len));
+            self.progress.add_wire(wire);
         }
         net::write_frame(self.sock, self.peer, &Frame::StreamEnd { frames, bytes })?;
         Ok((frames, bytes))
     }
 
-    fn send_block(&self, io: &mut StreamIo, file: &File, b: &Block, seq: u32) -> Result<()> {
+    /// Sends one block (compressed when that pays); returns its wire size.
+    fn send_block(&self, io: &mut StreamIo, mut encoder: Option<&mut Encoder>, file: &File, b: &Block, seq: u32) -> Result<u64> {
         let path = || self.tree.paths[b.file_id as usize].display().to_string();
         let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
-        let prefix = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum }.encode_prefix(b.len);
         // The FILE_DONE of a file's last block rides in the same write.
         let mut trailer = Vec::new();
         if let Some(digest) = self.tally.record(b, checksum) {
             Frame::FileDone { file_id: b.file_id, digest }.encode(&mut trailer);
         }
-        io.transmit(self.sock, &prefix, file, b.offset, b.len, &trailer).map_err(|e| {
+        let header = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum };
+        let send_err = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::io(format!("sending {}", path()), e)
             } else {
                 Error::peer(self.peer, format!("stream {} failed while sending {}: {e}", self.index, path()))
             }
-        })?;
-        Ok(())
+        };
+        let throttle = |bytes: usize| {
+            if let Some(t) = self.throttle {
+                t.acquire(bytes as u64);
+            }
+        };
+        let (wire, started) = if let Some((flag, packed)) = encoder.as_mut().and_then(|e| e.encode(io.loaded(b.len))) {
+            let started = Instant::now();
+            throttle(packed.len());
+            let prefix = header.encode_prefix(packed.len() as u32, flag);
+            backend::write_parts(self.sock, &[&prefix, packed, &trailer]).map_err(send_err)?;
+            (packed.len(), started)
+        } else {
+            let started = Instant::now();
+            throttle(b.len as usize);
+            let prefix = header.encode_prefix(b.len, 0);
+            io.transmit(self.sock, &prefix, file, b.offset, b.len, &trailer).map_err(send_err)?;
+            (b.len as usize, started)
+        };
+        if let Some(e) = encoder {
+            // Link speed for `--compress auto` (throttle waits included: a
+            // rate-limited link is a slow link).
+            e.record_send(wire, started.elapsed());
+        }
+        Ok(wire as u64)
     }
 }
 

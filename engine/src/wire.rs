@@ -15,7 +15,7 @@ use crate::plan::{Entry, EntryKind, Extent, validate_rel_path};
 pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -30,10 +30,12 @@ pub mod since {
     pub const FILE_DIGEST: u16 = 1;
     /// The receiver's VERDICT frame.
     pub const VERDICT: u16 = 1;
+    /// Compressed DATA payloads (lz4, zstd), negotiated by capability bits.
+    pub const COMPRESSION: u16 = 2;
 }
 
-/// Capability bits a sender may request in HELLO. v1 receivers grant none
-/// of them; they are reserved so later features need no new frame layout.
+/// Capability bits a sender may request in HELLO; the receiver grants them
+/// in WELCOME or refuses the connection. v1 receivers grant none.
 pub mod caps {
     /// Per-chunk lz4 compression.
     pub const COMPRESS_LZ4: u64 = 1 << 0;
@@ -44,7 +46,22 @@ pub mod caps {
     /// Acknowledged ranges and reconnecting streams.
     pub const RESUME: u64 = 1 << 3;
     /// Every capability this build implements.
-    pub const SUPPORTED: u64 = 0;
+    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD;
+}
+
+/// Flags of DATA frames (the frame header's flags byte). Other kinds carry
+/// no flags.
+pub mod data_flags {
+    /// The payload is an lz4 block; `raw_len` is its decoded length.
+    pub const LZ4: u8 = 1 << 0;
+    /// The payload is a zstd frame; `raw_len` is its decoded length.
+    pub const ZSTD: u8 = 1 << 1;
+    /// Reserved: AES-256-GCM sealed payload.
+    pub const SEALED: u8 = 1 << 2;
+    /// Flags this build understands.
+    pub const KNOWN: u8 = LZ4 | ZSTD;
+    /// The compression flags.
+    pub const COMPRESSED: u8 = LZ4 | ZSTD;
 }
 
 /// Size of the common frame header.
@@ -170,11 +187,13 @@ impl FrameHeader {
         b
     }
 
-    /// Decodes and bounds a header. v1 defines no flags for any kind.
+    /// Decodes and bounds a header. Only DATA frames carry flags, at most
+    /// one compression flag.
     pub fn decode(b: &[u8; FRAME_HEADER_LEN]) -> Result<Self, WireError> {
         let kind = Kind::from_u8(b[0])?;
         let flags = b[1];
-        if flags != 0 {
+        let allowed = if kind == Kind::Data { data_flags::KNOWN } else { 0 };
+        if flags & !allowed != 0 || flags & data_flags::COMPRESSED == data_flags::COMPRESSED {
             return Err(WireError::Flags { kind, flags });
         }
         let reserved = u16::from_le_bytes([b[2], b[3]]);
@@ -218,10 +237,10 @@ pub struct DataHeader {
 
 impl DataHeader {
     /// Encodes the frame header and sub-header of a DATA frame whose payload
-    /// has `payload_len` bytes.
-    pub fn encode_prefix(&self, payload_len: u32) -> [u8; DATA_PREFIX_LEN] {
+    /// has `payload_len` bytes on the wire, transformed as `flags` say.
+    pub fn encode_prefix(&self, payload_len: u32, flags: u8) -> [u8; DATA_PREFIX_LEN] {
         let mut b = [0u8; DATA_PREFIX_LEN];
-        let fh = FrameHeader { kind: Kind::Data, flags: 0, len: DATA_HEADER_LEN as u32 + payload_len };
+        let fh = FrameHeader { kind: Kind::Data, flags, len: DATA_HEADER_LEN as u32 + payload_len };
         b[..FRAME_HEADER_LEN].copy_from_slice(&fh.encode());
         let d = &mut b[FRAME_HEADER_LEN..];
         d[0..4].copy_from_slice(&self.file_id.to_le_bytes());
@@ -233,9 +252,9 @@ impl DataHeader {
         b
     }
 
-    /// Decodes the sub-header of a DATA frame whose header said `frame_len`,
-    /// returning it with the payload length.
-    pub fn decode(frame_len: u32, b: &[u8; DATA_HEADER_LEN]) -> Result<(Self, u32), WireError> {
+    /// Decodes the sub-header of a DATA frame whose header said `frame_len`
+    /// and `flags`, returning it with the wire payload length.
+    pub fn decode(frame_len: u32, flags: u8, b: &[u8; DATA_HEADER_LEN]) -> Result<(Self, u32), WireError> {
         let payload_len = frame_len.checked_sub(DATA_HEADER_LEN as u32).ok_or(WireError::Truncated { what: "DATA frame" })?;
         let mut r = Reader::new(b, "DATA header");
         let h = Self {
@@ -251,10 +270,14 @@ impl DataHeader {
                 r.u64()?
             },
         };
-        if h.raw_len != payload_len {
-            return Err(WireError::Invalid { what: "DATA raw length (no transform negotiated)", value: u64::from(h.raw_len) });
+        let compressed = flags & data_flags::COMPRESSED != 0;
+        if compressed && (h.raw_len == 0 || h.raw_len > MAX_PAYLOAD || payload_len == 0) {
+            return Err(WireError::Invalid { what: "DATA decoded length", value: u64::from(h.raw_len) });
         }
-        h.offset.checked_add(u64::from(payload_len)).ok_or(WireError::Invalid { what: "DATA offset", value: h.offset })?;
+        if !compressed && h.raw_len != payload_len {
+            return Err(WireError::Invalid { what: "DATA raw length of an untransformed block", value: u64::from(h.raw_len) });
+        }
+        h.offset.checked_add(u64::from(h.raw_len)).ok_or(WireError::Invalid { what: "DATA offset", value: h.offset })?;
         Ok((h, payload_len))
     }
 }
@@ -660,11 +683,23 @@ mod tests {
     #[test]
     fn data_prefix_round_trips_and_bounds_length() {
         let h = DataHeader { file_id: 5, seq: 6, offset: 1 << 40, raw_len: 4096, checksum: 0xdead_beef };
-        let b = h.encode_prefix(4096);
+        let b = h.encode_prefix(4096, 0);
         let fh = FrameHeader::decode(b[..8].try_into().unwrap()).unwrap();
         assert_eq!(fh.kind, Kind::Data);
-        let (d, n) = DataHeader::decode(fh.len, b[8..].try_into().unwrap()).unwrap();
+        let (d, n) = DataHeader::decode(fh.len, fh.flags, b[8..].try_into().unwrap()).unwrap();
         assert_eq!((d, n), (h, 4096));
+        // Compressed: 100 wire bytes decode to 4096.
+        let b = h.encode_prefix(100, data_flags::LZ4);
+        let fh = FrameHeader::decode(b[..8].try_into().unwrap()).unwrap();
+        let (d, n) = DataHeader::decode(fh.len, fh.flags, b[8..].try_into().unwrap()).unwrap();
+        assert_eq!((d.raw_len, n), (4096, 100));
+        // Both compression flags, or flags on a control frame: refused.
+        let mut both = h.encode_prefix(100, data_flags::LZ4);
+        both[1] = data_flags::LZ4 | data_flags::ZSTD;
+        assert!(matches!(FrameHeader::decode(both[..8].try_into().unwrap()), Err(WireError::Flags { .. })));
+        let mut ctl = FrameHeader { kind: Kind::End, flags: 0, len: 24 }.encode();
+        ctl[1] = data_flags::LZ4;
+        assert!(matches!(FrameHeader::decode(&ctl), Err(WireError::Flags { .. })));
         let huge = FrameHeader { kind: Kind::Data, flags: 0, len: u32::MAX }.encode();
         assert!(matches!(FrameHeader::decode(&huge), Err(WireError::TooLarge { .. })));
     }
@@ -694,7 +729,7 @@ mod tests {
             let _ = decode_all(&bytes);
             if bytes.len() >= 40 {
                 if let Ok(fh) = FrameHeader::decode(bytes[..8].try_into().unwrap()) {
-                    let _ = DataHeader::decode(fh.len, bytes[8..40].try_into().unwrap());
+                    let _ = DataHeader::decode(fh.len, fh.flags, bytes[8..40].try_into().unwrap());
                 }
             }
         }

@@ -36,6 +36,9 @@ pub fn fixture(root: &Path) -> PathBuf {
     fs::create_dir_all(src.join("données")).unwrap();
     fs::write(src.join("big.bin"), pattern(BIG, 1)).unwrap();
     fs::write(src.join("nested/deeper/small.txt"), b"hello sluice\n").unwrap();
+    // Compressible: so compressed transfers exercise the decoders.
+    let log: String = (0..40_000).map(|i| format!("{i:08} INFO row updated id={} status=ok\n", i % 977)).collect();
+    fs::write(src.join("server.log"), log).unwrap();
     fs::write(src.join("données/café au lait.ibd"), pattern(70_000, 2)).unwrap();
     fs::write(src.join("empty"), b"").unwrap();
     fs::write(src.join("secret"), b"mode 0600").unwrap();
@@ -63,7 +66,7 @@ pub fn fixture(root: &Path) -> PathBuf {
 /// Asserts that `dest` is an exact copy of the fixture at `src`.
 pub fn assert_copy(src: &Path, dest: &Path) {
     let n = sluice_engine::diff::compare(src, dest).unwrap_or_else(|d| panic!("copy differs: {d}"));
-    assert_eq!(n, 13, "entries compared");
+    assert_eq!(n, 14, "entries compared");
     let sparse = fs::metadata(dest.join("sparse.ibd")).unwrap();
     assert_eq!(sparse.len(), 32 << 20);
     assert!(sparse.blocks() * 512 < 1 << 20, "holes were filled: {} blocks", sparse.blocks());
@@ -93,20 +96,22 @@ pub fn methods() -> Vec<Method> {
     m
 }
 
+/// Results of both ends of one transfer.
+pub type Outcome = (sluice_engine::Result<Summary>, sluice_engine::Result<Summary>);
+
 /// One in-process transfer over a real loopback socket.
-pub fn transfer(
-    src: &Path,
-    dest: &Path,
-    send: IoMode,
-    recv: IoMode,
-    streams: u16,
-) -> (sluice_engine::Result<Summary>, sluice_engine::Result<Summary>) {
-    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { io: recv, ..ReceiveConfig::default() }).unwrap();
+pub fn transfer(src: &Path, dest: &Path, send: IoMode, recv: IoMode, streams: u16) -> Outcome {
+    let cfg = SendConfig { streams, io: send, block_size: BLOCK, ..SendConfig::default() };
+    transfer_with(src, dest, ReceiveConfig { io: recv, ..ReceiveConfig::default() }, &cfg)
+}
+
+/// One in-process transfer with full configurations.
+pub fn transfer_with(src: &Path, dest: &Path, recv: ReceiveConfig, send: &SendConfig) -> Outcome {
+    let r = Receiver::bind("127.0.0.1:0", recv).unwrap();
     let addr = r.local_addr().unwrap().to_string();
     let token = r.token().clone();
     let dest = dest.to_path_buf();
     let h = std::thread::spawn(move || r.run(&dest));
-    let cfg = SendConfig { streams, io: send, block_size: BLOCK, ..SendConfig::default() };
-    let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], &cfg);
+    let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], send);
     (sent, h.join().unwrap())
 }

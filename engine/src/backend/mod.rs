@@ -152,6 +152,8 @@ pub struct StreamIo {
     method: Method,
     buf: Vec<u8>,
     data_at: usize,
+    /// Compressed payloads on the receive side, allocated on first use.
+    packed: Option<Vec<u8>>,
     pipe: Option<Pipe>,
     #[cfg(feature = "uring")]
     ring: Option<uring::Ring>,
@@ -172,6 +174,7 @@ impl StreamIo {
             method,
             buf,
             data_at,
+            packed: None,
             pipe,
             #[cfg(feature = "uring")]
             ring: if method == Method::Uring { Some(uring::Ring::new()?) } else { None },
@@ -191,6 +194,11 @@ impl StreamIo {
             if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::new(e.kind(), "file shrank while being sent") } else { e }
         })?;
         Ok(codec::checksum(data))
+    }
+
+    /// The block last [`load`](Self::load)ed (its first `len` bytes).
+    pub fn loaded(&self, len: u32) -> &[u8] {
+        &self.buf[self.data_at..self.data_at + len as usize]
     }
 
     /// Sends `prefix`, then the block last [`load`](Self::load)ed from
@@ -248,6 +256,49 @@ impl StreamIo {
         (&*sock).write_all(&self.buf[start..end + trailer.len()])
     }
 
+    /// Receives a compressed payload of `wire_len` bytes, decodes it into
+    /// `raw_len` bytes with `decoder`, writes them like [`receive`](Self::receive)
+    /// and returns their checksum. Undecodable input is `InvalidData`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn receive_encoded(
+        &mut self,
+        src: &mut Inbound<'_>,
+        file: &File,
+        direct: Option<&File>,
+        offset: u64,
+        wire_len: u32,
+        raw_len: u32,
+        flag: u8,
+        decoder: &mut codec::Decoder,
+    ) -> io::Result<u64> {
+        let packed = self.packed.get_or_insert_with(Vec::new);
+        packed.resize(wire_len as usize, 0);
+        src.read_exact(packed)?;
+        let n = raw_len as usize;
+        let data = &mut self.buf[self.data_at..self.data_at + n];
+        decoder.decode(flag, packed, data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let sum = codec::checksum(data);
+        self.store(file, direct, offset, n)?;
+        Ok(sum)
+    }
+
+    /// Writes the first `n` bytes of the block buffer at `offset`: the
+    /// 4 KiB-aligned body through `direct` when given, the rest buffered.
+    fn store(&self, file: &File, direct: Option<&File>, offset: u64, n: usize) -> io::Result<()> {
+        let data = &self.buf[self.data_at..self.data_at + n];
+        let body = match direct {
+            Some(_) if offset % DIRECT_ALIGN as u64 == 0 => n - n % DIRECT_ALIGN,
+            _ => 0,
+        };
+        if let (Some(d), true) = (direct, body > 0) {
+            d.write_all_at(&data[..body], offset)?;
+        }
+        if body < n {
+            file.write_all_at(&data[body..], offset + body as u64)?;
+        }
+        Ok(())
+    }
+
     /// The read side for this method: buffered for `copy` (one `recv` then
     /// serves many small frames), unbuffered for the splice methods, whose
     /// payload bytes must still be in the socket when they splice.
@@ -270,16 +321,7 @@ impl StreamIo {
                 let data = &mut self.buf[self.data_at..self.data_at + n];
                 src.read_exact(data)?;
                 let sum = codec::checksum(data);
-                let body = match direct {
-                    Some(_) if offset % DIRECT_ALIGN as u64 == 0 => n - n % DIRECT_ALIGN,
-                    _ => 0,
-                };
-                if let (Some(d), true) = (direct, body > 0) {
-                    d.write_all_at(&data[..body], offset)?;
-                }
-                if body < n {
-                    file.write_all_at(&data[body..], offset + body as u64)?;
-                }
+                self.store(file, direct, offset, n)?;
                 return Ok(sum);
             }
             Method::Splice => {
@@ -378,6 +420,22 @@ impl Read for Inbound<'_> {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Writes every part, in order, with as few `writev` calls as the socket
+/// allows (a DATA prefix, a compressed payload and a trailer in one call).
+pub fn write_parts(mut sock: &TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().filter(|p| !p.is_empty()).map(|p| io::IoSlice::new(p)).collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match sock.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes all of `buf` with `MSG_MORE`, so the payload that follows joins
