@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -37,7 +38,10 @@ pub fn fixture(root: &Path) -> PathBuf {
     fs::write(src.join("big.bin"), pattern(BIG, 1)).unwrap();
     fs::write(src.join("nested/deeper/small.txt"), b"hello sluice\n").unwrap();
     // Compressible: so compressed transfers exercise the decoders.
-    let log: String = (0..40_000).map(|i| format!("{i:08} INFO row updated id={} status=ok\n", i % 977)).collect();
+    let log = (0..40_000).fold(String::new(), |mut s, i| {
+        let _ = writeln!(s, "{i:08} INFO row updated id={} status=ok", i % 977);
+        s
+    });
     fs::write(src.join("server.log"), log).unwrap();
     fs::write(src.join("données/café au lait.ibd"), pattern(70_000, 2)).unwrap();
     fs::write(src.join("empty"), b"").unwrap();
