@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod report;
 mod sample;
 
 use std::io::Write;
@@ -15,7 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
 use sluice_engine::codec::Compression;
+use sluice_engine::net::SockOpts;
+use sluice_engine::progress::Progress;
 use sluice_engine::sink::SinkOptions;
 use sluice_engine::{IoMode, ReceiveConfig, Receiver, SendConfig, Summary, Token};
 
@@ -54,6 +59,34 @@ struct IoArgs {
 }
 
 #[derive(Args, Debug)]
+struct ControlArgs {
+    /// Progress on stderr: a bar on a terminal, a line per second otherwise.
+    #[arg(long)]
+    progress: bool,
+    /// Progress as one JSON object per second on stdout.
+    #[arg(long)]
+    progress_json: bool,
+    /// Socket options, socat style: pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N.
+    #[arg(long, default_value = "", value_parser = parse_sockopt)]
+    sockopt: SockOpts,
+    /// Seconds a stream may stay silent (or stalled) mid-session.
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+}
+
+impl ControlArgs {
+    fn mode(&self) -> report::Mode {
+        report::Mode::from_flags(self.progress, self.progress_json)
+    }
+}
+
+impl Default for ControlArgs {
+    fn default() -> Self {
+        Self { progress: false, progress_json: false, sockopt: SockOpts::default(), idle_timeout: 120 }
+    }
+}
+
+#[derive(Args, Debug)]
 struct TransformArgs {
     /// Per-chunk compression: none, lz4, zstd, zstd:LEVEL or auto (lz4 only
     /// where chunks shrink and the link is slower than the codec).
@@ -85,11 +118,10 @@ struct RecvArgs {
     /// Write only through the page cache (no O_DIRECT for large files).
     #[arg(long)]
     buffered: bool,
-    /// Seconds a stream may stay silent mid-session.
-    #[arg(long, default_value_t = 120)]
-    idle_timeout: u64,
     #[command(flatten)]
     io: IoArgs,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +146,8 @@ struct SendArgs {
     io: IoArgs,
     #[command(flatten)]
     transform: TransformArgs,
+    #[command(flatten)]
+    control: ControlArgs,
     /// Files and directories; a directory sends its contents.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -140,6 +174,8 @@ struct CopyArgs {
     io: IoArgs,
     #[command(flatten)]
     transform: TransformArgs,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +214,10 @@ fn parse_io(s: &str) -> Result<IoMode, String> {
     s.parse().map_err(|e: sluice_engine::Error| e.to_string())
 }
 
+fn parse_sockopt(s: &str) -> Result<SockOpts, String> {
+    s.parse().map_err(|e: sluice_engine::Error| e.to_string())
+}
+
 fn parse_compress(s: &str) -> Result<Compression, String> {
     s.parse().map_err(|e: sluice_engine::Error| e.to_string())
 }
@@ -196,7 +236,12 @@ fn main() {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
     if let Err(e) = run(cli.command) {
         eprintln!("sluice: error: {e:#}");
         std::process::exit(1);
@@ -208,15 +253,10 @@ fn run(cmd: Command) -> Result<()> {
         Command::Recv(a) => recv(&a),
         Command::Send(a) => send(&a),
         Command::Copy(a) => {
-            let s = copy(
-                &a.src,
-                &a.dest,
-                a.io.io,
-                a.streams,
-                a.block_size,
-                SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() },
-                &a.transform,
-            )?;
+            let sink =
+                SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() };
+            let scfg = send_config(a.io.io, a.streams, a.block_size, &a.transform, &a.control)?;
+            let s = copy(&a.src, &a.dest, &scfg, recv_config(a.io.io, sink, &a.control), a.control.mode())?;
             report("copied", &s);
             Ok(())
         }
@@ -246,13 +286,37 @@ fn report(verb: &str, s: &Summary) {
     );
 }
 
-fn recv(a: &RecvArgs) -> Result<()> {
-    let cfg = ReceiveConfig {
-        io: a.io.io,
-        sink: SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() },
-        idle_timeout: Duration::from_secs(a.idle_timeout),
+/// The sender's configuration from the shared flags.
+fn send_config(io: IoMode, streams: Option<u16>, block: u64, t: &TransformArgs, c: &ControlArgs) -> Result<SendConfig> {
+    Ok(SendConfig {
+        streams: streams.unwrap_or_else(sluice_engine::send::default_streams),
+        io,
+        block_size: u32::try_from(block).map_err(|_| anyhow::anyhow!("--block-size {block} is too large"))?,
+        compress: t.compress,
+        rate_limit: t.rate_limit,
+        idle_timeout: Duration::from_secs(c.idle_timeout),
+        sockopt: c.sockopt,
+        progress: Some(Arc::new(Progress::default())),
+        ..SendConfig::default()
+    })
+}
+
+/// The receiver's configuration from the shared flags.
+fn recv_config(io: IoMode, sink: SinkOptions, c: &ControlArgs) -> ReceiveConfig {
+    ReceiveConfig {
+        io,
+        sink,
+        idle_timeout: Duration::from_secs(c.idle_timeout),
+        sockopt: c.sockopt,
+        progress: Some(Arc::new(Progress::default())),
         ..ReceiveConfig::default()
-    };
+    }
+}
+
+fn recv(a: &RecvArgs) -> Result<()> {
+    let sink = SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() };
+    let cfg = recv_config(a.io.io, sink, &a.control);
+    let progress = cfg.progress.clone().unwrap_or_default();
     let r = Receiver::bind(&a.listen, cfg)?;
     let addr = r.local_addr()?;
     eprintln!("sluice: listening on {addr}; session token {}", r.token().to_hex());
@@ -262,7 +326,10 @@ fn recv(a: &RecvArgs) -> Result<()> {
         writeln!(out, "{line}")?;
         out.flush()?;
     }
-    let s = r.run(&a.dir).with_context(|| format!("receiving into {}", a.dir.display()))?;
+    let reporter = report::Reporter::start(progress, a.control.mode());
+    let result = r.run(&a.dir);
+    reporter.finish();
+    let s = result.with_context(|| format!("receiving into {}", a.dir.display()))?;
     report("received and verified", &s);
     Ok(())
 }
@@ -270,45 +337,35 @@ fn recv(a: &RecvArgs) -> Result<()> {
 fn send(a: &SendArgs) -> Result<()> {
     let token: Token = a.token.parse()?;
     let cfg = SendConfig {
-        streams: a.streams.unwrap_or_else(sluice_engine::send::default_streams),
-        io: a.io.io,
-        block_size: block_size(a.block_size)?,
         connect_timeout: Duration::from_secs(a.connect_timeout),
-        compress: a.transform.compress,
-        rate_limit: a.transform.rate_limit,
-        ..SendConfig::default()
+        ..send_config(a.io.io, a.streams, a.block_size, &a.transform, &a.control)?
     };
-    let s = sluice_engine::send(&a.to, &token, &a.paths, &cfg).with_context(|| format!("sending to {}", a.to))?;
+    let reporter = report::Reporter::start(cfg.progress.clone().unwrap_or_default(), a.control.mode());
+    let result = sluice_engine::send(&a.to, &token, &a.paths, &cfg);
+    reporter.finish();
+    let s = result.with_context(|| format!("sending to {}", a.to))?;
     report("sent and confirmed", &s);
     Ok(())
 }
 
-fn block_size(n: u64) -> Result<u32> {
-    u32::try_from(n).map_err(|_| anyhow::anyhow!("--block-size {n} is too large"))
-}
-
-/// Both ends in one process over loopback; the receiver's error wins
-/// because it says what went wrong with the destination.
-fn copy(src: &Path, dest: &Path, io: IoMode, streams: Option<u16>, block: u64, sink: SinkOptions, t: &TransformArgs) -> Result<Summary> {
-    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { io, sink, ..ReceiveConfig::default() })?;
+/// Both ends in one process over loopback; progress comes from the
+/// receiver's counters, and the receiver's error wins because it says what
+/// went wrong with the destination.
+fn copy(src: &Path, dest: &Path, send: &SendConfig, recv: ReceiveConfig, mode: report::Mode) -> Result<Summary> {
+    let progress = recv.progress.clone().unwrap_or_default();
+    let r = Receiver::bind("127.0.0.1:0", recv)?;
     let addr = r.local_addr()?.to_string();
     let token = r.token().clone();
     let cancel = r.cancel_handle();
     let dest_owned = dest.to_path_buf();
     let receiver = std::thread::spawn(move || r.run(&dest_owned));
-    let cfg = SendConfig {
-        streams: streams.unwrap_or_else(sluice_engine::send::default_streams),
-        io,
-        block_size: block_size(block)?,
-        compress: t.compress,
-        rate_limit: t.rate_limit,
-        ..SendConfig::default()
-    };
-    let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], &cfg);
+    let reporter = report::Reporter::start(progress, mode);
+    let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], send);
     if sent.is_err() {
         cancel.store(true, std::sync::atomic::Ordering::Release);
     }
     let received = receiver.join().map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?;
+    reporter.finish();
     match (sent, received) {
         (Ok(_), Ok(s)) => Ok(s),
         (Err(e), Err(sluice_engine::Error::Aborted(_)) | Ok(_)) | (_, Err(e)) => {
@@ -333,7 +390,9 @@ fn demo(a: &DemoArgs) -> Result<()> {
     sample::datadir(&src, a.size).with_context(|| format!("generating the sample datadir in {}", src.display()))?;
     eprintln!("sluice demo: generated a {} MiB sample datadir in {} ({:.1} s)", a.size, src.display(), t.elapsed().as_secs_f64());
     let none = TransformArgs { compress: Compression::None, rate_limit: None };
-    let s = copy(&src, &dest, a.io.io, a.streams, 1 << 20, SinkOptions::default(), &none)?;
+    let control = ControlArgs::default();
+    let scfg = send_config(a.io.io, a.streams, 1 << 20, &none, &control)?;
+    let s = copy(&src, &dest, &scfg, recv_config(a.io.io, SinkOptions::default(), &control), report::Mode::Off)?;
     let n = sluice_engine::diff::compare(&src, &dest).map_err(|d| anyhow::anyhow!("the copy differs from the source: {d}"))?;
     eprintln!(
         "sluice demo: copied {} files ({:.1} MiB) to {} in {:.2} s ({:.0} MiB/s, fsynced); independent check: {n} entries identical",

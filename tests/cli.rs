@@ -159,9 +159,11 @@ fn a_killed_sender_fails_the_receiver_and_leaves_the_marker() {
 #[test]
 fn errors_name_the_culprit() {
     let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
     let out =
         bin().args(["send", "--connect-timeout", "0", "--to", "127.0.0.1:1", "--token", &"a".repeat(32)]).arg(tmp.path()).output().unwrap();
     assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10), "--connect-timeout 0 was not honoured");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("127.0.0.1:1") && err.contains("cannot connect"), "{err}");
 

@@ -77,28 +77,115 @@ pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     Ok(b)
 }
 
+/// Address family restriction (`pf=` in a socat-style option list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// Socket options from a socat-style list, as the stock `sockopt` option
+/// holds it: `pf=ip6,keepalive,nodelay,sndbuf=N,rcvbuf=N` (a leading comma
+/// is fine; sizes accept K/M/G).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SockOpts {
+    pub family: Option<Family>,
+    pub keepalive: bool,
+    pub sndbuf: Option<usize>,
+    pub rcvbuf: Option<usize>,
+}
+
+impl FromStr for SockOpts {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut o = Self::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (k, v) = item.split_once('=').map_or((item, None), |(k, v)| (k.trim(), Some(v.trim())));
+            let size = |v: Option<&str>| -> Result<usize> {
+                let v = v.ok_or_else(|| Error::Config(format!("socket option {k:?} needs a value, e.g. {k}=4M")))?;
+                usize::try_from(crate::throttle::parse_bytes(v)?).map_err(|_| Error::Config(format!("{item:?} is too large")))
+            };
+            match (k.to_ascii_lowercase().as_str(), v) {
+                ("pf", Some(f)) => {
+                    o.family = Some(match f.to_ascii_lowercase().as_str() {
+                        "ip4" | "ipv4" | "inet" => Family::V4,
+                        "ip6" | "ipv6" | "inet6" => Family::V6,
+                        _ => return Err(Error::Config(format!("unknown address family in {item:?}: use pf=ip4 or pf=ip6"))),
+                    });
+                }
+                ("keepalive", None) => o.keepalive = true,
+                // Every sluice socket already runs with TCP_NODELAY.
+                ("nodelay", None) => {}
+                ("sndbuf", v) => o.sndbuf = Some(size(v)?),
+                ("rcvbuf", v) => o.rcvbuf = Some(size(v)?),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "unsupported socket option {item:?}: sluice understands pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N"
+                    )));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+impl SockOpts {
+    fn admits(&self, a: &SocketAddr) -> bool {
+        match self.family {
+            None => true,
+            Some(Family::V4) => a.is_ipv4(),
+            Some(Family::V6) => a.is_ipv6(),
+        }
+    }
+
+    /// Applies the options to a connected or listening socket.
+    pub fn apply(&self, sock: impl std::os::fd::AsFd) -> io::Result<()> {
+        use crate::backend::sys::set_sockopt_int;
+        let fd = sock.as_fd();
+        if self.keepalive {
+            set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+        }
+        if let Some(n) = self.sndbuf {
+            set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n.min(i32::MAX as usize) as i32)?;
+        }
+        if let Some(n) = self.rcvbuf {
+            set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n.min(i32::MAX as usize) as i32)?;
+        }
+        Ok(())
+    }
+}
+
 /// Resolves `addr` (`host:port`, `[v6]:port`) to socket addresses.
 pub fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
+    resolve_with(addr, &SockOpts::default())
+}
+
+/// Resolves `addr`, keeping only the family `opts` allows.
+pub fn resolve_with(addr: &str, opts: &SockOpts) -> Result<Vec<SocketAddr>> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
         .map_err(|e| Error::Config(format!("cannot resolve {addr:?} (expected host:port or [ipv6]:port): {e}")))?
+        .filter(|a| opts.admits(a))
         .collect();
     if addrs.is_empty() {
-        return Err(Error::Config(format!("{addr:?} resolves to no address")));
+        return Err(Error::Config(format!("{addr:?} resolves to no address of the requested family")));
     }
     Ok(addrs)
 }
 
 /// Connects to `addr`, retrying refused connections until `timeout` has
 /// passed (the receiver may still be starting).
-pub fn connect(addr: &str, timeout: Duration) -> Result<TcpStream> {
+pub fn connect(addr: &str, timeout: Duration, opts: &SockOpts) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
-    let targets = resolve(addr)?;
+    let targets = resolve_with(addr, opts)?;
     loop {
         let mut last = None;
         for t in &targets {
             match TcpStream::connect_timeout(t, Duration::from_secs(5).min(timeout.max(Duration::from_millis(100)))) {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    opts.apply(&s).map_err(|e| Error::io(format!("applying socket options to the connection to {t}"), e))?;
+                    return Ok(s);
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -176,6 +263,18 @@ pub fn write_frame(mut sock: &TcpStream, peer: &str, frame: &Frame) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socat_style_options_parse_and_name_what_is_wrong() {
+        let o: SockOpts = ",pf=ip6,keepalive,nodelay,sndbuf=4M,rcvbuf=262144".parse().unwrap();
+        assert_eq!(o, SockOpts { family: Some(Family::V6), keepalive: true, sndbuf: Some(4 << 20), rcvbuf: Some(262_144) });
+        let e = "keepalive,cork".parse::<SockOpts>().unwrap_err().to_string();
+        assert!(e.contains("\"cork\""), "{e}");
+        assert!("pf=ipx".parse::<SockOpts>().unwrap_err().to_string().contains("pf=ipx"));
+        assert!("sndbuf".parse::<SockOpts>().is_err());
+        assert!(resolve_with("127.0.0.1:1", &SockOpts { family: Some(Family::V6), ..SockOpts::default() }).is_err());
+        assert_eq!(resolve_with("[::1]:1", &"pf=ip6".parse().unwrap()).unwrap().len(), 1);
+    }
 
     #[test]
     fn tokens_round_trip_and_stay_secret() {

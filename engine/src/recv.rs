@@ -38,6 +38,8 @@ pub struct ReceiveConfig {
     pub assemble_timeout: Duration,
     /// Longest silence tolerated on a stream mid-session.
     pub idle_timeout: Duration,
+    /// Socket options for the listener and every stream.
+    pub sockopt: net::SockOpts,
     pub progress: Option<Arc<Progress>>,
 }
 
@@ -49,6 +51,7 @@ impl Default for ReceiveConfig {
             handshake_timeout: Duration::from_secs(10),
             assemble_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            sockopt: net::SockOpts::default(),
             progress: None,
         }
     }
@@ -75,9 +78,10 @@ struct Joined {
 impl Receiver {
     /// Binds `addr` and mints a fresh session token.
     pub fn bind(addr: &str, cfg: ReceiveConfig) -> Result<Self> {
-        let targets = net::resolve(addr)?;
+        let targets = net::resolve_with(addr, &cfg.sockopt)?;
         let listener = TcpListener::bind(&targets[..])
             .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e} (is the port in use, or the address not local?)")))?;
+        cfg.sockopt.apply(&listener).map_err(|e| Error::io(format!("applying socket options to {addr}"), e))?;
         Ok(Self { listener, token: Token::generate()?, cfg, cancel: Arc::new(AtomicBool::new(false)) })
     }
 
@@ -243,6 +247,7 @@ fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, 
 fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Method, dest: &Path) -> Result<(u64, u64, u64, u64)> {
     for j in streams {
         net::configure(&j.sock, cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
+        cfg.sockopt.apply(&j.sock).map_err(|e| Error::io("applying socket options", e))?;
     }
     let (s0, peer) = (&streams[0].sock, streams[0].peer.as_str());
     let (entries, data_bytes) = read_manifest(s0, peer)?;

@@ -38,6 +38,8 @@ pub struct SendConfig {
     pub connect_timeout: Duration,
     /// Longest time a socket may block.
     pub idle_timeout: Duration,
+    /// Socket options for every stream.
+    pub sockopt: net::SockOpts,
     /// Per-chunk compression (the receiver learns it from the session).
     pub compress: Compression,
     /// Wire bytes per second for all streams together.
@@ -59,6 +61,7 @@ impl Default for SendConfig {
             block_size: crate::DEFAULT_BLOCK_SIZE,
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            sockopt: net::SockOpts::default(),
             compress: Compression::None,
             rate_limit: None,
             progress: None,
@@ -159,7 +162,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
 }
 
 fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendConfig) -> Result<TcpStream> {
-    let sock = net::connect(addr, cfg.connect_timeout)?;
+    let sock = net::connect(addr, cfg.connect_timeout, &cfg.sockopt)?;
     net::configure(&sock, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
     let peer = net::peer_name(&sock);
     let mut buf = MAGIC.to_vec();
@@ -276,6 +279,16 @@ impl StreamCtx<'_> {
         let send_err = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::io(format!("sending {}", path()), e)
+            } else if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                Error::peer(
+                    self.peer,
+                    format!(
+                        "stream {} accepted nothing for {:?} while sending {} (idle timeout)",
+                        self.index,
+                        self.cfg.idle_timeout,
+                        path()
+                    ),
+                )
             } else {
                 Error::peer(self.peer, format!("stream {} failed while sending {}: {e}", self.index, path()))
             }

@@ -170,6 +170,21 @@ pub fn start_writeback(fd: impl AsFd) -> io::Result<()> {
     cvt(unsafe { libc::sync_file_range(fd.as_fd().as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) }).map(drop)
 }
 
+/// `setsockopt(2)` with an int value.
+pub fn set_sockopt_int(sock: impl AsFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: we pass a pointer to a live c_int and its exact size.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// `syncfs(2)`: flushes the whole filesystem holding `fd`, data and metadata.
 pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
     // SAFETY: syncfs touches no memory of ours; the fd is borrowed and open.
