@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 
 use sluice_engine::codec::Compression;
+use sluice_engine::codec::seal::SealKey;
 use sluice_engine::net::SockOpts;
 use sluice_engine::progress::Progress;
 use sluice_engine::sink::SinkOptions;
@@ -96,6 +97,17 @@ struct TransformArgs {
     /// second; K, M, G are powers of 1024).
     #[arg(long, value_parser = parse_size)]
     rate_limit: Option<u64>,
+    /// Seal every frame with AES-256-GCM using this key file (32 raw bytes
+    /// or 64 hex characters; `openssl rand -hex 32 > FILE`). The receiver
+    /// must use the same file.
+    #[arg(long)]
+    encrypt_key_file: Option<PathBuf>,
+}
+
+impl TransformArgs {
+    fn seal_key(&self) -> Result<Option<SealKey>> {
+        self.encrypt_key_file.as_deref().map(SealKey::from_file).transpose().map_err(Into::into)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +130,9 @@ struct RecvArgs {
     /// Write only through the page cache (no O_DIRECT for large files).
     #[arg(long)]
     buffered: bool,
+    /// Require sealed sessions, with this key file (see `send --help`).
+    #[arg(long)]
+    encrypt_key_file: Option<PathBuf>,
     #[command(flatten)]
     io: IoArgs,
     #[command(flatten)]
@@ -256,7 +271,8 @@ fn run(cmd: Command) -> Result<()> {
             let sink =
                 SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() };
             let scfg = send_config(a.io.io, a.streams, a.block_size, &a.transform, &a.control)?;
-            let s = copy(&a.src, &a.dest, &scfg, recv_config(a.io.io, sink, &a.control), a.control.mode())?;
+            let rcfg = ReceiveConfig { seal_key: scfg.seal_key.clone(), ..recv_config(a.io.io, sink, &a.control) };
+            let s = copy(&a.src, &a.dest, &scfg, rcfg, a.control.mode())?;
             report("copied", &s);
             Ok(())
         }
@@ -294,6 +310,7 @@ fn send_config(io: IoMode, streams: Option<u16>, block: u64, t: &TransformArgs, 
         block_size: u32::try_from(block).map_err(|_| anyhow::anyhow!("--block-size {block} is too large"))?,
         compress: t.compress,
         rate_limit: t.rate_limit,
+        seal_key: t.seal_key()?,
         idle_timeout: Duration::from_secs(c.idle_timeout),
         sockopt: c.sockopt,
         progress: Some(Arc::new(Progress::default())),
@@ -315,7 +332,8 @@ fn recv_config(io: IoMode, sink: SinkOptions, c: &ControlArgs) -> ReceiveConfig 
 
 fn recv(a: &RecvArgs) -> Result<()> {
     let sink = SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() };
-    let cfg = recv_config(a.io.io, sink, &a.control);
+    let seal_key = a.encrypt_key_file.as_deref().map(SealKey::from_file).transpose()?;
+    let cfg = ReceiveConfig { seal_key, ..recv_config(a.io.io, sink, &a.control) };
     let progress = cfg.progress.clone().unwrap_or_default();
     let r = Receiver::bind(&a.listen, cfg)?;
     let addr = r.local_addr()?;
@@ -389,7 +407,7 @@ fn demo(a: &DemoArgs) -> Result<()> {
     let t = Instant::now();
     sample::datadir(&src, a.size).with_context(|| format!("generating the sample datadir in {}", src.display()))?;
     eprintln!("sluice demo: generated a {} MiB sample datadir in {} ({:.1} s)", a.size, src.display(), t.elapsed().as_secs_f64());
-    let none = TransformArgs { compress: Compression::None, rate_limit: None };
+    let none = TransformArgs { compress: Compression::None, rate_limit: None, encrypt_key_file: None };
     let control = ControlArgs::default();
     let scfg = send_config(a.io.io, a.streams, 1 << 20, &none, &control)?;
     let s = copy(&src, &dest, &scfg, recv_config(a.io.io, SinkOptions::default(), &control), report::Mode::Off)?;

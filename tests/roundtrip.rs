@@ -7,24 +7,37 @@ use std::time::{Duration, Instant};
 
 use common::{BLOCK, assert_copy, fixture, io_of, methods, transfer, transfer_with};
 use sluice_engine::codec::Compression;
+use sluice_engine::codec::seal::SealKey;
 use sluice_engine::{IoMode, ReceiveConfig, SendConfig};
 
 #[test]
-fn every_compression_mode_copies_exactly_and_shrinks_the_wire() {
+fn every_transform_copies_exactly_and_compression_shrinks_the_wire() {
     let tmp = tempfile::tempdir().unwrap();
     let src = fixture(tmp.path());
-    for compress in [Compression::Lz4, Compression::Zstd(1), Compression::Zstd(3), Compression::Auto] {
+    let key = || Some(SealKey::parse(&[5u8; 32]).unwrap());
+    let transforms = [
+        (Compression::Lz4, None),
+        (Compression::Zstd(1), None),
+        (Compression::Zstd(3), None),
+        (Compression::Auto, None),
+        (Compression::None, key()),
+        (Compression::Lz4, key()),
+        (Compression::Zstd(1), key()),
+    ];
+    for (compress, seal_key) in transforms {
         for streams in [1u16, 4] {
             // A zero-copy backend is asked for on purpose: transforms must fall back to copying.
             for io in [IoMode::Auto, IoMode::Splice] {
-                let dest = tmp.path().join(format!("dest-{compress}-{streams}-{io:?}"));
-                let cfg = SendConfig { streams, io, compress, block_size: BLOCK, ..SendConfig::default() };
-                let (s, r) = transfer_with(&src, &dest, ReceiveConfig { io, ..ReceiveConfig::default() }, &cfg);
+                let sealed = if seal_key.is_some() { "sealed" } else { "plain" };
+                let dest = tmp.path().join(format!("dest-{compress}-{sealed}-{streams}-{io:?}"));
+                let cfg = SendConfig { streams, io, compress, seal_key: seal_key.clone(), block_size: BLOCK, ..SendConfig::default() };
+                let rcfg = ReceiveConfig { io, seal_key: seal_key.clone(), ..ReceiveConfig::default() };
+                let (s, r) = transfer_with(&src, &dest, rcfg, &cfg);
                 let r = r.unwrap_or_else(|e| panic!("{compress} x{streams}: receiver failed: {e}"));
                 let s = s.unwrap_or_else(|e| panic!("{compress} x{streams}: sender failed: {e}"));
                 assert_copy(&src, &dest);
                 assert_eq!((s.bytes, s.wire_bytes), (r.bytes, r.wire_bytes), "both ends count the same");
-                if compress != Compression::Auto {
+                if !matches!(compress, Compression::Auto | Compression::None) {
                     assert!(r.wire_bytes < r.bytes, "{compress}: {} wire bytes for {} data bytes", r.wire_bytes, r.bytes);
                 }
             }

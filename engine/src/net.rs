@@ -10,7 +10,8 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::wire::{DATA_HEADER_LEN, DataHeader, FRAME_HEADER_LEN, Frame, FrameHeader, Kind};
+use crate::codec::seal::{Sealer, TAG_LEN};
+use crate::wire::{DATA_HEADER_LEN, DataHeader, FRAME_HEADER_LEN, Frame, FrameHeader, Kind, SEALED};
 use crate::{Error, Result};
 
 /// A one-time session token: 128 random bits minted by the receiver.
@@ -236,27 +237,56 @@ pub fn read_data_header(mut sock: impl Read, peer: &str, h: FrameHeader) -> Resu
     DataHeader::decode(h.len, h.flags, &b).map_err(|source| Error::Wire { peer: peer.into(), source })
 }
 
-/// Reads the body of a control frame whose header was already read.
-pub fn read_body(mut sock: impl Read, peer: &str, h: FrameHeader) -> Result<Frame> {
+/// Checks that a frame is sealed exactly when the session seals.
+pub fn check_sealing(peer: &str, h: FrameHeader, sealed_session: bool) -> Result<()> {
+    match (h.flags & SEALED != 0, sealed_session) {
+        (true, false) => Err(Error::peer(peer, format!("sent a sealed {:?} frame in an unsealed session", h.kind))),
+        (false, true) => Err(Error::peer(peer, format!("sent an unsealed {:?} frame in a sealed session", h.kind))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the body of a control frame whose header was already read,
+/// opening it with `seal` in a sealed session.
+pub fn read_body(mut sock: impl Read, peer: &str, h: FrameHeader, seal: Option<&mut Sealer>) -> Result<Frame> {
     if h.kind == Kind::Data {
         return Err(Error::peer(peer, "sent a DATA frame where a control frame was expected"));
     }
+    check_sealing(peer, h, seal.is_some())?;
     // Bounded: FrameHeader::decode capped `len` for this kind.
     let mut body = vec![0u8; h.len as usize];
     sock.read_exact(&mut body).map_err(|e| read_err(peer, "inside a control frame", &e))?;
-    Frame::decode(h, &body).map_err(|source| Error::Wire { peer: peer.into(), source })
+    let plain = match seal {
+        Some(s) => s.open(&h.encode(), &mut body).map_err(|e| Error::peer(peer, e.to_string()))?,
+        None => body.len(),
+    };
+    let h = FrameHeader { flags: h.flags & !SEALED, len: plain as u32, ..h };
+    Frame::decode(h, &body[..plain]).map_err(|source| Error::Wire { peer: peer.into(), source })
 }
 
-/// Reads one whole control frame.
-pub fn read_frame(mut sock: impl Read, peer: &str, what: &str) -> Result<Frame> {
+/// Reads one whole control frame (opened with `seal` when sealed).
+pub fn read_frame(mut sock: impl Read, peer: &str, what: &str, seal: Option<&mut Sealer>) -> Result<Frame> {
     let h = read_header(&mut sock, peer, what)?;
-    read_body(&mut sock, peer, h)
+    read_body(&mut sock, peer, h, seal)
 }
 
-/// Writes one control frame.
-pub fn write_frame(mut sock: &TcpStream, peer: &str, frame: &Frame) -> Result<()> {
+/// Appends `frame` to `out`, sealed with `seal` when given.
+pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>, seal: Option<&mut Sealer>) {
+    let start = out.len();
+    frame.encode(out);
+    if let Some(s) = seal {
+        let body_len = out.len() - start - FRAME_HEADER_LEN;
+        let h = FrameHeader { kind: frame.kind(), flags: SEALED, len: (body_len + TAG_LEN) as u32 }.encode();
+        out[start..start + FRAME_HEADER_LEN].copy_from_slice(&h);
+        let tag = s.seal(&h, &mut out[start + FRAME_HEADER_LEN..]);
+        out.extend_from_slice(&tag);
+    }
+}
+
+/// Writes one control frame (sealed with `seal` when given).
+pub fn write_frame(mut sock: &TcpStream, peer: &str, frame: &Frame, seal: Option<&mut Sealer>) -> Result<()> {
     let mut buf = Vec::with_capacity(64);
-    frame.encode(&mut buf);
+    encode_frame(frame, &mut buf, seal);
     sock.write_all(&buf).map_err(|e| Error::peer(peer, format!("sending {:?} failed: {e}", frame.kind())))
 }
 

@@ -20,6 +20,7 @@ use crossbeam_channel::{Sender as Tx, bounded};
 
 use crate::backend::{self, IoMode, StreamIo};
 use crate::codec::Decoder;
+use crate::codec::seal::{Direction, SealKey, Sealer, SessionKey};
 use crate::net::{self, Token};
 use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
 use crate::progress::Progress;
@@ -40,6 +41,8 @@ pub struct ReceiveConfig {
     pub idle_timeout: Duration,
     /// Socket options for the listener and every stream.
     pub sockopt: net::SockOpts,
+    /// Require sealed sessions with this key (`--encrypt-key-file`).
+    pub seal_key: Option<SealKey>,
     pub progress: Option<Arc<Progress>>,
 }
 
@@ -52,6 +55,7 @@ impl Default for ReceiveConfig {
             assemble_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             sockopt: net::SockOpts::default(),
+            seal_key: None,
             progress: None,
         }
     }
@@ -110,12 +114,14 @@ impl Receiver {
         let socks: Vec<TcpStream> =
             streams.iter().map(|j| j.sock.try_clone()).collect::<Result<_, _>>().map_err(|e| Error::io("cloning a socket", e))?;
         let peer = streams[0].peer.clone();
-        let result = receive_session(&streams, &self.cfg, method, dest);
+        let session = self.cfg.seal_key.as_ref().map(|k| k.session(&streams[0].hello.session_salt));
+        let mut verdict_sealer = session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0));
+        let result = receive_session(&streams, &self.cfg, method, dest, session.as_ref());
         match &result {
-            Ok(_) => net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: true, reason: String::new() })?,
+            Ok(_) => net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: true, reason: String::new() }, verdict_sealer.as_mut())?,
             Err(e) => {
                 tracing::error!("session failed: {e}");
-                let _ = net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: false, reason: e.to_string() });
+                let _ = net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: false, reason: e.to_string() }, verdict_sealer.as_mut());
                 for s in &socks {
                     let _ = s.shutdown(Shutdown::Both);
                 }
@@ -142,8 +148,9 @@ impl Receiver {
                     } else {
                         pending.fetch_add(1, Ordering::AcqRel);
                         let (tx, pending, token, t) = (tx.clone(), Arc::clone(&pending), self.token.clone(), self.cfg.handshake_timeout);
+                        let sealed = self.cfg.seal_key.is_some();
                         std::thread::spawn(move || {
-                            examine(sock, addr, &token, t, &tx);
+                            examine(sock, addr, &token, t, sealed, &tx);
                             pending.fetch_sub(1, Ordering::AcqRel);
                         });
                     }
@@ -173,7 +180,7 @@ impl Receiver {
                     continue;
                 }
                 let welcome = Frame::Welcome { version: wire::PROTOCOL_VERSION.min(h.max_version), capabilities: h.capabilities };
-                if let Err(e) = net::write_frame(&j.sock, &j.peer, &welcome) {
+                if let Err(e) = net::write_frame(&j.sock, &j.peer, &welcome, None) {
                     tracing::warn!("{e}");
                     continue;
                 }
@@ -200,17 +207,17 @@ impl Receiver {
 
 fn reject(j: &Joined, reason: &str) {
     tracing::warn!(peer = %j.peer, "refused a connection: {reason}");
-    let _ = net::write_frame(&j.sock, &j.peer, &Frame::Reject { reason: reason.into() });
+    let _ = net::write_frame(&j.sock, &j.peer, &Frame::Reject { reason: reason.into() }, None);
 }
 
 /// Checks one new connection's magic, HELLO and token. Failures are logged
 /// and the connection dropped; the session never sees them.
-fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, tx: &Tx<Joined>) {
+fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, sealed: bool, tx: &Tx<Joined>) {
     let peer = addr.to_string();
     let refuse = |sock: &TcpStream, reason: &str, answer: bool| {
         tracing::warn!(peer = %peer, "refused a connection: {reason}");
         if answer {
-            let _ = net::write_frame(sock, &peer, &Frame::Reject { reason: reason.into() });
+            let _ = net::write_frame(sock, &peer, &Frame::Reject { reason: reason.into() }, None);
         }
     };
     if sock.set_nonblocking(false).and_then(|()| net::configure(&sock, timeout)).is_err() {
@@ -223,7 +230,7 @@ fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, 
     if magic != MAGIC {
         return refuse(&sock, &format!("not a sluice sender (first bytes {:?})", String::from_utf8_lossy(&magic)), false);
     }
-    let hello = match net::read_frame(&sock, &peer, "during the handshake") {
+    let hello = match net::read_frame(&sock, &peer, "during the handshake", None) {
         Ok(Frame::Hello(h)) => h,
         Ok(f) => return refuse(&sock, &format!("sent {:?} instead of HELLO", f.kind()), true),
         Err(e) => return refuse(&sock, &format!("bad HELLO: {e}"), true),
@@ -237,6 +244,13 @@ fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, 
     if hello.capabilities & !caps::SUPPORTED != 0 {
         return refuse(&sock, &format!("capabilities {:#x} are not supported by this receiver", hello.capabilities), true);
     }
+    match (sealed, hello.capabilities & caps::SEAL_AES256GCM != 0) {
+        (true, false) => {
+            return refuse(&sock, "this receiver requires sealed transfers: give the sender the same --encrypt-key-file", true);
+        }
+        (false, true) => return refuse(&sock, "the sender seals its data but this receiver has no --encrypt-key-file", true),
+        _ => {}
+    }
     if hello.capabilities & (caps::COMPRESS_LZ4 | caps::COMPRESS_ZSTD) != 0 && hello.max_version < wire::since::COMPRESSION {
         return refuse(&sock, "compression needs protocol version 2", true);
     }
@@ -244,13 +258,25 @@ fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, 
 }
 
 /// Manifest, data, end, verification and sync; returns (entries, files, bytes).
-fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Method, dest: &Path) -> Result<(u64, u64, u64, u64)> {
+fn receive_session(
+    streams: &[Joined],
+    cfg: &ReceiveConfig,
+    method: backend::Method,
+    dest: &Path,
+    session: Option<&SessionKey>,
+) -> Result<(u64, u64, u64, u64)> {
     for j in streams {
         net::configure(&j.sock, cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
         cfg.sockopt.apply(&j.sock).map_err(|e| Error::io("applying socket options", e))?;
     }
     let (s0, peer) = (&streams[0].sock, streams[0].peer.as_str());
-    let (entries, data_bytes) = read_manifest(s0, peer)?;
+    // One opener per stream; stream 0's serves the manifest, its stream
+    // thread and END in turn.
+    let openers: Vec<std::sync::Mutex<Option<Sealer>>> = (0..streams.len())
+        .map(|i| std::sync::Mutex::new(session.map(|k| Sealer::new(k.clone(), Direction::ToReceiver, i as u16))))
+        .collect();
+    let lock = |i: usize| openers[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (entries, data_bytes) = read_manifest(s0, peer, lock(0).as_mut())?;
     let progress = cfg.progress.clone().unwrap_or_default();
     progress.set_total(data_bytes);
     // Compressed blocks go through user memory anyway.
@@ -263,7 +289,9 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
     let results = pipeline::run_streams(
         streams,
         &abort,
-        |_, j| StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, progress: &progress, method }.run(),
+        |i, j| {
+            StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, progress: &progress, method }.run(lock(i).as_mut())
+        },
         // Unblock the other streams' reads at once.
         || {
             for other in streams {
@@ -276,7 +304,7 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
     let bytes: u64 = per_stream.iter().map(|r| r.1).sum();
     let leftover0 = per_stream.into_iter().next().map(|r| r.2).unwrap_or_default();
     // Stream 0's reader may have read END ahead together with STREAM_END.
-    match net::read_frame(std::io::Read::chain(&leftover0[..], s0), peer, "before END")? {
+    match net::read_frame(std::io::Read::chain(&leftover0[..], s0), peer, "before END", lock(0).as_mut())? {
         Frame::End { entries: n, data_bytes: b, frames: f } => {
             if n != entries.len() as u64 || b != bytes || f != frames || b != data_bytes {
                 return Err(Error::peer(
@@ -302,11 +330,11 @@ fn receive_session(streams: &[Joined], cfg: &ReceiveConfig, method: backend::Met
 
 /// Reads MANIFEST frames up to MANIFEST_END and checks ids, uniqueness and
 /// that every entry's parent is a directory of the manifest.
-fn read_manifest(sock: &TcpStream, peer: &str) -> Result<(Vec<Entry>, u64)> {
+fn read_manifest(sock: &TcpStream, peer: &str, mut seal: Option<&mut Sealer>) -> Result<(Vec<Entry>, u64)> {
     let mut entries: Vec<Entry> = Vec::new();
     let bad = |reason: String| Error::peer(peer, format!("sent a bad manifest: {reason}"));
     loop {
-        match net::read_frame(sock, peer, "while sending the manifest")? {
+        match net::read_frame(sock, peer, "while sending the manifest", seal.as_deref_mut())? {
             Frame::Manifest(batch) => {
                 for e in batch {
                     if e.id as usize != entries.len() {
@@ -361,7 +389,7 @@ struct StreamCtx<'a> {
 impl StreamCtx<'_> {
     /// Handles DATA and FILE_DONE frames until STREAM_END; returns (frames,
     /// bytes, bytes read ahead past STREAM_END).
-    fn run(&self) -> Result<(u64, u64, Vec<u8>)> {
+    fn run(&self, mut seal: Option<&mut Sealer>) -> Result<(u64, u64, Vec<u8>)> {
         let (sock, peer) = (&self.j.sock, self.j.peer.as_str());
         let index = self.j.hello.stream_index;
         let mut io = StreamIo::new(self.method, wire::MAX_PAYLOAD).map_err(|e| Error::io("setting up receive I/O", e))?;
@@ -401,11 +429,26 @@ impl StreamCtx<'_> {
                 if granted & needed != needed {
                     return Err(Error::peer(peer, "sent a compressed block without negotiating compression"));
                 }
+                net::check_sealing(peer, h, seal.is_some())?;
                 let file = self.sink.file(d.file_id)?;
-                let received = if flag == 0 {
+                let received = if flag == 0 && seal.is_none() {
                     io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len)
                 } else {
-                    io.receive_encoded(&mut inbound, &file.file, file.direct.as_ref(), d.offset, wire_len, len, flag, &mut decoder)
+                    // The associated data: this frame's header and DATA header, re-encoded
+                    // (decoding checked that the reserved fields are zero, so it is exact).
+                    let aad = d.encode_prefix(wire_len, h.flags);
+                    let open = seal.as_deref_mut().map(|s| (s, &aad[..]));
+                    io.receive_transformed(
+                        &mut inbound,
+                        &file.file,
+                        file.direct.as_ref(),
+                        d.offset,
+                        wire_len,
+                        len,
+                        flag,
+                        &mut decoder,
+                        open,
+                    )
                 };
                 let sum = received.map_err(|e| match e.kind() {
                     std::io::ErrorKind::UnexpectedEof
@@ -434,7 +477,7 @@ impl StreamCtx<'_> {
                 self.settle(entry, state)?;
                 continue;
             }
-            match net::read_body(&mut inbound, peer, h)? {
+            match net::read_body(&mut inbound, peer, h, seal.as_deref_mut())? {
                 Frame::FileDone { file_id, digest } => {
                     let entry = self
                         .entries

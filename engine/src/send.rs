@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver as Rx, bounded};
 
 use crate::backend::{self, IoMode, StreamIo};
+use crate::codec::seal::{Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
 use crate::net::{self, Token};
 use crate::pipeline::{self, Abort};
@@ -44,6 +45,8 @@ pub struct SendConfig {
     pub compress: Compression,
     /// Wire bytes per second for all streams together.
     pub rate_limit: Option<u64>,
+    /// Seal every frame with AES-256-GCM (the receiver needs the same key).
+    pub seal_key: Option<SealKey>,
     /// Shared byte counters, if the caller wants to report progress.
     pub progress: Option<Arc<Progress>>,
 }
@@ -64,6 +67,7 @@ impl Default for SendConfig {
             sockopt: net::SockOpts::default(),
             compress: Compression::None,
             rate_limit: None,
+            seal_key: None,
             progress: None,
         }
     }
@@ -83,11 +87,11 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         return Err(Error::Config("--rate-limit must be positive".into()));
     }
     let mut method = backend::select(cfg.io, true)?;
-    if cfg.compress != Compression::None && method != backend::Method::Copy {
-        tracing::info!("compression transforms every block; using the copy path instead of {method}");
+    if (cfg.compress != Compression::None || cfg.seal_key.is_some()) && method != backend::Method::Copy {
+        tracing::info!("compression or sealing transforms every block; using the copy path instead of {method}");
         method = backend::Method::Copy;
     }
-    tracing::info!(backend = %method, streams = cfg.streams, compress = %cfg.compress, "sending");
+    tracing::info!(backend = %method, streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), "sending");
     let tree = source::scan(roots)?;
     let progress = cfg.progress.clone().unwrap_or_default();
     progress.set_total(tree.data_bytes());
@@ -99,7 +103,13 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         socks.push(handshake(addr, token, salt, i, cfg)?);
     }
     let peer = net::peer_name(&socks[0]);
-    send_manifest(&socks[0], &peer, &tree)?;
+    // One sealer per stream and direction; stream 0's serves the manifest,
+    // its stream thread and END in turn.
+    let session = cfg.seal_key.as_ref().map(|k| k.session(&salt));
+    let sealers: Vec<std::sync::Mutex<Option<Sealer>>> =
+        (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect();
+    let mut verdict_opener = session.map(|k| Sealer::new(k, Direction::ToSender, 0));
+    send_manifest(&socks[0], &peer, &tree, lock(&sealers[0]).as_mut())?;
 
     // The receiver speaks on stream 0 only: its verdict, possibly early.
     let (verdict_tx, verdict_rx) = bounded(1);
@@ -109,7 +119,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         .name("sluice-verdict".into())
         .spawn(move || {
             let _ = control.set_read_timeout(None);
-            let v = match net::read_frame(&control, &control_peer, "before its verdict") {
+            let v = match net::read_frame(&control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
                 Ok(Frame::Verdict { ok, reason }) => Ok((ok, reason)),
                 Ok(other) => Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
                 Err(e) => Err(e),
@@ -137,7 +147,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
                 throttle: throttle.as_ref(),
                 progress: &progress,
             };
-            ctx.run(method)
+            ctx.run(method, lock(&sealers[index]).as_mut())
         },
         // Wake writers blocked on a slow receiver; keep the read side open
         // so the receiver's verdict can still arrive.
@@ -148,7 +158,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         },
     );
 
-    let outcome = finish(&socks, &peer, &tree, results, &verdict_rx);
+    let outcome = finish(&socks, &peer, &tree, results, &verdict_rx, lock(&sealers[0]).as_mut());
     if outcome.is_err() {
         for s in &socks {
             let _ = s.shutdown(Shutdown::Both);
@@ -161,6 +171,17 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     Ok(Summary { entries: tree.entries.len() as u64, files, bytes, wire_bytes, elapsed: started.elapsed() })
 }
 
+/// The capability bits this configuration needs from the receiver.
+fn capabilities(cfg: &SendConfig) -> u64 {
+    cfg.compress.capabilities() | if cfg.seal_key.is_some() { wire::caps::SEAL_AES256GCM } else { 0 }
+}
+
+/// Locks a stream's sealer slot (a poisoned lock only means a stream thread
+/// panicked, which fails the session anyway).
+fn lock(m: &std::sync::Mutex<Option<Sealer>>) -> std::sync::MutexGuard<'_, Option<Sealer>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendConfig) -> Result<TcpStream> {
     let sock = net::connect(addr, cfg.connect_timeout, &cfg.sockopt)?;
     net::configure(&sock, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
@@ -171,15 +192,15 @@ fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendCo
         max_version: wire::PROTOCOL_VERSION,
         stream_index: index,
         stream_count: cfg.streams,
-        capabilities: cfg.compress.capabilities(),
+        capabilities: capabilities(cfg),
         token: *token.as_bytes(),
         session_salt: salt,
     })
     .encode(&mut buf);
     std::io::Write::write_all(&mut &sock, &buf).map_err(|e| Error::peer(&peer, format!("sending HELLO failed: {e}")))?;
-    match net::read_frame(&sock, &peer, "during the handshake") {
+    match net::read_frame(&sock, &peer, "during the handshake", None) {
         Ok(Frame::Welcome { version, capabilities }) => {
-            let wanted = cfg.compress.capabilities();
+            let wanted = self::capabilities(cfg);
             if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || capabilities != wanted {
                 return Err(Error::peer(
                     &peer,
@@ -197,7 +218,7 @@ fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendCo
     }
 }
 
-fn send_manifest(sock: &TcpStream, peer: &str, tree: &SourceTree) -> Result<()> {
+fn send_manifest(sock: &TcpStream, peer: &str, tree: &SourceTree, mut seal: Option<&mut Sealer>) -> Result<()> {
     let budget = wire::MAX_MANIFEST_BODY as usize / 2;
     let mut batch = Vec::new();
     let mut size = 0;
@@ -205,7 +226,7 @@ fn send_manifest(sock: &TcpStream, peer: &str, tree: &SourceTree) -> Result<()> 
     for e in &tree.entries {
         let n = wire::entry_len(e);
         if size + n > budget && !batch.is_empty() {
-            Frame::Manifest(std::mem::take(&mut batch)).encode(&mut buf);
+            net::encode_frame(&Frame::Manifest(std::mem::take(&mut batch)), &mut buf, seal.as_deref_mut());
             size = 0;
         }
         batch.push(e.clone());
@@ -216,9 +237,9 @@ fn send_manifest(sock: &TcpStream, peer: &str, tree: &SourceTree) -> Result<()> 
         }
     }
     if !batch.is_empty() {
-        Frame::Manifest(batch).encode(&mut buf);
+        net::encode_frame(&Frame::Manifest(batch), &mut buf, seal.as_deref_mut());
     }
-    Frame::ManifestEnd { entries: tree.entries.len() as u64, data_bytes: tree.data_bytes() }.encode(&mut buf);
+    net::encode_frame(&Frame::ManifestEnd { entries: tree.entries.len() as u64, data_bytes: tree.data_bytes() }, &mut buf, seal);
     std::io::Write::write_all(&mut &*sock, &buf).map_err(|err| Error::peer(peer, format!("sending the manifest failed: {err}")))
 }
 
@@ -237,7 +258,7 @@ struct StreamCtx<'a> {
 
 impl StreamCtx<'_> {
     /// Sends blocks until the queue is empty; returns (frames, bytes).
-    fn run(&self, method: backend::Method) -> Result<(u64, u64)> {
+    fn run(&self, method: backend::Method, mut seal: Option<&mut Sealer>) -> Result<(u64, u64)> {
         let mut io = StreamIo::new(method, self.cfg.block_size).map_err(|e| Error::io(format!("setting up {method} I/O"), e))?;
         let mut encoder = match self.cfg.compress {
             Compression::None => None,
@@ -255,26 +276,31 @@ impl StreamCtx<'_> {
                 open = Some((b.file_id, f));
             }
             let file = &open.as_ref().expect("opened above").1;
-            let wire = self.send_block(&mut io, encoder.as_mut(), file, &b, seq)?;
+            let wire = self.send_block(&mut io, encoder.as_mut(), seal.as_deref_mut(), file, &b, seq)?;
             seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream; raise --block-size".into()))?;
             frames += 1;
             bytes += u64::from(b.len);
             self.progress.add(u64::from(b.len));
             self.progress.add_wire(wire);
         }
-        net::write_frame(self.sock, self.peer, &Frame::StreamEnd { frames, bytes })?;
+        net::write_frame(self.sock, self.peer, &Frame::StreamEnd { frames, bytes }, seal)?;
         Ok((frames, bytes))
     }
 
-    /// Sends one block (compressed when that pays); returns its wire size.
-    fn send_block(&self, io: &mut StreamIo, mut encoder: Option<&mut Encoder>, file: &File, b: &Block, seq: u32) -> Result<u64> {
+    /// Sends one block (compressed when that pays, sealed when the session
+    /// seals); returns its wire size.
+    fn send_block(
+        &self,
+        io: &mut StreamIo,
+        mut encoder: Option<&mut Encoder>,
+        mut seal: Option<&mut Sealer>,
+        file: &File,
+        b: &Block,
+        seq: u32,
+    ) -> Result<u64> {
         let path = || self.tree.paths[b.file_id as usize].display().to_string();
         let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
-        // The FILE_DONE of a file's last block rides in the same write.
-        let mut trailer = Vec::new();
-        if let Some(digest) = self.tally.record(b, checksum) {
-            Frame::FileDone { file_id: b.file_id, digest }.encode(&mut trailer);
-        }
+        let digest = self.tally.record(b, checksum);
         let header = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum };
         let send_err = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -298,18 +324,38 @@ impl StreamCtx<'_> {
                 t.acquire(bytes as u64);
             }
         };
-        let (wire, started) = if let Some((flag, packed)) = encoder.as_mut().and_then(|e| e.encode(io.loaded(b.len))) {
-            let started = Instant::now();
-            throttle(packed.len());
-            let prefix = header.encode_prefix(packed.len() as u32, flag);
-            backend::write_parts(self.sock, &[&prefix, packed, &trailer]).map_err(send_err)?;
-            (packed.len(), started)
-        } else {
+        // The FILE_DONE of a file's last block rides in the same write; it is
+        // encoded (and sealed) after the DATA frame, in stream order.
+        let trailer = |seal: Option<&mut Sealer>| {
+            let mut t = Vec::new();
+            if let Some(digest) = digest {
+                net::encode_frame(&Frame::FileDone { file_id: b.file_id, digest }, &mut t, seal);
+            }
+            t
+        };
+        let encoded = encoder.as_mut().and_then(|e| e.encode(io.loaded(b.len)));
+        let (wire, started) = if encoded.is_none() && seal.is_none() {
+            // Untransformed: the backend may send straight from the file.
             let started = Instant::now();
             throttle(b.len as usize);
             let prefix = header.encode_prefix(b.len, 0);
-            io.transmit(self.sock, &prefix, file, b.offset, b.len, &trailer).map_err(send_err)?;
+            io.transmit(self.sock, &prefix, file, b.offset, b.len, &trailer(None)).map_err(send_err)?;
             (b.len as usize, started)
+        } else {
+            let (flags, payload) = match encoded {
+                Some((flag, packed)) => (flag, packed),
+                None => (0, io.loaded_mut(b.len)),
+            };
+            let tag_len = if seal.is_some() { TAG_LEN } else { 0 };
+            let sealed = if seal.is_some() { wire::SEALED } else { 0 };
+            let prefix = header.encode_prefix((payload.len() + tag_len) as u32, flags | sealed);
+            let tag = seal.as_deref_mut().map(|s| s.seal(&prefix, payload));
+            let trailer = trailer(seal);
+            let started = Instant::now();
+            throttle(payload.len() + tag_len);
+            let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
+            backend::write_parts(self.sock, &[&prefix, payload, tag, &trailer]).map_err(send_err)?;
+            (payload.len() + tag_len, started)
         };
         if let Some(e) = encoder {
             // Link speed for `--compress auto` (throttle waits included: a
@@ -327,6 +373,7 @@ fn finish(
     tree: &SourceTree,
     results: Vec<Result<(u64, u64)>>,
     verdict: &Rx<Result<(bool, String)>>,
+    seal: Option<&mut Sealer>,
 ) -> Result<u64> {
     let per_stream = match pipeline::collect(results) {
         Ok(v) => v,
@@ -339,7 +386,7 @@ fn finish(
         }
     };
     let (frames, bytes) = per_stream.iter().fold((0, 0), |(f, b), (sf, sb)| (f + sf, b + sb));
-    net::write_frame(&socks[0], peer, &Frame::End { entries: tree.entries.len() as u64, data_bytes: bytes, frames })?;
+    net::write_frame(&socks[0], peer, &Frame::End { entries: tree.entries.len() as u64, data_bytes: bytes, frames }, seal)?;
     match verdict.recv() {
         Ok(Ok((true, _))) => Ok(bytes),
         Ok(Ok((false, reason))) => Err(Error::ReceiverFailed(reason)),

@@ -32,6 +32,8 @@ pub mod since {
     pub const VERDICT: u16 = 1;
     /// Compressed DATA payloads (lz4, zstd), negotiated by capability bits.
     pub const COMPRESSION: u16 = 2;
+    /// AES-256-GCM sealing of every frame after WELCOME.
+    pub const SEALING: u16 = 2;
 }
 
 /// Capability bits a sender may request in HELLO; the receiver grants them
@@ -46,20 +48,21 @@ pub mod caps {
     /// Acknowledged ranges and reconnecting streams.
     pub const RESUME: u64 = 1 << 3;
     /// Every capability this build implements.
-    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD;
+    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM;
 }
 
-/// Flags of DATA frames (the frame header's flags byte). Other kinds carry
-/// no flags.
+/// Flag of any frame whose body is sealed (AES-256-GCM, tag appended).
+pub const SEALED: u8 = 1 << 2;
+
+/// Flags of DATA frames (the frame header's flags byte). Control frames
+/// carry at most [`SEALED`].
 pub mod data_flags {
     /// The payload is an lz4 block; `raw_len` is its decoded length.
     pub const LZ4: u8 = 1 << 0;
     /// The payload is a zstd frame; `raw_len` is its decoded length.
     pub const ZSTD: u8 = 1 << 1;
-    /// Reserved: AES-256-GCM sealed payload.
-    pub const SEALED: u8 = 1 << 2;
-    /// Flags this build understands.
-    pub const KNOWN: u8 = LZ4 | ZSTD;
+    /// Flags this build understands on DATA frames.
+    pub const KNOWN: u8 = LZ4 | ZSTD | super::SEALED;
     /// The compression flags.
     pub const COMPRESSED: u8 = LZ4 | ZSTD;
 }
@@ -159,12 +162,13 @@ impl Kind {
         })
     }
 
-    /// Largest body this kind may declare.
+    /// Largest body this kind may declare (room for a seal tag included).
     fn max_body(self) -> u32 {
+        let tag = crate::codec::seal::TAG_LEN as u32;
         match self {
-            Self::Manifest => MAX_MANIFEST_BODY,
-            Self::Data => DATA_HEADER_LEN as u32 + MAX_PAYLOAD,
-            _ => MAX_CONTROL_BODY,
+            Self::Manifest => MAX_MANIFEST_BODY + tag,
+            Self::Data => DATA_HEADER_LEN as u32 + MAX_PAYLOAD + tag,
+            _ => MAX_CONTROL_BODY + tag,
         }
     }
 }
@@ -192,7 +196,7 @@ impl FrameHeader {
     pub fn decode(b: &[u8; FRAME_HEADER_LEN]) -> Result<Self, WireError> {
         let kind = Kind::from_u8(b[0])?;
         let flags = b[1];
-        let allowed = if kind == Kind::Data { data_flags::KNOWN } else { 0 };
+        let allowed = if kind == Kind::Data { data_flags::KNOWN } else { SEALED };
         if flags & !allowed != 0 || flags & data_flags::COMPRESSED == data_flags::COMPRESSED {
             return Err(WireError::Flags { kind, flags });
         }
@@ -271,10 +275,12 @@ impl DataHeader {
             },
         };
         let compressed = flags & data_flags::COMPRESSED != 0;
-        if compressed && (h.raw_len == 0 || h.raw_len > MAX_PAYLOAD || payload_len == 0) {
+        let tag = if flags & SEALED != 0 { crate::codec::seal::TAG_LEN as u32 } else { 0 };
+        let plain_len = payload_len.checked_sub(tag).ok_or(WireError::Truncated { what: "sealed DATA payload" })?;
+        if compressed && (h.raw_len == 0 || h.raw_len > MAX_PAYLOAD || plain_len == 0) {
             return Err(WireError::Invalid { what: "DATA decoded length", value: u64::from(h.raw_len) });
         }
-        if !compressed && h.raw_len != payload_len {
+        if !compressed && h.raw_len != plain_len {
             return Err(WireError::Invalid { what: "DATA raw length of an untransformed block", value: u64::from(h.raw_len) });
         }
         h.offset.checked_add(u64::from(h.raw_len)).ok_or(WireError::Invalid { what: "DATA offset", value: h.offset })?;
@@ -698,6 +704,8 @@ mod tests {
         both[1] = data_flags::LZ4 | data_flags::ZSTD;
         assert!(matches!(FrameHeader::decode(both[..8].try_into().unwrap()), Err(WireError::Flags { .. })));
         let mut ctl = FrameHeader { kind: Kind::End, flags: 0, len: 24 }.encode();
+        ctl[1] = SEALED;
+        assert!(FrameHeader::decode(&ctl).is_ok(), "any frame may be sealed");
         ctl[1] = data_flags::LZ4;
         assert!(matches!(FrameHeader::decode(&ctl), Err(WireError::Flags { .. })));
         let huge = FrameHeader { kind: Kind::Data, flags: 0, len: u32::MAX }.encode();

@@ -201,6 +201,11 @@ impl StreamIo {
         &self.buf[self.data_at..self.data_at + len as usize]
     }
 
+    /// The block last loaded, mutable (to be sealed in place).
+    pub fn loaded_mut(&mut self, len: u32) -> &mut [u8] {
+        &mut self.buf[self.data_at..self.data_at + len as usize]
+    }
+
     /// Sends `prefix`, then the block last [`load`](Self::load)ed from
     /// `file` at `offset`, then `trailer` (a small control frame that rides
     /// in the same write, at most [`MAX_TRAILER`] bytes).
@@ -256,11 +261,13 @@ impl StreamIo {
         (&*sock).write_all(&self.buf[start..end + trailer.len()])
     }
 
-    /// Receives a compressed payload of `wire_len` bytes, decodes it into
-    /// `raw_len` bytes with `decoder`, writes them like [`receive`](Self::receive)
-    /// and returns their checksum. Undecodable input is `InvalidData`.
+    /// Receives a transformed payload of `wire_len` bytes: opens it with
+    /// `open` (sealer and associated data) when sealed, decompresses it per
+    /// `compression` (a DATA compression flag, or 0) into `raw_len` bytes,
+    /// writes them like [`receive`](Self::receive) and returns their
+    /// checksum. Input that fails to open or decode is `InvalidData`.
     #[allow(clippy::too_many_arguments)]
-    pub fn receive_encoded(
+    pub fn receive_transformed(
         &mut self,
         src: &mut Inbound<'_>,
         file: &File,
@@ -268,15 +275,37 @@ impl StreamIo {
         offset: u64,
         wire_len: u32,
         raw_len: u32,
-        flag: u8,
+        compression: u8,
         decoder: &mut codec::Decoder,
+        open: Option<(&mut codec::seal::Sealer, &[u8])>,
     ) -> io::Result<u64> {
-        let packed = self.packed.get_or_insert_with(Vec::new);
-        packed.resize(wire_len as usize, 0);
-        src.read_exact(packed)?;
         let n = raw_len as usize;
-        let data = &mut self.buf[self.data_at..self.data_at + n];
-        decoder.decode(flag, packed, data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let unseal = |sealed: &mut [u8], open: Option<(&mut codec::seal::Sealer, &[u8])>| match open {
+            Some((sealer, aad)) => sealer.open(aad, sealed).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            None => Ok(sealed.len()),
+        };
+        if compression == 0 {
+            // Sealed, uncompressed: read into the aligned block buffer (it has
+            // room for the tag) and open it in place; no extra copy.
+            let w = wire_len as usize;
+            if w > self.buf.len() - self.data_at {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "sealed block larger than its buffer"));
+            }
+            let sealed = &mut self.buf[self.data_at..self.data_at + w];
+            src.read_exact(sealed)?;
+            let plain = unseal(sealed, open)?;
+            if plain != n {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("block of {plain} bytes, {n} announced")));
+            }
+        } else {
+            let packed = self.packed.get_or_insert_with(Vec::new);
+            packed.resize(wire_len as usize, 0);
+            src.read_exact(packed)?;
+            let plain = unseal(packed, open)?;
+            let data = &mut self.buf[self.data_at..self.data_at + n];
+            decoder.decode(compression, &packed[..plain], data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        let data = &self.buf[self.data_at..self.data_at + n];
         let sum = codec::checksum(data);
         self.store(file, direct, offset, n)?;
         Ok(sum)

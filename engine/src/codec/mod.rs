@@ -11,6 +11,8 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+pub mod seal;
+
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::wire::{caps, data_flags};
@@ -188,8 +190,9 @@ impl Encoder {
     }
 
     /// Compresses `data` if that is worth it; returns the DATA flag and the
-    /// compressed bytes, or `None` to send `data` raw.
-    pub fn encode(&mut self, data: &[u8]) -> Option<(u8, &[u8])> {
+    /// compressed bytes (mutable, so they can be sealed in place), or `None`
+    /// to send `data` raw.
+    pub fn encode(&mut self, data: &[u8]) -> Option<(u8, &mut [u8])> {
         if data.len() < 64 || (self.mode == Compression::Auto && !self.policy.should_try()) {
             return None;
         }
@@ -210,7 +213,7 @@ impl Encoder {
         if self.mode == Compression::Auto && !self.policy.record_attempt(data.len(), n, started.elapsed()) {
             return None;
         }
-        n.map(|n| (flag, &self.out[..n]))
+        n.map(|n| (flag, &mut self.out[..n]))
     }
 
     /// Feeds the link speed to the auto policy.
