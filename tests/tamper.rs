@@ -50,8 +50,8 @@ fn proxy(target: std::net::SocketAddr, flip: usize) -> std::net::SocketAddr {
     addr
 }
 
-fn key(b: u8) -> Option<SealKey> {
-    Some(SealKey::parse(&[b; 32]).unwrap())
+fn key(b: u8) -> SealKey {
+    SealKey::parse(&[b; 32]).unwrap()
 }
 
 /// Runs one transfer, optionally through the bit-flipping proxy; returns
@@ -104,8 +104,8 @@ fn a_flipped_bit_is_caught_in_plain_compressed_and_sealed_sessions() {
         ("plain", Compression::None, None, "checksum mismatch"),
         ("lz4", Compression::Lz4, None, "t.ibd"),
         ("zstd", Compression::Zstd(1), None, "t.ibd"),
-        ("sealed", Compression::None, key(1), "failed authentication"),
-        ("lz4+sealed", Compression::Lz4, key(1), "failed authentication"),
+        ("sealed", Compression::None, Some(key(1)), "failed authentication"),
+        ("lz4+sealed", Compression::Lz4, Some(key(1)), "failed authentication"),
     ];
     for (name, compress, k, expect) in cases {
         let dest = tmp.path().join(name);
@@ -119,8 +119,8 @@ fn a_flipped_bit_is_caught_in_plain_compressed_and_sealed_sessions() {
             &tmp.path().join(format!("{name}-clean")),
             None,
             compress,
-            key(1).filter(|_| name.contains("sealed")),
-            key(1).filter(|_| name.contains("sealed")),
+            Some(key(1)).filter(|_| name.contains("sealed")),
+            Some(key(1)).filter(|_| name.contains("sealed")),
         );
         assert_eq!((s.as_str(), r.as_str()), ("ok", "ok"), "{name}");
         assert_eq!(std::fs::read(tmp.path().join(format!("{name}-clean/t.ibd"))).unwrap(), log);
@@ -131,15 +131,15 @@ fn a_flipped_bit_is_caught_in_plain_compressed_and_sealed_sessions() {
 fn mismatched_keys_are_named_not_silently_accepted() {
     let tmp = tempfile::tempdir().unwrap();
     let src = common::fixture(tmp.path());
-    let (s, r) = run(&src, &tmp.path().join("a"), None, Compression::None, key(1), key(2));
+    let (s, r) = run(&src, &tmp.path().join("a"), None, Compression::None, Some(key(1)), Some(key(2)));
     assert!(r.contains("different key files"), "{r}");
     assert_ne!(s, "ok");
-    let (s, r) = run(&src, &tmp.path().join("b"), None, Compression::None, None, key(2));
+    let (s, r) = run(&src, &tmp.path().join("b"), None, Compression::None, None, Some(key(2)));
     assert!(s.contains("requires sealed transfers"), "{s}");
     assert_ne!(r, "ok");
-    let (s, _) = run(&src, &tmp.path().join("c"), None, Compression::None, key(1), None);
+    let (s, _) = run(&src, &tmp.path().join("c"), None, Compression::None, Some(key(1)), None);
     assert!(s.contains("no --encrypt-key-file"), "{s}");
-    let (s, r) = run(&src, &tmp.path().join("d"), None, Compression::Zstd(3), key(3), key(3));
+    let (s, r) = run(&src, &tmp.path().join("d"), None, Compression::Zstd(3), Some(key(3)), Some(key(3)));
     assert_eq!((s.as_str(), r.as_str()), ("ok", "ok"));
     common::assert_copy(&src, &tmp.path().join("d"));
 }
