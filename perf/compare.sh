@@ -15,8 +15,15 @@
 # lookup at a time (perf: 38 % of all cycles in find_get_block_common and
 # recently_deleted), which would charge one tool for the previous one's rm.
 #
-# Usage: perf/compare.sh [WORKDIR]   (env: BIG_MIB=4096 SMALL=20000 RUNS=2 STREAMS=2)
-# Needs: socat rsync time (apt-get install -y socat rsync time), a release build.
+# Usage: perf/compare.sh [WORKDIR]
+#   env: BIG_MIB=4096 SMALL=20000 RUNS=2 STREAMS=2
+#        TOOLS="sluice socat rsync cp" SETS="big small"
+#   compression: TOOLS="sluice_lz4 socat_lz4 sluice_zstd socat_zstd" SETS=big
+#     (sluice --compress lz4 | zstd:1 against tar | lz4 -z | socat and
+#      tar | zstd -1 -T2 | socat, decompressing before tar -x)
+#   rate accuracy: MODE=rate RATE=200M  (2 GiB to tmpfs through
+#     sluice --rate-limit and through pv -L | socat; reports achieved rates)
+# Needs: socat rsync time pv lz4 zstd (apt-get install -y ...), a release build.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,9 +33,13 @@ BIG_MIB=${BIG_MIB:-4096}
 SMALL=${SMALL:-20000}
 RUNS=${RUNS:-2}
 STREAMS=${STREAMS:-2}
+TOOLS=${TOOLS:-sluice socat rsync cp}
+SETS=${SETS:-big small}
+MODE=${MODE:-compare}
+RATE=${RATE:-200M}
 sluice=$repo/target/release/sluice
-for tool in socat rsync /usr/bin/time tar cp bc ss; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y socat rsync time" >&2; exit 2; }
+for tool in socat rsync /usr/bin/time tar cp bc ss pv lz4 zstd; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y socat rsync time pv lz4 zstd" >&2; exit 2; }
 done
 [ -x "$sluice" ] || (cd "$repo" && cargo build --release)
 
@@ -53,15 +64,16 @@ now() { date +%s.%N; }
 
 settle() { sync; sleep 2; }
 
-run_sluice() { # src
-  local t0 t1
+run_sluice() { # src [extra send flags...]
+  local t0 t1 src=$1
+  shift
   rm -f "$work/recv.json"
   t0=$(now)
   /usr/bin/time -f "%U %S" -o "$work/t1" "$sluice" -q recv --listen 127.0.0.1:$port --dir "$dest" --json >"$work/recv.json" 2>"$work/recv.err" &
   local rpid=$!
   while [ ! -s "$work/recv.json" ]; do sleep 0.01; done
   local token; token=$(sed -E 's/.*"token":"([0-9a-f]+)".*/\1/' "$work/recv.json")
-  if ! SLUICE_TOKEN=$token /usr/bin/time -f "%U %S" -o "$work/t2" "$sluice" -q send --streams "$STREAMS" --to 127.0.0.1:$port "$1" 2>"$work/send.err"; then
+  if ! SLUICE_TOKEN=$token /usr/bin/time -f "%U %S" -o "$work/t2" "$sluice" -q send --streams "$STREAMS" "$@" --to 127.0.0.1:$port "$src" 2>"$work/send.err"; then
     cat "$work/send.err" >&2; kill $rpid 2>/dev/null; exit 1
   fi
   wait $rpid
@@ -72,14 +84,14 @@ run_sluice() { # src
 
 wait_listen() { until ss -ltnH "sport = :$port" | grep -q .; do sleep 0.01; done; }
 
-run_socat() { # src
-  local t0 t1
+run_socat() { # src [compress-cmd decompress-cmd]
+  local t0 t1 z=${2:+| $2} unz=${3:+| $3}
   mkdir -p "$dest"
   t0=$(now)
-  /usr/bin/time -f "%U %S" -o "$work/t1" bash -c "socat -u TCP-LISTEN:$port,reuseaddr stdio | tar -xf - -C '$dest'" &
+  /usr/bin/time -f "%U %S" -o "$work/t1" bash -c "socat -u TCP-LISTEN:$port,reuseaddr stdio $unz | tar -xf - -C '$dest'" &
   local rpid=$!
   wait_listen
-  /usr/bin/time -f "%U %S" -o "$work/t2" bash -c "tar -cf - -C '$1' . | socat -u stdio TCP:127.0.0.1:$port"
+  /usr/bin/time -f "%U %S" -o "$work/t2" bash -c "tar -cf - -C '$1' . $z | socat -u stdio TCP:127.0.0.1:$port"
   wait $rpid
   sync -f "$dest"
   t1=$(now)
@@ -120,11 +132,48 @@ run_cp() { # src
   echo "$t0 $t1 $(cpu "$work/t1")"
 }
 
-for set in big small; do
+run_sluice_lz4() { run_sluice "$1" --compress lz4; }
+run_sluice_zstd() { run_sluice "$1" --compress zstd:1; }
+run_socat_lz4() { run_socat "$1" "lz4 -z -c" "lz4 -d -c"; }
+run_socat_zstd() { run_socat "$1" "zstd -1 -T2 -c" "zstd -d -c"; }
+
+if [ "$MODE" = rate ]; then
+  # Accuracy of the limiter: 2 GiB into tmpfs, so the disk plays no part.
+  src=$work/rate-src
+  mkdir -p "$src"
+  [ -f "$src/2g.bin" ] || head -c $((2 << 30)) "$corpus/big/mixed.bin" >"$src/2g.bin"
+  limit=$(numfmt --from=iec "$RATE")
+  for run in $(seq 1 "$RUNS"); do
+    dest=/dev/shm/sluice-rate-$$
+    rm -rf "$dest"
+    read -r t0 t1 _ < <(run_sluice "$src" --rate-limit "$RATE")
+    secs=$(echo "$t1 - $t0" | bc -l)
+    printf 'rate	sluice	%d	%.2f s	%.2f MiB/s	error %+.2f %%
+' "$run" "$secs" "$(echo "2048 / $secs" | bc -l)" \
+      "$(echo "((2147483648 / $secs) / $limit - 1) * 100" | bc -l)" | tee -a "$results"
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    t0=$(now)
+    socat -u TCP-LISTEN:$port,reuseaddr "CREATE:$dest/2g.bin" &
+    rpid=$!
+    wait_listen
+    pv -q -L "$(echo "$RATE" | tr 'MGK' 'mgk')" "$src/2g.bin" | socat -u stdio TCP:127.0.0.1:$port
+    wait $rpid
+    t1=$(now)
+    secs=$(echo "$t1 - $t0" | bc -l)
+    printf 'rate	pv	%d	%.2f s	%.2f MiB/s	error %+.2f %%
+' "$run" "$secs" "$(echo "2048 / $secs" | bc -l)" \
+      "$(echo "((2147483648 / $secs) / $limit - 1) * 100" | bc -l)" | tee -a "$results"
+    rm -rf "$dest"
+  done
+  exit 0
+fi
+
+for set in $SETS; do
   src=$corpus/$set
   bytes=$(du -sb --apparent-size "$src" | cut -f1)
   for run in $(seq 1 "$RUNS"); do
-    for tool in sluice socat rsync cp; do
+    for tool in $TOOLS; do
       dest=$work/dest/$set-$tool-$run
       mkdir -p "$work/dest"
       settle
