@@ -21,6 +21,7 @@ use std::sync::Arc;
 use sluice_engine::codec::Compression;
 use sluice_engine::codec::seal::SealKey;
 use sluice_engine::net::SockOpts;
+use sluice_engine::net::tls::{TlsMode, TlsOptions};
 use sluice_engine::progress::Progress;
 use sluice_engine::sink::SinkOptions;
 use sluice_engine::{IoMode, ReceiveConfig, Receiver, SendConfig, Summary, Token};
@@ -73,17 +74,55 @@ struct ControlArgs {
     /// Seconds a stream may stay silent (or stalled) mid-session.
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// TLS: disabled, required (encrypt, no verification), verify-ca or
+    /// verify-identity (the stock ssl-mode values). The receiver is the server.
+    #[arg(long, default_value = "disabled", value_parser = parse_tls_mode)]
+    tls_mode: TlsMode,
+    /// Own certificate chain, PEM (may also hold the key, as encrypt=2 uses).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Own private key, PEM (PKCS#1, PKCS#8 or SEC1).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA file or directory: verifies the receiver (sender side) or requires
+    /// and verifies a client certificate (receiver side).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Name the receiver's certificate must carry with verify-identity
+    /// (default: the host in --to).
+    #[arg(long)]
+    tls_name: Option<String>,
 }
 
 impl ControlArgs {
     fn mode(&self) -> report::Mode {
         report::Mode::from_flags(self.progress, self.progress_json)
     }
+
+    fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            mode: self.tls_mode,
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            name: self.tls_name.clone(),
+        }
+    }
 }
 
 impl Default for ControlArgs {
     fn default() -> Self {
-        Self { progress: false, progress_json: false, sockopt: SockOpts::default(), idle_timeout: 120 }
+        Self {
+            progress: false,
+            progress_json: false,
+            sockopt: SockOpts::default(),
+            idle_timeout: 120,
+            tls_mode: TlsMode::Disabled,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_name: None,
+        }
     }
 }
 
@@ -229,6 +268,10 @@ fn parse_io(s: &str) -> Result<IoMode, String> {
     s.parse().map_err(|e: sluice_engine::Error| e.to_string())
 }
 
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    s.parse().map_err(|e: sluice_engine::Error| e.to_string())
+}
+
 fn parse_sockopt(s: &str) -> Result<SockOpts, String> {
     s.parse().map_err(|e: sluice_engine::Error| e.to_string())
 }
@@ -311,6 +354,7 @@ fn send_config(io: IoMode, streams: Option<u16>, block: u64, t: &TransformArgs, 
         compress: t.compress,
         rate_limit: t.rate_limit,
         seal_key: t.seal_key()?,
+        tls: c.tls(),
         idle_timeout: Duration::from_secs(c.idle_timeout),
         sockopt: c.sockopt,
         progress: Some(Arc::new(Progress::default())),
@@ -325,6 +369,7 @@ fn recv_config(io: IoMode, sink: SinkOptions, c: &ControlArgs) -> ReceiveConfig 
         sink,
         idle_timeout: Duration::from_secs(c.idle_timeout),
         sockopt: c.sockopt,
+        tls: c.tls(),
         progress: Some(Arc::new(Progress::default())),
         ..ReceiveConfig::default()
     }

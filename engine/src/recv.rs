@@ -21,7 +21,8 @@ use crossbeam_channel::{Sender as Tx, bounded};
 use crate::backend::{self, IoMode, StreamIo};
 use crate::codec::Decoder;
 use crate::codec::seal::{Direction, SealKey, Sealer, SessionKey};
-use crate::net::{self, Token};
+use crate::net::tls::TlsOptions;
+use crate::net::{self, Link, Token};
 use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
 use crate::progress::Progress;
 use crate::sink::{Sink, SinkOptions};
@@ -43,6 +44,8 @@ pub struct ReceiveConfig {
     pub sockopt: net::SockOpts,
     /// Require sealed sessions with this key (`--encrypt-key-file`).
     pub seal_key: Option<SealKey>,
+    /// TLS (the receiver is the server).
+    pub tls: TlsOptions,
     pub progress: Option<Arc<Progress>>,
 }
 
@@ -56,6 +59,7 @@ impl Default for ReceiveConfig {
             idle_timeout: Duration::from_secs(120),
             sockopt: net::SockOpts::default(),
             seal_key: None,
+            tls: TlsOptions::default(),
             progress: None,
         }
     }
@@ -65,6 +69,7 @@ impl Default for ReceiveConfig {
 #[derive(Debug)]
 pub struct Receiver {
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     token: Token,
     cfg: ReceiveConfig,
     cancel: Arc<AtomicBool>,
@@ -74,7 +79,7 @@ pub struct Receiver {
 const MAX_PENDING_HANDSHAKES: usize = 64;
 
 struct Joined {
-    sock: TcpStream,
+    sock: Link,
     peer: String,
     hello: Hello,
 }
@@ -86,7 +91,9 @@ impl Receiver {
         let listener = TcpListener::bind(&targets[..])
             .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e} (is the port in use, or the address not local?)")))?;
         cfg.sockopt.apply(&listener).map_err(|e| Error::io(format!("applying socket options to {addr}"), e))?;
-        Ok(Self { listener, token: Token::generate()?, cfg, cancel: Arc::new(AtomicBool::new(false)) })
+        // Certificate problems surface now, before anyone connects.
+        let tls = if cfg.tls.enabled() { Some(cfg.tls.server_config()?) } else { None };
+        Ok(Self { listener, tls, token: Token::generate()?, cfg, cancel: Arc::new(AtomicBool::new(false)) })
     }
 
     /// A flag that, once set, makes [`run`](Self::run) give up waiting for a
@@ -111,19 +118,24 @@ impl Receiver {
         let method = backend::select(self.cfg.io, false)?;
         tracing::info!(backend = %method, dest = %dest.display(), "receiving");
         let streams = self.assemble()?;
-        let socks: Vec<TcpStream> =
-            streams.iter().map(|j| j.sock.try_clone()).collect::<Result<_, _>>().map_err(|e| Error::io("cloning a socket", e))?;
         let peer = streams[0].peer.clone();
         let session = self.cfg.seal_key.as_ref().map(|k| k.session(&streams[0].hello.session_salt));
         let mut verdict_sealer = session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0));
         let result = receive_session(&streams, &self.cfg, method, dest, session.as_ref());
         match &result {
-            Ok(_) => net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: true, reason: String::new() }, verdict_sealer.as_mut())?,
+            Ok(_) => {
+                net::write_frame(&streams[0].sock, &peer, &Frame::Verdict { ok: true, reason: String::new() }, verdict_sealer.as_mut())?;
+            }
             Err(e) => {
                 tracing::error!("session failed: {e}");
-                let _ = net::write_frame(&socks[0], &peer, &Frame::Verdict { ok: false, reason: e.to_string() }, verdict_sealer.as_mut());
-                for s in &socks {
-                    let _ = s.shutdown(Shutdown::Both);
+                let _ = net::write_frame(
+                    &streams[0].sock,
+                    &peer,
+                    &Frame::Verdict { ok: false, reason: e.to_string() },
+                    verdict_sealer.as_mut(),
+                );
+                for j in &streams {
+                    j.sock.shutdown(Shutdown::Both);
                 }
             }
         }
@@ -149,8 +161,9 @@ impl Receiver {
                         pending.fetch_add(1, Ordering::AcqRel);
                         let (tx, pending, token, t) = (tx.clone(), Arc::clone(&pending), self.token.clone(), self.cfg.handshake_timeout);
                         let sealed = self.cfg.seal_key.is_some();
+                        let tls = self.tls.clone();
                         std::thread::spawn(move || {
-                            examine(sock, addr, &token, t, sealed, &tx);
+                            examine(sock, addr, &token, t, sealed, tls, &tx);
                             pending.fetch_sub(1, Ordering::AcqRel);
                         });
                     }
@@ -212,17 +225,44 @@ fn reject(j: &Joined, reason: &str) {
 
 /// Checks one new connection's magic, HELLO and token. Failures are logged
 /// and the connection dropped; the session never sees them.
-fn examine(sock: TcpStream, addr: SocketAddr, token: &Token, timeout: Duration, sealed: bool, tx: &Tx<Joined>) {
+fn examine(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    token: &Token,
+    timeout: Duration,
+    sealed: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    tx: &Tx<Joined>,
+) {
     let peer = addr.to_string();
-    let refuse = |sock: &TcpStream, reason: &str, answer: bool| {
+    let refuse = |sock: &Link, reason: &str, answer: bool| {
         tracing::warn!(peer = %peer, "refused a connection: {reason}");
         if answer {
             let _ = net::write_frame(sock, &peer, &Frame::Reject { reason: reason.into() }, None);
         }
     };
-    if sock.set_nonblocking(false).and_then(|()| net::configure(&sock, timeout)).is_err() {
+    if tcp.set_nonblocking(false).and_then(|()| net::configure(&tcp, timeout)).is_err() {
         return;
     }
+    let sock = match tls {
+        None => Link::plain(tcp),
+        Some(cfg) => {
+            let conn = match rustls::ServerConnection::new(cfg) {
+                Ok(c) => rustls::Connection::Server(c),
+                Err(e) => {
+                    tracing::warn!(peer = %peer, "refused a connection: TLS setup failed: {e}");
+                    return;
+                }
+            };
+            match Link::tls(tcp, conn) {
+                Ok(link) => link,
+                Err(e) => {
+                    tracing::warn!(peer = %peer, "refused a connection: TLS handshake failed: {}", net::tls::explain(&e, false));
+                    return;
+                }
+            }
+        }
+    };
     let mut magic = [0u8; 8];
     if let Err(e) = std::io::Read::read_exact(&mut &sock, &mut magic) {
         return refuse(&sock, &format!("no greeting ({e})"), false);
@@ -266,8 +306,8 @@ fn receive_session(
     session: Option<&SessionKey>,
 ) -> Result<(u64, u64, u64, u64)> {
     for j in streams {
-        net::configure(&j.sock, cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
-        cfg.sockopt.apply(&j.sock).map_err(|e| Error::io("applying socket options", e))?;
+        net::configure(j.sock.tcp(), cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
+        cfg.sockopt.apply(j.sock.tcp()).map_err(|e| Error::io("applying socket options", e))?;
     }
     let (s0, peer) = (&streams[0].sock, streams[0].peer.as_str());
     // One opener per stream; stream 0's serves the manifest, its stream
@@ -279,8 +319,8 @@ fn receive_session(
     let (entries, data_bytes) = read_manifest(s0, peer, lock(0).as_mut())?;
     let progress = cfg.progress.clone().unwrap_or_default();
     progress.set_total(data_bytes);
-    // Compressed blocks go through user memory anyway.
-    let method = if streams[0].hello.capabilities == 0 { method } else { backend::Method::Copy };
+    // Compressed, sealed or TLS blocks go through user memory anyway.
+    let method = if streams[0].hello.capabilities == 0 && !streams[0].sock.is_tls() { method } else { backend::Method::Copy };
     let entries = Arc::new(entries);
     let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
     let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
@@ -295,7 +335,7 @@ fn receive_session(
         // Unblock the other streams' reads at once.
         || {
             for other in streams {
-                let _ = other.sock.shutdown(Shutdown::Read);
+                other.sock.shutdown(Shutdown::Read);
             }
         },
     );
@@ -330,7 +370,7 @@ fn receive_session(
 
 /// Reads MANIFEST frames up to MANIFEST_END and checks ids, uniqueness and
 /// that every entry's parent is a directory of the manifest.
-fn read_manifest(sock: &TcpStream, peer: &str, mut seal: Option<&mut Sealer>) -> Result<(Vec<Entry>, u64)> {
+fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>) -> Result<(Vec<Entry>, u64)> {
     let mut entries: Vec<Entry> = Vec::new();
     let bad = |reason: String| Error::peer(peer, format!("sent a bad manifest: {reason}"));
     loop {

@@ -8,7 +8,7 @@
 //! reported, because it says what went wrong on the far side.
 
 use std::fs::File;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,8 @@ use crossbeam_channel::{Receiver as Rx, bounded};
 use crate::backend::{self, IoMode, StreamIo};
 use crate::codec::seal::{Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
-use crate::net::{self, Token};
+use crate::net::tls::TlsOptions;
+use crate::net::{self, Link, Token};
 use crate::pipeline::{self, Abort};
 use crate::plan::{Block, Schedule, SendTally};
 use crate::progress::Progress;
@@ -47,6 +48,8 @@ pub struct SendConfig {
     pub rate_limit: Option<u64>,
     /// Seal every frame with AES-256-GCM (the receiver needs the same key).
     pub seal_key: Option<SealKey>,
+    /// TLS (the sender is the client).
+    pub tls: TlsOptions,
     /// Shared byte counters, if the caller wants to report progress.
     pub progress: Option<Arc<Progress>>,
 }
@@ -68,6 +71,7 @@ impl Default for SendConfig {
             compress: Compression::None,
             rate_limit: None,
             seal_key: None,
+            tls: TlsOptions::default(),
             progress: None,
         }
     }
@@ -87,8 +91,8 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         return Err(Error::Config("--rate-limit must be positive".into()));
     }
     let mut method = backend::select(cfg.io, true)?;
-    if (cfg.compress != Compression::None || cfg.seal_key.is_some()) && method != backend::Method::Copy {
-        tracing::info!("compression or sealing transforms every block; using the copy path instead of {method}");
+    if (cfg.compress != Compression::None || cfg.seal_key.is_some() || cfg.tls.enabled()) && method != backend::Method::Copy {
+        tracing::info!("compression, sealing or TLS transforms every block; using the copy path instead of {method}");
         method = backend::Method::Copy;
     }
     tracing::info!(backend = %method, streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), "sending");
@@ -97,12 +101,14 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
 
+    // Certificate problems surface before any connection is made.
+    let tls = if cfg.tls.enabled() { Some((cfg.tls.client_config()?, cfg.tls.server_name(addr)?)) } else { None };
     let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
     let mut socks = Vec::with_capacity(usize::from(cfg.streams));
     for i in 0..cfg.streams {
-        socks.push(handshake(addr, token, salt, i, cfg)?);
+        socks.push(Arc::new(handshake(addr, token, salt, i, cfg, tls.as_ref())?));
     }
-    let peer = net::peer_name(&socks[0]);
+    let peer = net::peer_name(socks[0].tcp());
     // One sealer per stream and direction; stream 0's serves the manifest,
     // its stream thread and END in turn.
     let session = cfg.seal_key.as_ref().map(|k| k.session(&salt));
@@ -113,13 +119,13 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
 
     // The receiver speaks on stream 0 only: its verdict, possibly early.
     let (verdict_tx, verdict_rx) = bounded(1);
-    let control = socks[0].try_clone().map_err(|e| Error::io("cloning stream 0", e))?;
+    let control = Arc::clone(&socks[0]);
     let control_peer = peer.clone();
     let listener = std::thread::Builder::new()
         .name("sluice-verdict".into())
         .spawn(move || {
-            let _ = control.set_read_timeout(None);
-            let v = match net::read_frame(&control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
+            let _ = control.tcp().set_read_timeout(None);
+            let v = match net::read_frame(&*control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
                 Ok(Frame::Verdict { ok, reason }) => Ok((ok, reason)),
                 Ok(other) => Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
                 Err(e) => Err(e),
@@ -136,7 +142,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         &abort,
         |index, sock| {
             let ctx = StreamCtx {
-                sock,
+                sock: sock.as_ref(),
                 peer: &peer,
                 tree: &tree,
                 schedule: &schedule,
@@ -153,7 +159,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         // so the receiver's verdict can still arrive.
         || {
             for s in &socks {
-                let _ = s.shutdown(Shutdown::Write);
+                s.shutdown(Shutdown::Write);
             }
         },
     );
@@ -161,7 +167,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     let outcome = finish(&socks, &peer, &tree, results, &verdict_rx, lock(&sealers[0]).as_mut());
     if outcome.is_err() {
         for s in &socks {
-            let _ = s.shutdown(Shutdown::Both);
+            s.shutdown(Shutdown::Both);
         }
     }
     let _ = listener.join();
@@ -182,10 +188,26 @@ fn lock(m: &std::sync::Mutex<Option<Sealer>>) -> std::sync::MutexGuard<'_, Optio
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendConfig) -> Result<TcpStream> {
-    let sock = net::connect(addr, cfg.connect_timeout, &cfg.sockopt)?;
-    net::configure(&sock, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
-    let peer = net::peer_name(&sock);
+fn handshake(
+    addr: &str,
+    token: &Token,
+    salt: [u8; 16],
+    index: u16,
+    cfg: &SendConfig,
+    tls: Option<&(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+) -> Result<Link> {
+    let tcp = net::connect(addr, cfg.connect_timeout, &cfg.sockopt)?;
+    net::configure(&tcp, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
+    let peer = net::peer_name(&tcp);
+    let sock = match tls {
+        None => Link::plain(tcp),
+        Some((config, name)) => {
+            let conn = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                .map_err(|e| Error::peer(&peer, format!("TLS setup failed: {e}")))?;
+            Link::tls(tcp, rustls::Connection::Client(conn))
+                .map_err(|e| Error::peer(&peer, format!("TLS handshake failed: {}", net::tls::explain(&e, true))))?
+        }
+    };
     let mut buf = MAGIC.to_vec();
     Frame::Hello(Hello {
         min_version: wire::MIN_PROTOCOL_VERSION,
@@ -211,14 +233,19 @@ fn handshake(addr: &str, token: &Token, salt: [u8; 16], index: u16, cfg: &SendCo
         }
         Ok(Frame::Reject { reason }) => Err(Error::Rejected(reason)),
         Ok(other) => Err(Error::peer(&peer, format!("answered HELLO with {:?}", other.kind()))),
-        Err(Error::Peer { .. }) => Err(Error::Rejected(format!(
-            "{peer} closed the connection during the handshake (wrong token, or its session already started?)"
+        Err(Error::Peer { .. }) if !sock.is_tls() => Err(Error::Rejected(format!(
+            "{peer} closed the connection during the handshake (wrong token, a receiver that requires TLS (--tls-mode), or its session already started?)"
         ))),
+        Err(Error::Wire { .. }) if !sock.is_tls() => {
+            Err(Error::Rejected(format!("{peer} answered in a foreign protocol: does it require TLS (--tls-mode)?")))
+        }
+        // Over TLS the error already says what the receiver objected to.
+        Err(e) if sock.is_tls() => Err(e),
         Err(e) => Err(e),
     }
 }
 
-fn send_manifest(sock: &TcpStream, peer: &str, tree: &SourceTree, mut seal: Option<&mut Sealer>) -> Result<()> {
+fn send_manifest(sock: &Link, peer: &str, tree: &SourceTree, mut seal: Option<&mut Sealer>) -> Result<()> {
     let budget = wire::MAX_MANIFEST_BODY as usize / 2;
     let mut batch = Vec::new();
     let mut size = 0;
@@ -244,7 +271,7 @@ fn send_manifest(sock: &TcpStream, peer: &str, tree: &SourceTree, mut seal: Opti
 }
 
 struct StreamCtx<'a> {
-    sock: &'a TcpStream,
+    sock: &'a Link,
     peer: &'a str,
     tree: &'a SourceTree,
     schedule: &'a Schedule,
@@ -334,12 +361,12 @@ impl StreamCtx<'_> {
             t
         };
         let encoded = encoder.as_mut().and_then(|e| e.encode(io.loaded(b.len)));
-        let (wire, started) = if encoded.is_none() && seal.is_none() {
+        let (wire, started) = if encoded.is_none() && seal.is_none() && !self.sock.is_tls() {
             // Untransformed: the backend may send straight from the file.
             let started = Instant::now();
             throttle(b.len as usize);
             let prefix = header.encode_prefix(b.len, 0);
-            io.transmit(self.sock, &prefix, file, b.offset, b.len, &trailer(None)).map_err(send_err)?;
+            io.transmit(self.sock.tcp(), &prefix, file, b.offset, b.len, &trailer(None)).map_err(send_err)?;
             (b.len as usize, started)
         } else {
             let (flags, payload) = match encoded {
@@ -368,7 +395,7 @@ impl StreamCtx<'_> {
 
 /// After the stream threads: END on stream 0, then the verdict.
 fn finish(
-    socks: &[TcpStream],
+    socks: &[Arc<Link>],
     peer: &str,
     tree: &SourceTree,
     results: Vec<Result<(u64, u64)>>,
@@ -386,7 +413,7 @@ fn finish(
         }
     };
     let (frames, bytes) = per_stream.iter().fold((0, 0), |(f, b), (sf, sb)| (f + sf, b + sb));
-    net::write_frame(&socks[0], peer, &Frame::End { entries: tree.entries.len() as u64, data_bytes: bytes, frames }, seal)?;
+    net::write_frame(&*socks[0], peer, &Frame::End { entries: tree.entries.len() as u64, data_bytes: bytes, frames }, seal)?;
     match verdict.recv() {
         Ok(Ok((true, _))) => Ok(bytes),
         Ok(Ok((false, reason))) => Err(Error::ReceiverFailed(reason)),

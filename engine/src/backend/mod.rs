@@ -331,9 +331,9 @@ impl StreamIo {
     /// The read side for this method: buffered for `copy` (one `recv` then
     /// serves many small frames), unbuffered for the splice methods, whose
     /// payload bytes must still be in the socket when they splice.
-    pub fn inbound<'a>(&self, sock: &'a TcpStream) -> Inbound<'a> {
+    pub fn inbound<'a>(&self, link: &'a crate::net::Link) -> Inbound<'a> {
         let cap = if self.method == Method::Copy { INBOUND_BUFFER } else { 0 };
-        Inbound { sock, buf: vec![0u8; cap], pos: 0, end: 0 }
+        Inbound { link, buf: vec![0u8; cap], pos: 0, end: 0 }
     }
 
     /// Receives `len` payload bytes from `sock` into `file` at `offset` and
@@ -343,7 +343,8 @@ impl StreamIo {
     /// head or tail goes through `file`.
     pub fn receive(&mut self, src: &mut Inbound<'_>, file: &File, direct: Option<&File>, offset: u64, len: u32) -> io::Result<u64> {
         let n = len as usize;
-        let sock = src.sock;
+        let sock = src.link.tcp();
+        debug_assert!(self.method == Method::Copy || !src.link.is_tls(), "TLS sessions use the copy path");
         debug_assert!(self.method == Method::Copy || src.pos == src.end, "splice methods read unbuffered");
         match self.method {
             Method::Copy => {
@@ -421,7 +422,7 @@ const INBOUND_BUFFER: usize = 256 << 10;
 /// A socket's read side with optional read-ahead; see [`StreamIo::inbound`].
 #[derive(Debug)]
 pub struct Inbound<'a> {
-    sock: &'a TcpStream,
+    link: &'a crate::net::Link,
     buf: Vec<u8>,
     pos: usize,
     end: usize,
@@ -439,9 +440,9 @@ impl Read for Inbound<'_> {
         if self.pos == self.end {
             // Large reads (and the unbuffered case) go straight to the socket.
             if dst.len() >= self.buf.len() {
-                return (&*self.sock).read(dst);
+                return (&*self.link).read(dst);
             }
-            self.end = (&*self.sock).read(&mut self.buf)?;
+            self.end = (&*self.link).read(&mut self.buf)?;
             self.pos = 0;
         }
         let n = dst.len().min(self.end - self.pos);
@@ -453,7 +454,7 @@ impl Read for Inbound<'_> {
 
 /// Writes every part, in order, with as few `writev` calls as the socket
 /// allows (a DATA prefix, a compressed payload and a trailer in one call).
-pub fn write_parts(mut sock: &TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+pub fn write_parts(mut sock: impl Write, parts: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<io::IoSlice<'_>> = parts.iter().filter(|p| !p.is_empty()).map(|p| io::IoSlice::new(p)).collect();
     let mut bufs = &mut slices[..];
     while !bufs.is_empty() {
@@ -516,8 +517,9 @@ mod tests {
                 let direct = File::options().write(true).custom_flags(libc::O_DIRECT).open(&dst_path).ok();
                 let reader = std::thread::spawn(move || {
                     let (sock, _) = listener.accept().unwrap();
+                    let link = crate::net::Link::plain(sock);
                     let mut io = StreamIo::new(recv, block).unwrap();
-                    let mut inbound = io.inbound(&sock);
+                    let mut inbound = io.inbound(&link);
                     let mut prefix = [0u8; DATA_PREFIX_LEN];
                     let mut sums = Vec::new();
                     let mut off = 0u64;

@@ -1,8 +1,14 @@
-//! Sockets: connecting with retries, socket options, the session token and
-//! reading/writing whole control frames.
+//! Sockets: connecting with retries, socket options, TLS ([`tls`]), the
+//! plain-or-TLS [`Link`], the session token and reading/writing whole
+//! control frames.
 //!
 //! Knows nothing of file layout. Every read of a peer's frame goes through
 //! [`read_frame`], which bounds the body before allocating it.
+
+mod link;
+pub mod tls;
+
+pub use link::Link;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -219,6 +225,9 @@ fn read_err(peer: &str, what: &str, e: &io::Error) -> Error {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             Error::peer(peer, format!("sent nothing for too long {what} (idle timeout)"))
         }
+        _ if e.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<rustls::Error>) => {
+            Error::peer(peer, format!("TLS failed {what}: {}", tls::explain(e, true)))
+        }
         _ => Error::peer(peer, format!("connection failed {what}: {e}")),
     }
 }
@@ -284,7 +293,7 @@ pub fn encode_frame(frame: &Frame, out: &mut Vec<u8>, seal: Option<&mut Sealer>)
 }
 
 /// Writes one control frame (sealed with `seal` when given).
-pub fn write_frame(mut sock: &TcpStream, peer: &str, frame: &Frame, seal: Option<&mut Sealer>) -> Result<()> {
+pub fn write_frame(mut sock: impl Write, peer: &str, frame: &Frame, seal: Option<&mut Sealer>) -> Result<()> {
     let mut buf = Vec::with_capacity(64);
     encode_frame(frame, &mut buf, seal);
     sock.write_all(&buf).map_err(|e| Error::peer(peer, format!("sending {:?} failed: {e}", frame.kind())))
