@@ -21,6 +21,10 @@
 #   compression: TOOLS="sluice_lz4 socat_lz4 sluice_zstd socat_zstd" SETS=big
 #     (sluice --compress lz4 | zstd:1 against tar | lz4 -z | socat and
 #      tar | zstd -1 -T2 | socat, decompressing before tar -x)
+#   TLS: TOOLS="sluice sluice_tls socat socat_tls" SETS=big
+#     (mutual TLS with verification on both tools: sluice --tls-mode
+#      verify-identity against socat OPENSSL-LISTEN/OPENSSL with verify=1;
+#      a throwaway CA and certificates are made with openssl in WORKDIR/pki)
 #   rate accuracy: MODE=rate RATE=200M  (2 GiB to tmpfs through
 #     sluice --rate-limit and through pv -L | socat; reports achieved rates)
 # Needs: socat rsync time pv lz4 zstd (apt-get install -y ...), a release build.
@@ -38,7 +42,7 @@ SETS=${SETS:-big small}
 MODE=${MODE:-compare}
 RATE=${RATE:-200M}
 sluice=$repo/target/release/sluice
-for tool in socat rsync /usr/bin/time tar cp bc ss pv lz4 zstd; do
+for tool in socat rsync /usr/bin/time tar cp bc ss pv lz4 zstd openssl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y socat rsync time pv lz4 zstd" >&2; exit 2; }
 done
 [ -x "$sluice" ] || (cd "$repo" && cargo build --release)
@@ -69,7 +73,7 @@ run_sluice() { # src [extra send flags...]
   shift
   rm -f "$work/recv.json"
   t0=$(now)
-  /usr/bin/time -f "%U %S" -o "$work/t1" "$sluice" -q recv --listen 127.0.0.1:$port --dir "$dest" --json >"$work/recv.json" 2>"$work/recv.err" &
+  /usr/bin/time -f "%U %S" -o "$work/t1" "$sluice" -q recv --listen 127.0.0.1:$port --dir "$dest" --json "${recv_flags[@]}" >"$work/recv.json" 2>"$work/recv.err" &
   local rpid=$!
   while [ ! -s "$work/recv.json" ]; do sleep 0.01; done
   local token; token=$(sed -E 's/.*"token":"([0-9a-f]+)".*/\1/' "$work/recv.json")
@@ -132,6 +136,41 @@ run_cp() { # src
   echo "$t0 $t1 $(cpu "$work/t1")"
 }
 
+recv_flags=()
+pki=$work/pki
+make_pki() {
+  [ -f "$pki/client.pem" ] && return
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=sluice perf CA" 2>/dev/null
+    for who in server client; do
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $who.key -out $who.csr -subj "/CN=$who" 2>/dev/null
+      printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >$who.ext
+      openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile $who.ext 2>/dev/null
+    done
+  )
+}
+run_sluice_tls() {
+  make_pki
+  recv_flags=(--tls-mode verify-identity --tls-cert "$pki/server.pem" --tls-key "$pki/server.key" --tls-ca "$pki/ca.pem")
+  run_sluice "$1" --tls-mode verify-identity --tls-cert "$pki/client.pem" --tls-key "$pki/client.key" --tls-ca "$pki/ca.pem"
+  recv_flags=()
+}
+run_socat_tls() { # src
+  make_pki
+  local t0 t1
+  mkdir -p "$dest"
+  t0=$(now)
+  /usr/bin/time -f "%U %S" -o "$work/t1" bash -c "socat -u OPENSSL-LISTEN:$port,reuseaddr,cert=$pki/server.pem,key=$pki/server.key,cafile=$pki/ca.pem,verify=1 stdio | tar -xf - -C '$dest'" &
+  local rpid=$!
+  wait_listen
+  /usr/bin/time -f "%U %S" -o "$work/t2" bash -c "tar -cf - -C '$1' . | socat -u stdio OPENSSL:127.0.0.1:$port,cert=$pki/client.pem,key=$pki/client.key,cafile=$pki/ca.pem,verify=1"
+  wait $rpid
+  sync -f "$dest"
+  t1=$(now)
+  echo "$t0 $t1 $(cpu "$work/t1" "$work/t2")"
+}
 run_sluice_lz4() { run_sluice "$1" --compress lz4; }
 run_sluice_zstd() { run_sluice "$1" --compress zstd:1; }
 run_socat_lz4() { run_socat "$1" "lz4 -z -c" "lz4 -d -c"; }

@@ -3,11 +3,13 @@
 //! writing (a stream thread).
 //!
 //! rustls needs `&mut` for both directions, so the TLS state sits behind a
-//! mutex that is never held across a blocking socket call: ciphertext is
-//! read from the socket under the `inbox` lock only, then fed to rustls;
-//! records rustls produces are written under the `outbox` lock, which is
-//! taken before the connection lock is released, so records reach the
-//! socket in the order rustls made them. Lock order: inbox → conn → outbox.
+//! mutex. Reading never holds it across a blocking socket call: ciphertext
+//! is read under the `inbox` lock only, then fed to rustls. Writing holds it
+//! while rustls writes its records straight to the socket (no intermediate
+//! copy), which keeps records in order; that is safe because the reading
+//! side of a sluice connection carries almost nothing (the receiver's
+//! verdict) and needs the lock only when bytes arrive. Lock order:
+//! inbox → conn.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -27,7 +29,6 @@ struct Inbox {
 struct Tls {
     conn: Mutex<Connection>,
     inbox: Mutex<Inbox>,
-    outbox: Mutex<()>,
 }
 
 /// A plain or TLS connection; `&Link` implements `Read` and `Write`.
@@ -55,8 +56,8 @@ impl Link {
         }
         // Encrypt each write at once: the link flushes after every write.
         conn.set_buffer_limit(None);
-        let inbox = Inbox { buf: vec![0u8; 64 << 10], start: 0, end: 0 };
-        Ok(Self { tcp, tls: Some(Tls { conn: Mutex::new(conn), inbox: Mutex::new(inbox), outbox: Mutex::new(()) }) })
+        let inbox = Inbox { buf: vec![0u8; 256 << 10], start: 0, end: 0 };
+        Ok(Self { tcp, tls: Some(Tls { conn: Mutex::new(conn), inbox: Mutex::new(inbox) }) })
     }
 
     pub fn tcp(&self) -> &TcpStream {
@@ -71,18 +72,12 @@ impl Link {
         let _ = self.tcp.shutdown(how);
     }
 
-    /// Writes what rustls has queued, in order, then releases `conn`.
-    fn flush_records(&self, tls: &Tls, mut conn: MutexGuard<'_, Connection>) -> io::Result<()> {
-        let mut out = Vec::new();
+    /// Writes what rustls has queued straight to the socket, in order.
+    fn flush_records(&self, mut conn: MutexGuard<'_, Connection>) -> io::Result<()> {
         while conn.wants_write() {
-            conn.write_tls(&mut out)?;
+            conn.write_tls(&mut &self.tcp)?;
         }
-        if out.is_empty() {
-            return Ok(());
-        }
-        let _order = lock(&tls.outbox);
-        drop(conn);
-        (&self.tcp).write_all(&out)
+        Ok(())
     }
 }
 
@@ -113,7 +108,7 @@ impl Read for &Link {
             }
             conn.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             drop(inbox);
-            self.flush_records(tls, conn)?;
+            self.flush_records(conn)?;
         }
     }
 }
@@ -123,7 +118,7 @@ impl Write for &Link {
         let Some(tls) = &self.tls else { return (&self.tcp).write(data) };
         let mut conn = lock(&tls.conn);
         let n = conn.writer().write(data)?;
-        self.flush_records(tls, conn)?;
+        self.flush_records(conn)?;
         Ok(n)
     }
 
@@ -131,7 +126,7 @@ impl Write for &Link {
         let Some(tls) = &self.tls else { return (&self.tcp).write_vectored(bufs) };
         let mut conn = lock(&tls.conn);
         let n = conn.writer().write_vectored(bufs)?;
-        self.flush_records(tls, conn)?;
+        self.flush_records(conn)?;
         Ok(n)
     }
 
