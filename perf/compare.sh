@@ -88,14 +88,15 @@ run_sluice() { # src [extra send flags...]
 
 wait_listen() { until ss -ltnH "sport = :$port" | grep -q .; do sleep 0.01; done; }
 
-run_socat() { # src [compress-cmd decompress-cmd]
+run_socat() { # src [compress-cmd decompress-cmd [listen-address connect-address]]
   local t0 t1 z=${2:+| $2} unz=${3:+| $3}
+  local listen=${4:-TCP-LISTEN:$port,reuseaddr} connect=${5:-TCP:127.0.0.1:$port}
   mkdir -p "$dest"
   t0=$(now)
-  /usr/bin/time -f "%U %S" -o "$work/t1" bash -c "socat -u TCP-LISTEN:$port,reuseaddr stdio $unz | tar -xf - -C '$dest'" &
+  /usr/bin/time -f "%U %S" -o "$work/t1" bash -c "socat -u $listen stdio $unz | tar -xf - -C '$dest'" &
   local rpid=$!
   wait_listen
-  /usr/bin/time -f "%U %S" -o "$work/t2" bash -c "tar -cf - -C '$1' . $z | socat -u stdio TCP:127.0.0.1:$port"
+  /usr/bin/time -f "%U %S" -o "$work/t2" bash -c "tar -cf - -C '$1' . $z | socat -u stdio $connect"
   wait $rpid
   sync -f "$dest"
   t1=$(now)
@@ -157,19 +158,10 @@ run_sluice_tls() {
   run_sluice "$1" --tls-mode verify-identity --tls-cert "$pki/client.pem" --tls-key "$pki/client.key" --tls-ca "$pki/ca.pem"
   recv_flags=()
 }
-run_socat_tls() { # src
+run_socat_tls() {
   make_pki
-  local t0 t1
-  mkdir -p "$dest"
-  t0=$(now)
-  /usr/bin/time -f "%U %S" -o "$work/t1" bash -c "socat -u OPENSSL-LISTEN:$port,reuseaddr,cert=$pki/server.pem,key=$pki/server.key,cafile=$pki/ca.pem,verify=1 stdio | tar -xf - -C '$dest'" &
-  local rpid=$!
-  wait_listen
-  /usr/bin/time -f "%U %S" -o "$work/t2" bash -c "tar -cf - -C '$1' . | socat -u stdio OPENSSL:127.0.0.1:$port,cert=$pki/client.pem,key=$pki/client.key,cafile=$pki/ca.pem,verify=1"
-  wait $rpid
-  sync -f "$dest"
-  t1=$(now)
-  echo "$t0 $t1 $(cpu "$work/t1" "$work/t2")"
+  run_socat "$1" "" "" "OPENSSL-LISTEN:$port,reuseaddr,cert=$pki/server.pem,key=$pki/server.key,cafile=$pki/ca.pem,verify=1" \
+    "OPENSSL:127.0.0.1:$port,cert=$pki/client.pem,key=$pki/client.key,cafile=$pki/ca.pem,verify=1"
 }
 run_sluice_lz4() { run_sluice "$1" --compress lz4; }
 run_sluice_zstd() { run_sluice "$1" --compress zstd:1; }

@@ -5,7 +5,7 @@
 //!
 //! Modules, each with one job: [`wire`] (frame layout), [`plan`] (manifest,
 //! block queue, tallies), [`codec`] (checksums), [`backend`] (the only
-//! syscalls and `unsafe`), [`source`] (reading the sender's tree), [`sink`]
+//! syscalls, and the only module allowed `unsafe_code`), [`source`] (reading the sender's tree), [`sink`]
 //! (writing the receiver's tree), [`net`] (sockets), [`pipeline`] (stream threads and shutdown), [`send`] and [`recv`]
 //! (the two session state machines), [`progress`] (byte accounting), [`throttle`] (the shared rate limiter).
 //! The protocol is specified in `engine/PROTOCOL.md`.

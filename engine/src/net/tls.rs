@@ -134,7 +134,7 @@ impl TlsOptions {
             .map_err(|e| Error::Config(format!("TLS setup: {e}")))?;
         let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
             TlsMode::Disabled => return Err(Error::Config("TLS is disabled".into())),
-            TlsMode::Required => Arc::new(AnyCertificate(Arc::clone(&provider))),
+            TlsMode::Required => Arc::new(Verifier { chain: None, provider: Arc::clone(&provider) }),
             TlsMode::VerifyCa | TlsMode::VerifyIdentity => {
                 let ca = self.ca.as_deref().ok_or_else(|| {
                     Error::Config(
@@ -144,7 +144,11 @@ impl TlsOptions {
                 let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(load_roots(ca)?), Arc::clone(&provider))
                     .build()
                     .map_err(|e| bad(ca, &format!("cannot build a verifier: {e}")))?;
-                if self.mode == TlsMode::VerifyCa { Arc::new(ChainOnly(webpki)) } else { webpki }
+                if self.mode == TlsMode::VerifyCa {
+                    Arc::new(Verifier { chain: Some(webpki), provider: Arc::clone(&provider) })
+                } else {
+                    webpki
+                }
             }
         };
         let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
@@ -224,48 +228,17 @@ pub fn explain(e: &std::io::Error, sender: bool) -> String {
     format!("{hint} ({tls})")
 }
 
-/// `required`: encrypt, accept any certificate (still checking that the
-/// handshake is signed by the key of the certificate presented).
+/// The sender's check of the receiver's certificate for `required` (no
+/// chain: accept any certificate) and `verify-ca` (the webpki chain check,
+/// ignoring only the name). Either way the handshake signatures are checked
+/// against the certificate presented, with the provider's algorithms.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end: &CertificateDer<'_>,
-        _inter: &[CertificateDer<'_>],
-        _name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Verifier {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the full webpki chain check, ignoring only the name.
-#[derive(Debug)]
-struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end: &CertificateDer<'_>,
@@ -274,7 +247,8 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end, inter, name, ocsp, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end, inter, name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. })) => {
                 Ok(ServerCertVerified::assertion())
             }
@@ -287,7 +261,7 @@ impl ServerCertVerifier for ChainOnly {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(m, c, d)
+        verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -295,10 +269,10 @@ impl ServerCertVerifier for ChainOnly {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(m, c, d)
+        verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
