@@ -48,6 +48,7 @@ fn hostile_with(
         buf.extend_from_slice(d);
     }
     let _ = s.write_all(&buf);
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let result = h.join().unwrap();
     drop(s);
     result

@@ -33,14 +33,16 @@ impl Abort {
 }
 
 /// Runs `work` once per item of `streams`, each on its own thread. The first
-/// failure trips `abort` and calls `on_first_failure` (which should unblock
-/// the other threads); every thread's result is returned in input order.
+/// failure trips `abort` and calls `on_first_failure` with its error (which
+/// should tell the peer and unblock the other threads); a thread that fails
+/// after that reports [`Abort::error`], so the first failure stays the root
+/// cause. Every thread's result is returned in input order.
 pub fn run_streams<S, T, W, F>(streams: &[S], abort: &Abort, work: W, on_first_failure: F) -> Vec<Result<T>>
 where
     S: Sync,
     T: Send,
     W: Fn(usize, &S) -> Result<T> + Sync,
-    F: Fn() + Sync,
+    F: Fn(&Error) + Sync,
 {
     std::thread::scope(|scope| {
         let handles: Vec<_> = streams
@@ -48,12 +50,13 @@ where
             .enumerate()
             .map(|(i, s)| {
                 let (work, on_fail) = (&work, &on_first_failure);
-                scope.spawn(move || {
-                    let r = work(i, s);
-                    if r.is_err() && abort.trip() {
-                        on_fail();
+                scope.spawn(move || match work(i, s) {
+                    Err(e) if abort.trip() => {
+                        on_fail(&e);
+                        Err(e)
                     }
-                    r
+                    Err(_) => Err(Abort::error()),
+                    ok => ok,
                 })
             })
             .collect();
@@ -97,7 +100,8 @@ mod tests {
                 }
                 Err(Abort::error())
             },
-            || {
+            |e| {
+                assert!(e.to_string().contains("disk on fire"), "the hook sees the root cause");
                 hooks.fetch_add(1, Ordering::Relaxed);
             },
         );
@@ -109,7 +113,7 @@ mod tests {
     #[test]
     fn successes_come_back_in_order() {
         let abort = Abort::default();
-        let r = collect(run_streams(&[10, 20, 30], &abort, |i, s| Ok(i * 100 + s), || {})).unwrap();
+        let r = collect(run_streams(&[10, 20, 30], &abort, |i, s| Ok(i * 100 + s), |_| {})).unwrap();
         assert_eq!(r, vec![10, 120, 230]);
         assert!(!abort.is_set());
     }

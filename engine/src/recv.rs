@@ -120,23 +120,19 @@ impl Receiver {
         let streams = self.assemble()?;
         let peer = streams[0].peer.clone();
         let session = self.cfg.seal_key.as_ref().map(|k| k.session(&streams[0].hello.session_salt));
-        let mut verdict_sealer = session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0));
-        let result = receive_session(&streams, &self.cfg, method, dest, session.as_ref());
+        let verdict = Verdict {
+            link: &streams[0].sock,
+            peer: &peer,
+            sealer: std::sync::Mutex::new(session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0))),
+            sent: AtomicBool::new(false),
+        };
+        let result = receive_session(&streams, &self.cfg, method, dest, session.as_ref(), &verdict);
         match &result {
-            Ok(_) => {
-                net::write_frame(&streams[0].sock, &peer, &Frame::Verdict { ok: true, reason: String::new() }, verdict_sealer.as_mut())?;
-            }
+            Ok(_) => verdict.send(true, "")?,
             Err(e) => {
                 tracing::error!("session failed: {e}");
-                let _ = net::write_frame(
-                    &streams[0].sock,
-                    &peer,
-                    &Frame::Verdict { ok: false, reason: e.to_string() },
-                    verdict_sealer.as_mut(),
-                );
-                for j in &streams {
-                    j.sock.shutdown(Shutdown::Both);
-                }
+                let _ = verdict.send(false, &e.to_string());
+                linger(&streams);
             }
         }
         let (entries, files, bytes, wire_bytes) = result?;
@@ -215,6 +211,50 @@ impl Receiver {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// After a failed session: stop writing, then read and discard what the
+/// sender still sends until it hangs up (at most 2 s; the verdict makes it
+/// hang up at once). Closing a socket with unread data would send RST,
+/// which can destroy the verdict before the sender has read it.
+fn linger(streams: &[Joined]) {
+    for j in streams {
+        j.sock.shutdown(Shutdown::Write);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = vec![0u8; 64 << 10];
+    for j in streams {
+        let tcp = j.sock.tcp();
+        let _ = tcp.set_read_timeout(Some(Duration::from_millis(100)));
+        while Instant::now() < deadline {
+            match std::io::Read::read(&mut &*tcp, &mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        j.sock.shutdown(Shutdown::Both);
+    }
+}
+
+/// The receiver's verdict on stream 0, sent at most once: early by the
+/// first failing stream, or at the end of the session.
+struct Verdict<'a> {
+    link: &'a Link,
+    peer: &'a str,
+    sealer: std::sync::Mutex<Option<Sealer>>,
+    sent: AtomicBool,
+}
+
+impl Verdict<'_> {
+    fn send(&self, ok: bool, reason: &str) -> Result<()> {
+        if self.sent.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut sealer = self.sealer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        net::write_frame(self.link, self.peer, &Frame::Verdict { ok, reason: reason.into() }, sealer.as_mut())
     }
 }
 
@@ -304,6 +344,7 @@ fn receive_session(
     method: backend::Method,
     dest: &Path,
     session: Option<&SessionKey>,
+    verdict: &Verdict<'_>,
 ) -> Result<(u64, u64, u64, u64)> {
     for j in streams {
         net::configure(j.sock.tcp(), cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
@@ -332,11 +373,11 @@ fn receive_session(
         |i, j| {
             StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, progress: &progress, method }.run(lock(i).as_mut())
         },
-        // Unblock the other streams' reads at once.
-        || {
-            for other in streams {
-                other.sock.shutdown(Shutdown::Read);
-            }
+        // Tell the sender at once: it stops its streams, and the other
+        // threads here see them end. (No shutdown(Read): closing unread
+        // sockets would reset them and could destroy this verdict.)
+        |e| {
+            let _ = verdict.send(false, &e.to_string());
         },
     );
     let per_stream = pipeline::collect(results)?;
@@ -440,6 +481,9 @@ impl StreamCtx<'_> {
         let (mut frames, mut bytes) = (0u64, 0u64);
         let what = format!("on stream {index} before its end");
         loop {
+            if self.abort.is_set() {
+                return Err(Abort::error());
+            }
             let h = match net::read_header(&mut inbound, peer, &what) {
                 Err(_) if self.abort.is_set() => return Err(Abort::error()),
                 r => r?,

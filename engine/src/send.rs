@@ -118,9 +118,12 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     send_manifest(&socks[0], &peer, &tree, lock(&sealers[0]).as_mut())?;
 
     // The receiver speaks on stream 0 only: its verdict, possibly early.
+    // A failed verdict stops the streams at once, instead of letting them
+    // send the rest into a receiver that has given up.
+    let abort = Arc::new(Abort::default());
     let (verdict_tx, verdict_rx) = bounded(1);
-    let control = Arc::clone(&socks[0]);
-    let control_peer = peer.clone();
+    let (control, all) = (Arc::clone(&socks[0]), socks.clone());
+    let (control_peer, stop) = (peer.clone(), Arc::clone(&abort));
     let listener = std::thread::Builder::new()
         .name("sluice-verdict".into())
         .spawn(move || {
@@ -130,13 +133,17 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
                 Ok(other) => Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
                 Err(e) => Err(e),
             };
+            if matches!(v, Ok((false, _))) && stop.trip() {
+                for s in &all {
+                    s.shutdown(Shutdown::Write);
+                }
+            }
             let _ = verdict_tx.send(v);
         })
         .map_err(|e| Error::io("spawning a thread", e))?;
 
     let schedule = Schedule::new(&tree.entries, cfg.block_size);
     let tally = SendTally::new(&tree.entries, cfg.block_size);
-    let abort = Abort::default();
     let results = pipeline::run_streams(
         &socks,
         &abort,
@@ -157,7 +164,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         },
         // Wake writers blocked on a slow receiver; keep the read side open
         // so the receiver's verdict can still arrive.
-        || {
+        |_| {
             for s in &socks {
                 s.shutdown(Shutdown::Write);
             }
