@@ -25,6 +25,7 @@ use sluice_engine::net::tls::{TlsMode, TlsOptions};
 use sluice_engine::progress::Progress;
 use sluice_engine::sink::SinkOptions;
 use sluice_engine::{IoMode, ReceiveConfig, Receiver, SendConfig, Summary, Token};
+use sluice_sst::mycnf;
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about = "Fast, verified, multi-stream copies of data directories")]
@@ -51,6 +52,27 @@ enum Command {
     Demo(DemoArgs),
     /// Write sample data: a MariaDB-like datadir or the perf corpus.
     GenSample(GenArgs),
+    /// Print the options of option-file groups exactly as my_print_defaults
+    /// does (one --key=value per line), to see what sluice reads.
+    PrintDefaults(PrintDefaultsArgs),
+}
+
+#[derive(Args, Debug)]
+struct PrintDefaultsArgs {
+    /// Read only this file (and what it includes).
+    #[arg(long)]
+    defaults_file: Option<PathBuf>,
+    /// Read this file after the global ones.
+    #[arg(long)]
+    defaults_extra_file: Option<PathBuf>,
+    /// Also read GROUP<suffix> for every group.
+    #[arg(long)]
+    defaults_group_suffix: Option<String>,
+    /// Read nothing.
+    #[arg(short, long)]
+    no_defaults: bool,
+    /// Groups to print, e.g. sst mysqld.
+    groups: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -320,6 +342,7 @@ fn run(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Demo(a) => demo(&a),
+        Command::PrintDefaults(a) => print_defaults(&a),
         Command::GenSample(a) => {
             let t = Instant::now();
             if a.corpus {
@@ -329,6 +352,29 @@ fn run(cmd: Command) -> Result<()> {
             }
             tracing::info!("wrote sample data to {} in {:.1} s", a.dir.display(), t.elapsed().as_secs_f64());
             Ok(())
+        }
+    }
+}
+
+/// `my_print_defaults`, reimplemented: stdout gets the options, a fatal
+/// error exits 2 as the original does.
+fn print_defaults(a: &PrintDefaultsArgs) -> Result<()> {
+    if a.no_defaults {
+        return Ok(());
+    }
+    let sources = mycnf::Sources::from_env(a.defaults_file.clone(), a.defaults_extra_file.clone(), a.defaults_group_suffix.clone());
+    let groups: Vec<&str> = a.groups.iter().map(String::as_str).collect();
+    match mycnf::load(&mycnf::Disk, &sources, &groups) {
+        Ok(options) => {
+            let mut out = std::io::stdout().lock();
+            for o in options {
+                writeln!(out, "{}", o.render())?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            std::process::exit(2);
         }
     }
 }
