@@ -9,7 +9,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod mycnf;
+pub mod mysqld;
 
 /// The engine this front-end drives, re-exported for the binary.
 pub use sluice_engine as engine;
