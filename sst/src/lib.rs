@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod mbstream;
 pub mod mycnf;
 pub mod mysqld;
 
