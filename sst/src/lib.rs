@@ -13,6 +13,7 @@ pub mod args;
 pub mod mbstream;
 pub mod mycnf;
 pub mod mysqld;
+pub mod options;
 
 /// The engine this front-end drives, re-exported for the binary.
 pub use sluice_engine as engine;

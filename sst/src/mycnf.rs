@@ -262,27 +262,35 @@ fn unquote(v: &str) -> String {
     out
 }
 
+/// In-memory option files for unit tests.
+#[cfg(test)]
+pub(crate) struct MemFiles(pub std::collections::BTreeMap<PathBuf, String>);
+
+#[cfg(test)]
+impl MemFiles {
+    pub(crate) fn new(files: &[(&str, &str)]) -> Self {
+        Self(files.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_string())).collect())
+    }
+}
+
+#[cfg(test)]
+impl Files for MemFiles {
+    fn read(&self, p: &Path) -> std::io::Result<String> {
+        self.0.get(p).cloned().ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+    fn list(&self, d: &Path) -> std::io::Result<Vec<String>> {
+        let v: Vec<String> =
+            self.0.keys().filter(|k| k.parent() == Some(d)).map(|k| k.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        if v.is_empty() { Err(std::io::ErrorKind::NotFound.into()) } else { Ok(v) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    struct Mem(BTreeMap<PathBuf, String>);
-
-    impl Files for Mem {
-        fn read(&self, p: &Path) -> std::io::Result<String> {
-            self.0.get(p).cloned().ok_or_else(|| std::io::ErrorKind::NotFound.into())
-        }
-        fn list(&self, d: &Path) -> std::io::Result<Vec<String>> {
-            let v: Vec<String> =
-                self.0.keys().filter(|k| k.parent() == Some(d)).map(|k| k.file_name().unwrap().to_string_lossy().into_owned()).collect();
-            if v.is_empty() { Err(std::io::ErrorKind::NotFound.into()) } else { Ok(v) }
-        }
-    }
 
     fn run(files: &[(&str, &str)], src: &Sources, groups: &[&str]) -> Result<Vec<String>, MycnfError> {
-        let m = Mem(files.iter().map(|(p, t)| (PathBuf::from(p), (*t).to_string())).collect());
-        load(&m, src, groups).map(|v| v.iter().map(OptionLine::render).collect())
+        load(&MemFiles::new(files), src, groups).map(|v| v.iter().map(OptionLine::render).collect())
     }
 
     fn file(p: &str) -> Sources {
