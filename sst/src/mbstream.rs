@@ -40,7 +40,7 @@ pub enum MbError {
     Kind { kind: char, flags: u8, offset: u64 },
     #[error("mbstream: chunk at offset {offset} has path length {len} (1..={MAX_PATH} allowed)")]
     PathLen { len: u32, offset: u64 },
-    #[error("mbstream: unsafe path {path:?} at offset {offset}: {reason}")]
+    #[error("mbstream: path {path:?} at offset {offset} is not allowed: {reason}")]
     Path { path: String, reason: &'static str, offset: u64 },
     #[error("mbstream: payload of {len} bytes for {path} at offset {offset} exceeds the limit of {max}")]
     TooLarge { path: String, len: u64, max: u64, offset: u64 },
