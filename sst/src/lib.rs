@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod datadir;
 pub mod mbstream;
 pub mod mycnf;
 pub mod mysqld;
