@@ -78,7 +78,7 @@ struct PrintDefaultsArgs {
 #[derive(Args, Debug)]
 struct IoArgs {
     /// I/O backend: auto, uring, splice or copy (auto honours SLUICE_IO).
-    #[arg(long, default_value = "auto", value_parser = parse_io)]
+    #[arg(long, default_value = "auto", value_parser = engine_value::<IoMode>)]
     io: IoMode,
 }
 
@@ -91,14 +91,14 @@ struct ControlArgs {
     #[arg(long)]
     progress_json: bool,
     /// Socket options, socat style: pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N.
-    #[arg(long, default_value = "", value_parser = parse_sockopt)]
+    #[arg(long, default_value = "", value_parser = engine_value::<SockOpts>)]
     sockopt: SockOpts,
     /// Seconds a stream may stay silent (or stalled) mid-session.
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
     /// TLS: disabled, required (encrypt, no verification), verify-ca or
     /// verify-identity (the stock ssl-mode values). The receiver is the server.
-    #[arg(long, default_value = "disabled", value_parser = parse_tls_mode)]
+    #[arg(long, default_value = "disabled", value_parser = engine_value::<TlsMode>)]
     tls_mode: TlsMode,
     /// Own certificate chain, PEM (may also hold the key, as encrypt=2 uses).
     #[arg(long)]
@@ -152,7 +152,7 @@ impl Default for ControlArgs {
 struct TransformArgs {
     /// Per-chunk compression: none, lz4, zstd, zstd:LEVEL or auto (lz4 only
     /// where chunks shrink and the link is slower than the codec).
-    #[arg(long, default_value = "none", value_parser = parse_compress)]
+    #[arg(long, default_value = "none", value_parser = engine_value::<Compression>)]
     compress: Compression,
     /// Limit the wire rate of all streams together, e.g. 200M (bytes per
     /// second; K, M, G are powers of 1024).
@@ -286,19 +286,9 @@ struct GenArgs {
     small: u64,
 }
 
-fn parse_io(s: &str) -> Result<IoMode, String> {
-    s.parse().map_err(|e: sluice_engine::Error| e.to_string())
-}
-
-fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
-    s.parse().map_err(|e: sluice_engine::Error| e.to_string())
-}
-
-fn parse_sockopt(s: &str) -> Result<SockOpts, String> {
-    s.parse().map_err(|e: sluice_engine::Error| e.to_string())
-}
-
-fn parse_compress(s: &str) -> Result<Compression, String> {
+/// clap adapter for the engine's `FromStr` types (I/O mode, compression,
+/// TLS mode, socket options): their errors already say what is accepted.
+fn engine_value<T: std::str::FromStr<Err = sluice_engine::Error>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: sluice_engine::Error| e.to_string())
 }
 
@@ -530,7 +520,7 @@ mod tests {
     fn sizes_parse_with_binary_suffixes() {
         assert_eq!(parse_size("1M"), Ok(1 << 20));
         assert!(parse_size("12Q").unwrap_err().contains("12Q"));
-        assert!(parse_compress("zstd:3").is_ok());
-        assert!(parse_compress("brotli").unwrap_err().contains("brotli"));
+        assert!(engine_value::<Compression>("zstd:3").is_ok());
+        assert!(engine_value::<Compression>("brotli").unwrap_err().contains("brotli"));
     }
 }

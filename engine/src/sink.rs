@@ -85,6 +85,38 @@ fn split_parent(p: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// Creates the directory `rel` and its missing parents under `root`
+/// (`mode` for new ones), never through a symlink and never outside `root`.
+/// On failure returns the path prefix involved, what was being done, and
+/// the error.
+pub fn create_dirs(root: &File, rel: &[u8], mode: u32) -> std::result::Result<(), (Vec<u8>, &'static str, io::Error)> {
+    let mut prefix = Vec::with_capacity(rel.len());
+    for comp in rel.split(|&b| b == b'/') {
+        let parent: &[u8] = if prefix.is_empty() { b"." } else { &prefix };
+        let pfd = sys::openat2(root, &cpath(parent), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
+            .map_err(|e| (parent.to_vec(), "opening directory", e))?;
+        match sys::mkdirat(&pfd, &cpath(comp), mode) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err((rel.to_vec(), "creating directory", e)),
+        }
+        if !prefix.is_empty() {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(comp);
+        // Refuse an existing non-directory or symlink in the way.
+        sys::openat2(root, &cpath(&prefix), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
+            .map_err(|e| (prefix.clone(), "checking directory", e))?;
+    }
+    Ok(())
+}
+
+/// Opens (with `flags`, e.g. `O_CREAT | O_EXCL`) the file `rel` under
+/// `root`, never through a symlink and never outside `root`.
+pub fn create_file(root: &File, rel: &[u8], flags: libc::c_int, mode: u32) -> io::Result<File> {
+    sys::openat2(root, &cpath(rel), flags, mode, RESOLVE_CONFINED).map(File::from)
+}
+
 impl Sink {
     /// Opens (creating if needed) the destination, marks it incomplete and
     /// creates the manifest's directories.
@@ -129,32 +161,13 @@ impl Sink {
     /// Creates `rel` and any missing parents as directories (mode 0700 until
     /// [`finish`](Self::finish) applies the real modes).
     fn ensure_dir(&self, rel: &[u8]) -> Result<()> {
-        let mut prefix = Vec::with_capacity(rel.len());
-        for comp in rel.split(|&b| b == b'/') {
-            let (parent, name) = if prefix.is_empty() { (&b"."[..], comp) } else { (&prefix[..], comp) };
-            let pfd = sys::openat2(&self.root, &cpath(parent), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
-                .map_err(|e| self.err(parent, "opening directory", &e))?;
-            match sys::mkdirat(&pfd, &cpath(name), 0o700) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(self.err(rel, "creating directory", &e)),
-            }
-            if !prefix.is_empty() {
-                prefix.push(b'/');
-            }
-            prefix.extend_from_slice(comp);
-            // Refuse an existing non-directory or symlink in the way.
-            sys::openat2(&self.root, &cpath(&prefix), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
-                .map_err(|e| self.err(&prefix, "checking directory", &e))?;
-        }
-        Ok(())
+        create_dirs(&self.root, rel, 0o700).map_err(|(at, what, e)| self.err(&at, what, &e))
     }
 
     fn open_file(&self, e: &Entry) -> Result<DestFile> {
         let excl = if self.opts.overwrite { libc::O_TRUNC } else { libc::O_EXCL };
-        let fd = sys::openat2(&self.root, &cpath(&e.path), libc::O_RDWR | libc::O_CREAT | excl, 0o600, RESOLVE_CONFINED)
+        let f = create_file(&self.root, &e.path, libc::O_RDWR | libc::O_CREAT | excl, 0o600)
             .map_err(|err| self.err(&e.path, "creating file", &err))?;
-        let f = File::from(fd);
         // Pre-size large files (and any file with a hole at its end); small
         // files whose data reaches EOF get their size from the write itself,
         // which saves a journaled truncate per file.

@@ -13,10 +13,9 @@
 //! fsynced.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Chunk magic.
 pub const MAGIC: &[u8; 8] = b"XBSTCK01";
@@ -72,24 +71,14 @@ pub enum Chunk {
     Eof { path: String },
 }
 
-/// Checks a path from a stream: relative, no `..`, no NUL, no empty
-/// components (a leading `./` is allowed).
+/// Checks a path from a stream with the engine's rule for peer paths
+/// (relative, no `.`/`..`/empty components, no NUL), after an optional
+/// leading `./`; backslashes are refused too (Windows writers normalise them).
 pub fn check_path(p: &str) -> Result<(), &'static str> {
-    if p.starts_with('/') {
-        return Err("absolute path");
+    if p.contains('\\') {
+        return Err("backslash in path");
     }
-    if p.contains('\0') || p.contains('\\') {
-        return Err("NUL or backslash in path");
-    }
-    let p = p.strip_prefix("./").unwrap_or(p);
-    for c in p.split('/') {
-        match c {
-            "" => return Err("empty path component"),
-            "." | ".." => return Err("`.` or `..` component"),
-            _ => {}
-        }
-    }
-    Ok(())
+    sluice_engine::plan::validate_rel_path(p.strip_prefix("./").unwrap_or(p).as_bytes())
 }
 
 /// Reads chunks from a stream.
@@ -233,9 +222,12 @@ struct Open {
     next: u64,
 }
 
-/// Extracts chunks into a directory.
+/// Extracts chunks into a directory, creating everything through the
+/// engine's confined `openat2` helpers (no symlink followed, nothing outside
+/// the root).
 pub struct Extractor {
     root: PathBuf,
+    root_dir: File,
     open: HashMap<String, Open>,
     ended: HashSet<String>,
     dirs: BTreeSet<PathBuf>,
@@ -253,28 +245,8 @@ impl Extractor {
     /// Extracts under `root` (created if missing).
     pub fn new(root: &Path) -> Result<Self, MbError> {
         fs::create_dir_all(root).map_err(io_err(format!("creating {}", root.display())))?;
-        Ok(Self { root: root.to_path_buf(), open: HashMap::new(), ended: HashSet::new(), dirs: BTreeSet::new(), bytes: 0 })
-    }
-
-    /// Creates the parents of `rel`, refusing any symlink on the way.
-    fn parents(&mut self, rel: &Path) -> Result<(), MbError> {
-        let mut cur = self.root.clone();
-        let comps: Vec<_> = rel.components().collect();
-        for c in &comps[..comps.len().saturating_sub(1)] {
-            let Component::Normal(name) = c else { continue };
-            cur.push(name);
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(MbError::Path { path: rel.display().to_string(), reason: "a parent is a symlink or a file", offset: 0 });
-                }
-                Err(_) => {
-                    fs::create_dir(&cur).map_err(io_err(format!("creating {}", cur.display())))?;
-                    self.dirs.insert(cur.clone());
-                }
-            }
-        }
-        Ok(())
+        let root_dir = File::open(root).map_err(io_err(format!("opening {}", root.display())))?;
+        Ok(Self { root: root.to_path_buf(), root_dir, open: HashMap::new(), ended: HashSet::new(), dirs: BTreeSet::new(), bytes: 0 })
     }
 
     fn open(&mut self, path: &str) -> Result<(), MbError> {
@@ -284,15 +256,16 @@ impl Extractor {
         if self.ended.contains(path) {
             return Err(MbError::AfterEnd { path: path.into() });
         }
-        let rel = Path::new(path.strip_prefix("./").unwrap_or(path));
-        self.parents(rel)?;
-        let full = self.root.join(rel);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&full)
-            .map_err(io_err(format!("creating {} (it must not exist yet)", full.display())))?;
+        let rel = path.strip_prefix("./").unwrap_or(path);
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            sluice_engine::sink::create_dirs(&self.root_dir, parent.as_bytes(), 0o755).map_err(|(at, what, e)| MbError::Io {
+                context: format!("{what} {} (for {path})", String::from_utf8_lossy(&at)),
+                source: e,
+            })?;
+            self.dirs.insert(self.root.join(parent));
+        }
+        let file = sluice_engine::sink::create_file(&self.root_dir, rel.as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644)
+            .map_err(io_err(format!("creating {path} (it must not exist yet, and no symlink may be on its path)")))?;
         self.open.insert(path.to_string(), Open { file, next: 0 });
         Ok(())
     }
@@ -325,9 +298,10 @@ impl Extractor {
         if let Some(path) = self.open.keys().min() {
             return Err(MbError::Unended { path: path.clone() });
         }
-        for d in self.dirs.iter().chain(std::iter::once(&self.root)) {
+        for d in &self.dirs {
             File::open(d).and_then(|f| f.sync_all()).map_err(io_err(format!("syncing {}", d.display())))?;
         }
+        self.root_dir.sync_all().map_err(io_err(format!("syncing {}", self.root.display())))?;
         Ok(self.bytes)
     }
 }
