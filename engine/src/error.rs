@@ -34,6 +34,9 @@ pub enum Error {
     /// The receiver's final verdict was an error.
     #[error("the receiver reported a failure: {0}")]
     ReceiverFailed(String),
+    /// The sender's source failed mid-session and the sender said why.
+    #[error("the sender gave up: {0}")]
+    SenderFailed(String),
     /// Data arrived but does not match what the sender announced.
     #[error("verification failed for {path}: {reason}")]
     Verify { path: String, reason: String },

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod catalog;
 pub mod codec;
 pub mod diff;
 mod error;

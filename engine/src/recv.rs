@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender as Tx, bounded};
 
 use crate::backend::{self, IoMode, StreamIo};
+use crate::catalog::{Announced, Catalog};
 use crate::codec::Decoder;
 use crate::codec::seal::{Direction, SealKey, Sealer, SessionKey};
 use crate::net::tls::TlsOptions;
@@ -38,6 +39,8 @@ pub struct ReceiveConfig {
     pub handshake_timeout: Duration,
     /// Time all streams of a session have to connect once the first did.
     pub assemble_timeout: Duration,
+    /// Time the first sender has to connect at all (`None`: wait forever).
+    pub first_connect_timeout: Option<Duration>,
     /// Longest silence tolerated on a stream mid-session.
     pub idle_timeout: Duration,
     /// Socket options for the listener and every stream.
@@ -56,6 +59,7 @@ impl Default for ReceiveConfig {
             sink: SinkOptions::default(),
             handshake_timeout: Duration::from_secs(10),
             assemble_timeout: Duration::from_secs(30),
+            first_connect_timeout: None,
             idle_timeout: Duration::from_secs(120),
             sockopt: net::SockOpts::default(),
             seal_key: None,
@@ -148,6 +152,7 @@ impl Receiver {
         let mut salt = None;
         let mut session_caps = 0;
         let mut deadline = None;
+        let first_deadline = self.cfg.first_connect_timeout.map(|t| (t, Instant::now() + t));
         loop {
             match self.listener.accept() {
                 Ok((sock, addr)) => {
@@ -200,6 +205,9 @@ impl Receiver {
             }
             if !slots.is_empty() && slots.iter().all(Option::is_some) {
                 return Ok(slots.into_iter().map(|s| s.expect("checked above")).collect());
+            }
+            if let Some((t, _)) = first_deadline.filter(|(_, d)| salt.is_none() && Instant::now() > *d) {
+                return Err(Error::Aborted(format!("no sender connected within {t:?}")));
             }
             if deadline.is_some_and(|d| Instant::now() > d) {
                 let joined = slots.iter().filter(|s| s.is_some()).count();
@@ -334,6 +342,9 @@ fn examine(
     if hello.capabilities & (caps::COMPRESS_LZ4 | caps::COMPRESS_ZSTD) != 0 && hello.max_version < wire::since::COMPRESSION {
         return refuse(&sock, "compression needs protocol version 2", true);
     }
+    if hello.capabilities & caps::STREAMED != 0 && hello.max_version < wire::since::STREAMED {
+        return refuse(&sock, "streamed sessions need protocol version 3", true);
+    }
     let _ = tx.send(Joined { sock, peer, hello });
 }
 
@@ -358,21 +369,26 @@ fn receive_session(
         .collect();
     let lock = |i: usize| openers[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (entries, data_bytes) = read_manifest(s0, peer, lock(0).as_mut())?;
+    let streamed = streams[0].hello.capabilities & caps::STREAMED != 0;
+    if streamed && !entries.is_empty() {
+        return Err(Error::peer(peer, "sent a manifest in a streamed session"));
+    }
     let progress = cfg.progress.clone().unwrap_or_default();
     progress.set_total(data_bytes);
     // Compressed, sealed or TLS blocks go through user memory anyway.
-    let method = if streams[0].hello.capabilities == 0 && !streams[0].sock.is_tls() { method } else { backend::Method::Copy };
+    let plain = streams[0].hello.capabilities & !caps::STREAMED == 0 && !streams[0].sock.is_tls();
+    let method = if plain { method } else { backend::Method::Copy };
     let entries = Arc::new(entries);
     let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
     let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
     let tally = RecvTally::new(&entries);
+    let catalog = Catalog::new(&sink);
+    let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest { entries: &entries, tally: &tally } };
     let abort = Abort::default();
     let results = pipeline::run_streams(
         streams,
         &abort,
-        |i, j| {
-            StreamCtx { j, entries: &entries, sink: &sink, tally: &tally, abort: &abort, progress: &progress, method }.run(lock(i).as_mut())
-        },
+        |i, j| StreamCtx { j, files: &files, sink: &sink, abort: &abort, progress: &progress, method }.run(lock(i).as_mut()),
         // Tell the sender at once: it stops its streams, and the other
         // threads here see them end. (No shutdown(Read): closing unread
         // sockets would reset them and could destroy this verdict.)
@@ -384,15 +400,15 @@ fn receive_session(
     let frames: u64 = per_stream.iter().map(|r| r.0).sum();
     let bytes: u64 = per_stream.iter().map(|r| r.1).sum();
     let leftover0 = per_stream.into_iter().next().map(|r| r.2).unwrap_or_default();
+    let (count, expected_bytes) = if streamed { catalog.check_complete()? } else { (entries.len() as u64, data_bytes) };
     // Stream 0's reader may have read END ahead together with STREAM_END.
     match net::read_frame(std::io::Read::chain(&leftover0[..], s0), peer, "before END", lock(0).as_mut())? {
         Frame::End { entries: n, data_bytes: b, frames: f } => {
-            if n != entries.len() as u64 || b != bytes || f != frames || b != data_bytes {
+            if n != count || b != bytes || f != frames || b != expected_bytes {
                 return Err(Error::peer(
                     peer,
                     format!(
-                        "END totals ({n} entries, {b} bytes, {f} frames) disagree with what arrived ({} entries, {bytes} bytes of {data_bytes} announced, {frames} frames)",
-                        entries.len()
+                        "END totals ({n} entries, {b} bytes, {f} frames) disagree with what arrived ({count} entries, {bytes} bytes of {expected_bytes} announced, {frames} frames)"
                     ),
                 ));
             }
@@ -406,7 +422,41 @@ fn receive_session(
         });
     }
     sink.finish()?;
-    Ok((entries.len() as u64, u64::from(tally.regular_files()), bytes, progress.snapshot().wire))
+    let files = if streamed { count } else { u64::from(tally.regular_files()) };
+    Ok((count, files, bytes, progress.snapshot().wire))
+}
+
+/// Where a session's files are described: its manifest, or (streamed) the
+/// announcements that arrive with the data.
+enum Files<'a> {
+    Manifest { entries: &'a [Entry], tally: &'a RecvTally },
+    Streamed(&'a Catalog<'a>),
+}
+
+/// The file a DATA frame writes into.
+enum Target<'a> {
+    Manifest(&'a Entry, Arc<crate::sink::DestFile>),
+    Streamed(Arc<Announced>),
+}
+
+impl Target<'_> {
+    fn dest(&self) -> &crate::sink::DestFile {
+        match self {
+            Self::Manifest(_, f) => f,
+            Self::Streamed(a) => &a.dest,
+        }
+    }
+
+    fn path(&self) -> &[u8] {
+        match self {
+            Self::Manifest(e, _) => &e.path,
+            Self::Streamed(a) => &a.path,
+        }
+    }
+
+    fn display_path(&self) -> String {
+        String::from_utf8_lossy(self.path()).into_owned()
+    }
 }
 
 /// Reads MANIFEST frames up to MANIFEST_END and checks ids, uniqueness and
@@ -459,9 +509,8 @@ fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>) -> Resu
 
 struct StreamCtx<'a> {
     j: &'a Joined,
-    entries: &'a [Entry],
+    files: &'a Files<'a>,
     sink: &'a Sink,
-    tally: &'a RecvTally,
     abort: &'a Abort,
     progress: &'a Progress,
     method: backend::Method,
@@ -491,12 +540,7 @@ impl StreamCtx<'_> {
             if h.kind == Kind::Data {
                 let (d, wire_len) = net::read_data_header(&mut inbound, peer, h)?;
                 let len = d.raw_len;
-                let entry = self
-                    .entries
-                    .get(d.file_id as usize)
-                    .ok_or_else(|| Error::peer(peer, format!("sent data for unknown file id {}", d.file_id)))?;
-                RecvTally::check_range(entry, d.offset, len)
-                    .map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })?;
+                let target = self.target(d.file_id, d.offset, len, peer)?;
                 if d.seq != next_seq {
                     return Err(Error::peer(
                         peer,
@@ -514,7 +558,7 @@ impl StreamCtx<'_> {
                     return Err(Error::peer(peer, "sent a compressed block without negotiating compression"));
                 }
                 net::check_sealing(peer, h, seal.is_some())?;
-                let file = self.sink.file(d.file_id)?;
+                let file = target.dest();
                 let received = if flag == 0 && seal.is_none() {
                     io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len)
                 } else {
@@ -539,39 +583,47 @@ impl StreamCtx<'_> {
                     | std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::WouldBlock
                     | std::io::ErrorKind::TimedOut => {
-                        Error::peer(peer, format!("stream {index} broke while receiving {}: {e}", entry.display_path()))
+                        Error::peer(peer, format!("stream {index} broke while receiving {}: {e}", target.display_path()))
                     }
                     std::io::ErrorKind::InvalidData => {
-                        Error::Verify { path: entry.display_path(), reason: format!("block at offset {}: {e}", d.offset) }
+                        Error::Verify { path: target.display_path(), reason: format!("block at offset {}: {e}", d.offset) }
                     }
-                    _ => self.sink.write_error(entry, d.offset, &e),
+                    _ => self.sink.write_error_at(target.path(), d.offset, &e),
                 })?;
                 if sum != d.checksum {
                     return Err(Error::Verify {
-                        path: entry.display_path(),
+                        path: target.display_path(),
                         reason: format!("checksum mismatch in the block at offset {} ({len} bytes)", d.offset),
                     });
                 }
-                drop(file);
                 frames += 1;
                 bytes += u64::from(len);
                 self.progress.add(u64::from(len));
                 self.progress.add_wire(u64::from(wire_len));
-                let state = self.tally.record_block(d.file_id, d.offset, len, sum);
-                self.settle(entry, state)?;
+                match (&target, self.files) {
+                    (Target::Manifest(entry, _), Files::Manifest { tally, .. }) => {
+                        self.settle(entry, tally.record_block(d.file_id, d.offset, len, sum))?;
+                    }
+                    (Target::Streamed(f), Files::Streamed(catalog)) => catalog.record_block(f, d.file_id, d.offset, len, sum)?,
+                    _ => unreachable!("a target comes from its session's file table"),
+                }
                 continue;
             }
-            match net::read_body(&mut inbound, peer, h, seal.as_deref_mut())? {
-                Frame::FileDone { file_id, digest } => {
-                    let entry = self
-                        .entries
+            match (net::read_body(&mut inbound, peer, h, seal.as_deref_mut())?, self.files) {
+                (Frame::FileDone { file_id, digest }, Files::Manifest { entries, tally }) => {
+                    let entry = entries
                         .get(file_id as usize)
                         .filter(|e| e.kind == EntryKind::File && !e.extents.is_empty())
                         .ok_or_else(|| Error::peer(peer, format!("sent FILE_DONE for file id {file_id}, which carries no data")))?;
-                    let state = self.tally.record_done(file_id, digest);
-                    self.settle(entry, state)?;
+                    self.settle(entry, tally.record_done(file_id, digest))?;
                 }
-                Frame::StreamEnd { frames: f, bytes: b } => {
+                (Frame::Announce { file_id, mode, path }, Files::Streamed(catalog)) => catalog.announce(file_id, mode, &path)?,
+                (Frame::FileEnd { file_id, size, data_bytes, digest }, Files::Streamed(catalog)) => {
+                    let f = catalog.get(file_id, peer)?;
+                    catalog.record_end(&f, size, data_bytes, digest)?;
+                }
+                (Frame::Abort { reason }, Files::Streamed(_)) => return Err(Error::SenderFailed(reason)),
+                (Frame::StreamEnd { frames: f, bytes: b }, _) => {
                     if (f, b) != (frames, bytes) {
                         return Err(Error::peer(
                             peer,
@@ -580,7 +632,25 @@ impl StreamCtx<'_> {
                     }
                     return Ok((frames, bytes, inbound.into_leftover()));
                 }
-                other => return Err(Error::peer(peer, format!("sent {:?} in the middle of the data", other.kind()))),
+                (other, _) => return Err(Error::peer(peer, format!("sent {:?} in the middle of the data", other.kind()))),
+            }
+        }
+    }
+
+    /// The file a DATA frame of `len` bytes at `offset` writes into, its
+    /// range checked.
+    fn target(&self, id: u32, offset: u64, len: u32, peer: &str) -> Result<Target<'_>> {
+        match self.files {
+            Files::Manifest { entries, .. } => {
+                let entry = entries.get(id as usize).ok_or_else(|| Error::peer(peer, format!("sent data for unknown file id {id}")))?;
+                RecvTally::check_range(entry, offset, len)
+                    .map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })?;
+                Ok(Target::Manifest(entry, self.sink.file(id)?))
+            }
+            Files::Streamed(catalog) => {
+                let f = catalog.get(id, peer)?;
+                Catalog::check_range(&f, offset, len)?;
+                Ok(Target::Streamed(f))
             }
         }
     }

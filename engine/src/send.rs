@@ -21,7 +21,7 @@ use crate::codec::{Compression, Encoder};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::pipeline::{self, Abort};
-use crate::plan::{Block, Schedule, SendTally};
+use crate::plan::{Entry, Schedule, SendTally};
 use crate::progress::Progress;
 use crate::source::{self, SourceTree};
 use crate::throttle::Throttle;
@@ -77,10 +77,8 @@ impl Default for SendConfig {
     }
 }
 
-/// Sends `roots` to the receiver at `addr`, authenticating with `token`.
-/// Returns only after the receiver has verified and synced everything.
-pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> Result<Summary> {
-    let started = Instant::now();
+/// Checks the parts of a configuration every session needs.
+fn validate(cfg: &SendConfig) -> Result<()> {
     if cfg.streams == 0 || cfg.streams > wire::MAX_STREAMS {
         return Err(Error::Config(format!("--streams must be between 1 and {}", wire::MAX_STREAMS)));
     }
@@ -90,6 +88,98 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     if cfg.rate_limit == Some(0) {
         return Err(Error::Config("--rate-limit must be positive".into()));
     }
+    Ok(())
+}
+
+/// The connected streams of one session, the receiver's verdict listener
+/// and the per-stream sealers.
+struct Session {
+    socks: Vec<Arc<Link>>,
+    peer: String,
+    sealers: Vec<std::sync::Mutex<Option<Sealer>>>,
+    abort: Arc<Abort>,
+    verdict: Rx<Result<(bool, String)>>,
+    listener: std::thread::JoinHandle<()>,
+}
+
+impl Session {
+    /// Connects and handshakes every stream, then listens for the verdict.
+    fn open(addr: &str, token: &Token, cfg: &SendConfig, streamed: bool) -> Result<Self> {
+        // Certificate problems surface before any connection is made.
+        let tls = if cfg.tls.enabled() { Some((cfg.tls.client_config()?, cfg.tls.server_name(addr)?)) } else { None };
+        let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
+        let mut socks = Vec::with_capacity(usize::from(cfg.streams));
+        for i in 0..cfg.streams {
+            socks.push(Arc::new(handshake(addr, token, salt, i, cfg, streamed, tls.as_ref())?));
+        }
+        let peer = net::peer_name(socks[0].tcp());
+        // One sealer per stream and direction; stream 0's serves the
+        // manifest, its stream thread and END in turn.
+        let session = cfg.seal_key.as_ref().map(|k| k.session(&salt));
+        let sealers =
+            (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect();
+        let mut verdict_opener = session.map(|k| Sealer::new(k, Direction::ToSender, 0));
+        // The receiver speaks on stream 0 only: its verdict, possibly early.
+        // A failed verdict stops the streams at once, instead of letting them
+        // send the rest into a receiver that has given up.
+        let abort = Arc::new(Abort::default());
+        let (verdict_tx, verdict) = bounded(1);
+        let (control, all) = (Arc::clone(&socks[0]), socks.clone());
+        let (control_peer, stop) = (peer.clone(), Arc::clone(&abort));
+        let listener = std::thread::Builder::new()
+            .name("sluice-verdict".into())
+            .spawn(move || {
+                let _ = control.tcp().set_read_timeout(None);
+                let v = match net::read_frame(&*control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
+                    Ok(Frame::Verdict { ok, reason }) => Ok((ok, reason)),
+                    Ok(other) => Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
+                    Err(e) => Err(e),
+                };
+                if matches!(v, Ok((false, _))) && stop.trip() {
+                    for s in &all {
+                        s.shutdown(Shutdown::Write);
+                    }
+                }
+                let _ = verdict_tx.send(v);
+            })
+            .map_err(|e| Error::io("spawning a thread", e))?;
+        Ok(Self { socks, peer, sealers, abort, verdict, listener })
+    }
+
+    /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
+    fn run_streams<T: Send>(&self, work: impl Fn(usize, &Link, Option<&mut Sealer>) -> Result<T> + Sync) -> Vec<Result<T>> {
+        pipeline::run_streams(
+            &self.socks,
+            &self.abort,
+            |index, sock| work(index, sock, lock(&self.sealers[index]).as_mut()),
+            // Wake writers blocked on a slow receiver; keep the read side
+            // open so the receiver's verdict can still arrive.
+            |_| {
+                for s in &self.socks {
+                    s.shutdown(Shutdown::Write);
+                }
+            },
+        )
+    }
+
+    /// END, the verdict, and teardown; returns the data bytes sent.
+    fn close(self, entries: u64, results: Vec<Result<(u64, u64)>>) -> Result<u64> {
+        let outcome = finish(&self.socks, &self.peer, entries, results, &self.verdict, lock(&self.sealers[0]).as_mut());
+        if outcome.is_err() {
+            for s in &self.socks {
+                s.shutdown(Shutdown::Both);
+            }
+        }
+        let _ = self.listener.join();
+        outcome
+    }
+}
+
+/// Sends `roots` to the receiver at `addr`, authenticating with `token`.
+/// Returns only after the receiver has verified and synced everything.
+pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> Result<Summary> {
+    let started = Instant::now();
+    validate(cfg)?;
     let mut method = backend::select(cfg.io, true)?;
     if (cfg.compress != Compression::None || cfg.seal_key.is_some() || cfg.tls.enabled()) && method != backend::Method::Copy {
         tracing::info!("compression, sealing or TLS transforms every block; using the copy path instead of {method}");
@@ -100,93 +190,214 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     let progress = cfg.progress.clone().unwrap_or_default();
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
-
-    // Certificate problems surface before any connection is made.
-    let tls = if cfg.tls.enabled() { Some((cfg.tls.client_config()?, cfg.tls.server_name(addr)?)) } else { None };
-    let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
-    let mut socks = Vec::with_capacity(usize::from(cfg.streams));
-    for i in 0..cfg.streams {
-        socks.push(Arc::new(handshake(addr, token, salt, i, cfg, tls.as_ref())?));
-    }
-    let peer = net::peer_name(socks[0].tcp());
-    // One sealer per stream and direction; stream 0's serves the manifest,
-    // its stream thread and END in turn.
-    let session = cfg.seal_key.as_ref().map(|k| k.session(&salt));
-    let sealers: Vec<std::sync::Mutex<Option<Sealer>>> =
-        (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect();
-    let mut verdict_opener = session.map(|k| Sealer::new(k, Direction::ToSender, 0));
-    send_manifest(&socks[0], &peer, &tree, lock(&sealers[0]).as_mut())?;
-
-    // The receiver speaks on stream 0 only: its verdict, possibly early.
-    // A failed verdict stops the streams at once, instead of letting them
-    // send the rest into a receiver that has given up.
-    let abort = Arc::new(Abort::default());
-    let (verdict_tx, verdict_rx) = bounded(1);
-    let (control, all) = (Arc::clone(&socks[0]), socks.clone());
-    let (control_peer, stop) = (peer.clone(), Arc::clone(&abort));
-    let listener = std::thread::Builder::new()
-        .name("sluice-verdict".into())
-        .spawn(move || {
-            let _ = control.tcp().set_read_timeout(None);
-            let v = match net::read_frame(&*control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
-                Ok(Frame::Verdict { ok, reason }) => Ok((ok, reason)),
-                Ok(other) => Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
-                Err(e) => Err(e),
-            };
-            if matches!(v, Ok((false, _))) && stop.trip() {
-                for s in &all {
-                    s.shutdown(Shutdown::Write);
-                }
-            }
-            let _ = verdict_tx.send(v);
-        })
-        .map_err(|e| Error::io("spawning a thread", e))?;
+    let session = Session::open(addr, token, cfg, false)?;
+    send_manifest(&session.socks[0], &session.peer, &tree.entries, tree.data_bytes(), lock(&session.sealers[0]).as_mut())?;
 
     let schedule = Schedule::new(&tree.entries, cfg.block_size);
     let tally = SendTally::new(&tree.entries, cfg.block_size);
-    let results = pipeline::run_streams(
-        &socks,
-        &abort,
-        |index, sock| {
-            let ctx = StreamCtx {
-                sock: sock.as_ref(),
-                peer: &peer,
-                tree: &tree,
-                schedule: &schedule,
-                tally: &tally,
-                abort: &abort,
-                cfg,
-                index,
-                throttle: throttle.as_ref(),
-                progress: &progress,
-            };
-            ctx.run(method, lock(&sealers[index]).as_mut())
-        },
-        // Wake writers blocked on a slow receiver; keep the read side open
-        // so the receiver's verdict can still arrive.
-        |_| {
-            for s in &socks {
-                s.shutdown(Shutdown::Write);
-            }
-        },
-    );
-
-    let outcome = finish(&socks, &peer, &tree, results, &verdict_rx, lock(&sealers[0]).as_mut());
-    if outcome.is_err() {
-        for s in &socks {
-            s.shutdown(Shutdown::Both);
-        }
-    }
-    let _ = listener.join();
-    let bytes = outcome?;
+    let results = session.run_streams(|index, sock, seal| {
+        let ctx =
+            StreamCtx { sock, peer: &session.peer, abort: &session.abort, cfg, index, throttle: throttle.as_ref(), progress: &progress };
+        ctx.run_tree(method, &tree, &schedule, &tally, seal)
+    });
+    let bytes = session.close(tree.entries.len() as u64, results)?;
     let files = tree.entries.iter().filter(|e| e.kind == crate::plan::EntryKind::File).count() as u64;
     let wire_bytes = progress.snapshot().wire;
     Ok(Summary { entries: tree.entries.len() as u64, files, bytes, wire_bytes, elapsed: started.elapsed() })
 }
 
+/// Sends files that `produce` discovers as it goes (a backup stream, say)
+/// in a streamed session: `produce` hands data to the [`Feeder`] on its own
+/// thread while the streams send it. An error from `produce` aborts the
+/// session, so the receiver keeps its incomplete-marker, and is returned.
+/// Returns only after the receiver has verified and synced everything.
+pub fn send_streamed<F>(addr: &str, token: &Token, cfg: &SendConfig, produce: F) -> Result<Summary>
+where
+    F: FnOnce(&mut Feeder) -> Result<()> + Send,
+{
+    let started = Instant::now();
+    validate(cfg)?;
+    tracing::info!(streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), "sending a stream");
+    let progress = cfg.progress.clone().unwrap_or_default();
+    let throttle = cfg.rate_limit.map(Throttle::new);
+    let session = Session::open(addr, token, cfg, true)?;
+    send_manifest(&session.socks[0], &session.peer, &[], 0, lock(&session.sealers[0]).as_mut())?;
+    // A few blocks per stream in flight: enough to keep every stream busy,
+    // little enough memory.
+    let (tx, rx) = bounded::<Item>(usize::from(cfg.streams) * 4);
+    // Why the producer failed, for the ABORT frame the streams send.
+    let failure = std::sync::OnceLock::new();
+    let (results, produced) = std::thread::scope(|scope| {
+        let (abort, failure) = (Arc::clone(&session.abort), &failure);
+        let producer = scope.spawn(move || {
+            let mut feeder = Feeder::new(tx, cfg.block_size, Arc::clone(&abort));
+            let r = produce(&mut feeder).and_then(|()| feeder.finish());
+            if let Err(e) = &r {
+                let _ = failure.set(e.to_string());
+                abort.trip();
+            }
+            r
+        });
+        let results = session.run_streams(|index, sock, seal| {
+            let ctx = StreamCtx {
+                sock,
+                peer: &session.peer,
+                abort: &session.abort,
+                cfg,
+                index,
+                throttle: throttle.as_ref(),
+                progress: &progress,
+            };
+            ctx.run_items(&rx, failure, seal)
+        });
+        // If every stream failed, the producer must not wait on a full queue.
+        drop(rx);
+        (results, producer.join().unwrap_or_else(|_| Err(Error::Aborted("the stream producer panicked".into()))))
+    });
+    let (files, data_bytes) = match produced {
+        Ok(totals) => totals,
+        Err(e) => {
+            let _ = session.close(0, vec![Err(Abort::error())]);
+            return Err(e);
+        }
+    };
+    let bytes = session.close(files, results)?;
+    debug_assert_eq!(bytes, data_bytes);
+    Ok(Summary { entries: files, files, bytes, wire_bytes: progress.snapshot().wire, elapsed: started.elapsed() })
+}
+
+/// One unit of work for a streamed session's sender streams.
+#[derive(Debug)]
+struct Item {
+    file_id: u32,
+    path: Arc<[u8]>,
+    what: ItemKind,
+}
+
+#[derive(Debug)]
+enum ItemKind {
+    Data { offset: u64, data: Vec<u8>, checksum: u64 },
+    End { size: u64, data_bytes: u64, digest: u64 },
+}
+
+/// Hands a streamed session's data to its sender streams: assigns file ids,
+/// splits data into blocks, checksums them and keeps each file's digest.
+#[derive(Debug)]
+pub struct Feeder {
+    tx: crossbeam_channel::Sender<Item>,
+    block_size: usize,
+    abort: Arc<Abort>,
+    open: std::collections::HashMap<Vec<u8>, OpenFile>,
+    ended: std::collections::HashSet<Vec<u8>>,
+    next_id: u32,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    id: u32,
+    path: Arc<[u8]>,
+    size: u64,
+    data_bytes: u64,
+    digest: u64,
+}
+
+impl Feeder {
+    fn new(tx: crossbeam_channel::Sender<Item>, block_size: u32, abort: Arc<Abort>) -> Self {
+        Self {
+            tx,
+            block_size: block_size as usize,
+            abort,
+            open: std::collections::HashMap::new(),
+            ended: std::collections::HashSet::new(),
+            next_id: 0,
+            bytes: 0,
+        }
+    }
+
+    fn push(&self, item: Item) -> Result<()> {
+        let mut item = item;
+        loop {
+            if self.abort.is_set() {
+                return Err(Abort::error());
+            }
+            match self.tx.send_timeout(item, Duration::from_millis(100)) {
+                Ok(()) => return Ok(()),
+                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => item = back,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Err(Abort::error()),
+            }
+        }
+    }
+
+    fn file(&mut self, path: &[u8]) -> Result<&mut OpenFile> {
+        if !self.open.contains_key(path) {
+            crate::plan::validate_rel_path(path)
+                .map_err(|reason| Error::Config(format!("the source names a file {:?}: {reason}", String::from_utf8_lossy(path))))?;
+            if self.ended.contains(path) {
+                return Err(Error::Config(format!("the source sent more data for {} after ending it", String::from_utf8_lossy(path))));
+            }
+            let id = self.next_id;
+            self.next_id = id.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 files in one stream".into()))?;
+            self.open.insert(path.to_vec(), OpenFile { id, path: path.into(), size: 0, data_bytes: 0, digest: 0 });
+        }
+        Ok(self.open.get_mut(path).expect("inserted above"))
+    }
+
+    /// Queues `data` for the file `path` at `offset` (the file is announced
+    /// on first use).
+    pub fn data(&mut self, path: &[u8], offset: u64, data: &[u8]) -> Result<()> {
+        let block = self.block_size;
+        let mut pos = 0;
+        while pos < data.len() {
+            let n = (data.len() - pos).min(block);
+            let chunk = data[pos..pos + n].to_vec();
+            let at = offset + pos as u64;
+            let checksum = crate::codec::checksum(&chunk);
+            let f = self.file(path)?;
+            f.digest = f.digest.wrapping_add(crate::codec::block_digest(f.id, at, n as u32, checksum));
+            f.size = f.size.max(at + n as u64);
+            f.data_bytes += n as u64;
+            let item = Item { file_id: f.id, path: Arc::clone(&f.path), what: ItemKind::Data { offset: at, data: chunk, checksum } };
+            self.bytes += n as u64;
+            self.push(item)?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Ends the file `path` (an empty file if it had no data).
+    pub fn end(&mut self, path: &[u8]) -> Result<()> {
+        self.file(path)?;
+        let f = self.open.remove(path).expect("opened above");
+        self.ended.insert(path.to_vec());
+        self.push(Item { file_id: f.id, path: f.path, what: ItemKind::End { size: f.size, data_bytes: f.data_bytes, digest: f.digest } })
+    }
+
+    /// Sends a whole small file.
+    pub fn file_bytes(&mut self, path: &[u8], data: &[u8]) -> Result<()> {
+        self.data(path, 0, data)?;
+        self.end(path)
+    }
+
+    /// Data bytes queued so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Checks that every file was ended; returns (files, data bytes).
+    fn finish(&mut self) -> Result<(u64, u64)> {
+        if let Some(path) = self.open.keys().min() {
+            return Err(Error::Config(format!("the source ended while {} was still open", String::from_utf8_lossy(path))));
+        }
+        Ok((self.ended.len() as u64, self.bytes))
+    }
+}
+
 /// The capability bits this configuration needs from the receiver.
-fn capabilities(cfg: &SendConfig) -> u64 {
-    cfg.compress.capabilities() | if cfg.seal_key.is_some() { wire::caps::SEAL_AES256GCM } else { 0 }
+fn capabilities(cfg: &SendConfig, streamed: bool) -> u64 {
+    cfg.compress.capabilities()
+        | if cfg.seal_key.is_some() { wire::caps::SEAL_AES256GCM } else { 0 }
+        | if streamed { wire::caps::STREAMED } else { 0 }
 }
 
 /// Locks a stream's sealer slot (a poisoned lock only means a stream thread
@@ -201,6 +412,7 @@ fn handshake(
     salt: [u8; 16],
     index: u16,
     cfg: &SendConfig,
+    streamed: bool,
     tls: Option<&(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 ) -> Result<Link> {
     let tcp = net::connect(addr, cfg.connect_timeout, &cfg.sockopt)?;
@@ -221,7 +433,7 @@ fn handshake(
         max_version: wire::PROTOCOL_VERSION,
         stream_index: index,
         stream_count: cfg.streams,
-        capabilities: capabilities(cfg),
+        capabilities: capabilities(cfg, streamed),
         token: *token.as_bytes(),
         session_salt: salt,
     })
@@ -229,7 +441,7 @@ fn handshake(
     std::io::Write::write_all(&mut &sock, &buf).map_err(|e| Error::peer(&peer, format!("sending HELLO failed: {e}")))?;
     match net::read_frame(&sock, &peer, "during the handshake", None) {
         Ok(Frame::Welcome { version, capabilities }) => {
-            let wanted = self::capabilities(cfg);
+            let wanted = self::capabilities(cfg, streamed);
             if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || capabilities != wanted {
                 return Err(Error::peer(
                     &peer,
@@ -252,12 +464,12 @@ fn handshake(
     }
 }
 
-fn send_manifest(sock: &Link, peer: &str, tree: &SourceTree, mut seal: Option<&mut Sealer>) -> Result<()> {
+fn send_manifest(sock: &Link, peer: &str, entries: &[Entry], data_bytes: u64, mut seal: Option<&mut Sealer>) -> Result<()> {
     let budget = wire::MAX_MANIFEST_BODY as usize / 2;
     let mut batch = Vec::new();
     let mut size = 0;
     let mut buf = Vec::with_capacity(budget + 1024);
-    for e in &tree.entries {
+    for e in entries {
         let n = wire::entry_len(e);
         if size + n > budget && !batch.is_empty() {
             net::encode_frame(&Frame::Manifest(std::mem::take(&mut batch)), &mut buf, seal.as_deref_mut());
@@ -273,16 +485,13 @@ fn send_manifest(sock: &Link, peer: &str, tree: &SourceTree, mut seal: Option<&m
     if !batch.is_empty() {
         net::encode_frame(&Frame::Manifest(batch), &mut buf, seal.as_deref_mut());
     }
-    net::encode_frame(&Frame::ManifestEnd { entries: tree.entries.len() as u64, data_bytes: tree.data_bytes() }, &mut buf, seal);
+    net::encode_frame(&Frame::ManifestEnd { entries: entries.len() as u64, data_bytes }, &mut buf, seal);
     std::io::Write::write_all(&mut &*sock, &buf).map_err(|err| Error::peer(peer, format!("sending the manifest failed: {err}")))
 }
 
 struct StreamCtx<'a> {
     sock: &'a Link,
     peer: &'a str,
-    tree: &'a SourceTree,
-    schedule: &'a Schedule,
-    tally: &'a SendTally,
     abort: &'a Abort,
     cfg: &'a SendConfig,
     index: usize,
@@ -291,26 +500,67 @@ struct StreamCtx<'a> {
 }
 
 impl StreamCtx<'_> {
-    /// Sends blocks until the queue is empty; returns (frames, bytes).
-    fn run(&self, method: backend::Method, mut seal: Option<&mut Sealer>) -> Result<(u64, u64)> {
+    fn encoder(&self) -> Result<Option<Encoder>> {
+        match self.cfg.compress {
+            Compression::None => Ok(None),
+            mode => Ok(Some(Encoder::new(mode, self.cfg.block_size)?)),
+        }
+    }
+
+    /// Sends blocks of `tree` until the queue is empty; returns (frames, bytes).
+    fn run_tree(
+        &self,
+        method: backend::Method,
+        tree: &SourceTree,
+        schedule: &Schedule,
+        tally: &SendTally,
+        mut seal: Option<&mut Sealer>,
+    ) -> Result<(u64, u64)> {
         let mut io = StreamIo::new(method, self.cfg.block_size).map_err(|e| Error::io(format!("setting up {method} I/O"), e))?;
-        let mut encoder = match self.cfg.compress {
-            Compression::None => None,
-            mode => Some(Encoder::new(mode, self.cfg.block_size)?),
-        };
+        let mut encoder = self.encoder()?;
         let mut open: Option<(u32, File)> = None;
         let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
-        while let Some(b) = self.schedule.next_block() {
+        while let Some(b) = schedule.next_block() {
             if self.abort.is_set() {
                 return Err(Abort::error());
             }
             if open.as_ref().is_none_or(|(id, _)| *id != b.file_id) {
-                let path = &self.tree.paths[b.file_id as usize];
+                let path = &tree.paths[b.file_id as usize];
                 let f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
                 open = Some((b.file_id, f));
             }
             let file = &open.as_ref().expect("opened above").1;
-            let wire = self.send_block(&mut io, encoder.as_mut(), seal.as_deref_mut(), file, &b, seq)?;
+            let path = || tree.paths[b.file_id as usize].display().to_string();
+            let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
+            let header = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum };
+            // The FILE_DONE of a file's last block rides in the same write.
+            let done = tally.record(&b, checksum).map(|digest| Frame::FileDone { file_id: b.file_id, digest });
+            let encoded = encoder.as_mut().and_then(|e| e.encode(io.loaded(b.len)));
+            let wire = if encoded.is_none() && seal.is_none() && !self.sock.is_tls() {
+                // Untransformed: the backend may send straight from the file.
+                let started = Instant::now();
+                self.throttle(b.len as usize);
+                let prefix = header.encode_prefix(b.len, 0);
+                let mut trailer = Vec::new();
+                if let Some(f) = &done {
+                    net::encode_frame(f, &mut trailer, None);
+                }
+                io.transmit(self.sock.tcp(), &prefix, file, b.offset, b.len, &trailer).map_err(|e| self.send_err(e, &path()))?;
+                if let Some(e) = encoder.as_mut() {
+                    e.record_send(b.len as usize, started.elapsed());
+                }
+                u64::from(b.len)
+            } else {
+                let (flags, payload) = match encoded {
+                    Some((flag, packed)) => (flag, packed),
+                    None => (0, io.loaded_mut(b.len)),
+                };
+                let (wire, took) = self.send_memory(header, flags, payload, done.as_ref(), seal.as_deref_mut(), &path)?;
+                if let Some(e) = encoder.as_mut() {
+                    e.record_send(wire as usize, took);
+                }
+                wire
+            };
             seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream; raise --block-size".into()))?;
             frames += 1;
             bytes += u64::from(b.len);
@@ -321,82 +571,124 @@ impl StreamCtx<'_> {
         Ok((frames, bytes))
     }
 
-    /// Sends one block (compressed when that pays, sealed when the session
-    /// seals); returns its wire size.
-    fn send_block(
-        &self,
-        io: &mut StreamIo,
-        mut encoder: Option<&mut Encoder>,
-        mut seal: Option<&mut Sealer>,
-        file: &File,
-        b: &Block,
-        seq: u32,
-    ) -> Result<u64> {
-        let path = || self.tree.paths[b.file_id as usize].display().to_string();
-        let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
-        let digest = self.tally.record(b, checksum);
-        let header = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum };
-        let send_err = |e: std::io::Error| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::io(format!("sending {}", path()), e)
-            } else if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                Error::peer(
-                    self.peer,
-                    format!(
-                        "stream {} accepted nothing for {:?} while sending {} (idle timeout)",
-                        self.index,
-                        self.cfg.idle_timeout,
-                        path()
-                    ),
-                )
-            } else {
-                Error::peer(self.peer, format!("stream {} failed while sending {}: {e}", self.index, path()))
+    /// Sends items of a streamed session until the producer is done;
+    /// returns (frames, bytes). Each file is announced on this stream
+    /// before this stream's first frame about it.
+    fn run_items(&self, rx: &Rx<Item>, failure: &std::sync::OnceLock<String>, mut seal: Option<&mut Sealer>) -> Result<(u64, u64)> {
+        let mut encoder = self.encoder()?;
+        let mut announced = std::collections::HashSet::new();
+        let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
+        // The producer's failure, told to the receiver on every stream.
+        let stop = |seal: Option<&mut Sealer>| {
+            if let Some(reason) = failure.get() {
+                let _ = net::write_frame(self.sock, self.peer, &Frame::Abort { reason: reason.clone() }, seal);
             }
+            Err(Abort::error())
         };
-        let throttle = |bytes: usize| {
-            if let Some(t) = self.throttle {
-                t.acquire(bytes as u64);
-            }
-        };
-        // The FILE_DONE of a file's last block rides in the same write; it is
-        // encoded (and sealed) after the DATA frame, in stream order.
-        let trailer = |seal: Option<&mut Sealer>| {
-            let mut t = Vec::new();
-            if let Some(digest) = digest {
-                net::encode_frame(&Frame::FileDone { file_id: b.file_id, digest }, &mut t, seal);
-            }
-            t
-        };
-        let encoded = encoder.as_mut().and_then(|e| e.encode(io.loaded(b.len)));
-        let (wire, started) = if encoded.is_none() && seal.is_none() && !self.sock.is_tls() {
-            // Untransformed: the backend may send straight from the file.
-            let started = Instant::now();
-            throttle(b.len as usize);
-            let prefix = header.encode_prefix(b.len, 0);
-            io.transmit(self.sock.tcp(), &prefix, file, b.offset, b.len, &trailer(None)).map_err(send_err)?;
-            (b.len as usize, started)
-        } else {
-            let (flags, payload) = match encoded {
-                Some((flag, packed)) => (flag, packed),
-                None => (0, io.loaded_mut(b.len)),
+        loop {
+            let item = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(item) => item,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.abort.is_set() {
+                        return stop(seal);
+                    }
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) if self.abort.is_set() => return stop(seal),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             };
-            let tag_len = if seal.is_some() { TAG_LEN } else { 0 };
-            let sealed = if seal.is_some() { wire::SEALED } else { 0 };
-            let prefix = header.encode_prefix((payload.len() + tag_len) as u32, flags | sealed);
-            let tag = seal.as_deref_mut().map(|s| s.seal(&prefix, payload));
-            let trailer = trailer(seal);
-            let started = Instant::now();
-            throttle(payload.len() + tag_len);
-            let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
-            backend::write_parts(self.sock, &[&prefix, payload, tag, &trailer]).map_err(send_err)?;
-            (payload.len() + tag_len, started)
-        };
-        if let Some(e) = encoder {
-            // Link speed for `--compress auto` (throttle waits included: a
-            // rate-limited link is a slow link).
-            e.record_send(wire, started.elapsed());
+            if self.abort.is_set() {
+                return stop(seal);
+            }
+            let path = || String::from_utf8_lossy(&item.path).into_owned();
+            let mut control = Vec::new();
+            if announced.insert(item.file_id) {
+                let frame = Frame::Announce { file_id: item.file_id, mode: 0o640, path: item.path.to_vec() };
+                net::encode_frame(&frame, &mut control, seal.as_deref_mut());
+            }
+            match item.what {
+                ItemKind::End { size, data_bytes, digest } => {
+                    net::encode_frame(
+                        &Frame::FileEnd { file_id: item.file_id, size, data_bytes, digest },
+                        &mut control,
+                        seal.as_deref_mut(),
+                    );
+                    backend::write_parts(self.sock, &[&control]).map_err(|e| self.send_err(e, &path()))?;
+                }
+                ItemKind::Data { offset, mut data, checksum } => {
+                    if !control.is_empty() {
+                        backend::write_parts(self.sock, &[&control]).map_err(|e| self.send_err(e, &path()))?;
+                    }
+                    let len = data.len() as u32;
+                    let header = DataHeader { file_id: item.file_id, seq, offset, raw_len: len, checksum };
+                    let encoded = encoder.as_mut().and_then(|e| e.encode(&data));
+                    let (flags, payload) = match encoded {
+                        Some((flag, packed)) => (flag, packed),
+                        None => (0, &mut data[..]),
+                    };
+                    let (wire, took) = self.send_memory(header, flags, payload, None, seal.as_deref_mut(), &path)?;
+                    if let Some(e) = encoder.as_mut() {
+                        e.record_send(wire as usize, took);
+                    }
+                    seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream".into()))?;
+                    frames += 1;
+                    bytes += u64::from(len);
+                    self.progress.add(u64::from(len));
+                    self.progress.add_wire(wire);
+                }
+            }
         }
-        Ok(wire as u64)
+        net::write_frame(self.sock, self.peer, &Frame::StreamEnd { frames, bytes }, seal)?;
+        Ok((frames, bytes))
+    }
+
+    fn throttle(&self, bytes: usize) {
+        if let Some(t) = self.throttle {
+            t.acquire(bytes as u64);
+        }
+    }
+
+    /// Sends a DATA frame whose payload is in memory (compressed when
+    /// `flags` says so, sealed when the session seals), followed by
+    /// `trailer` in the same write; returns its wire size and how long the
+    /// link took (throttle waits included: a rate-limited link is a slow
+    /// link, which `--compress auto` must see).
+    fn send_memory(
+        &self,
+        header: DataHeader,
+        flags: u8,
+        payload: &mut [u8],
+        trailer: Option<&Frame>,
+        mut seal: Option<&mut Sealer>,
+        path: &dyn Fn() -> String,
+    ) -> Result<(u64, Duration)> {
+        let tag_len = if seal.is_some() { TAG_LEN } else { 0 };
+        let sealed = if seal.is_some() { wire::SEALED } else { 0 };
+        let prefix = header.encode_prefix((payload.len() + tag_len) as u32, flags | sealed);
+        let tag = seal.as_deref_mut().map(|s| s.seal(&prefix, payload));
+        // The trailer is encoded (and sealed) after the DATA frame, in stream order.
+        let mut tail = Vec::new();
+        if let Some(f) = trailer {
+            net::encode_frame(f, &mut tail, seal);
+        }
+        let started = Instant::now();
+        self.throttle(payload.len() + tag_len);
+        let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
+        backend::write_parts(self.sock, &[&prefix, payload, tag, &tail]).map_err(|e| self.send_err(e, &path()))?;
+        Ok(((payload.len() + tag_len) as u64, started.elapsed()))
+    }
+
+    fn send_err(&self, e: std::io::Error, path: &str) -> Error {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::io(format!("sending {path}"), e)
+        } else if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            Error::peer(
+                self.peer,
+                format!("stream {} accepted nothing for {:?} while sending {path} (idle timeout)", self.index, self.cfg.idle_timeout),
+            )
+        } else {
+            Error::peer(self.peer, format!("stream {} failed while sending {path}: {e}", self.index))
+        }
     }
 }
 
@@ -404,7 +696,7 @@ impl StreamCtx<'_> {
 fn finish(
     socks: &[Arc<Link>],
     peer: &str,
-    tree: &SourceTree,
+    entries: u64,
     results: Vec<Result<(u64, u64)>>,
     verdict: &Rx<Result<(bool, String)>>,
     seal: Option<&mut Sealer>,
@@ -420,7 +712,7 @@ fn finish(
         }
     };
     let (frames, bytes) = per_stream.iter().fold((0, 0), |(f, b), (sf, sb)| (f + sf, b + sb));
-    net::write_frame(&*socks[0], peer, &Frame::End { entries: tree.entries.len() as u64, data_bytes: bytes, frames }, seal)?;
+    net::write_frame(&*socks[0], peer, &Frame::End { entries, data_bytes: bytes, frames }, seal)?;
     match verdict.recv() {
         Ok(Ok((true, _))) => Ok(bytes),
         Ok(Ok((false, reason))) => Err(Error::ReceiverFailed(reason)),

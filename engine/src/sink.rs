@@ -155,7 +155,7 @@ impl Sink {
     /// The error for a failed write of `entry` at `offset`: full path, cause
     /// and what to do.
     pub fn write_error(&self, entry: &Entry, offset: u64, e: &io::Error) -> Error {
-        self.err(&entry.path, &format!("writing at offset {offset}"), e)
+        self.write_error_at(&entry.path, offset, e)
     }
 
     /// Creates `rel` and any missing parents as directories (mode 0700 until
@@ -207,6 +207,43 @@ impl Sink {
                 Ok(f)
             }
         }
+    }
+
+    /// Creates a file announced during a streamed session, with any missing
+    /// parent directories. Its size is unknown until it ends, so large-file
+    /// O_DIRECT is opened for every streamed file.
+    pub fn open_streamed(&self, rel: &[u8]) -> Result<DestFile> {
+        if let Some(i) = rel.iter().rposition(|&b| b == b'/') {
+            self.ensure_dir(&rel[..i])?;
+        }
+        let excl = if self.opts.overwrite { libc::O_TRUNC } else { libc::O_EXCL };
+        let file =
+            create_file(&self.root, rel, libc::O_RDWR | libc::O_CREAT | excl, 0o600).map_err(|err| self.err(rel, "creating file", &err))?;
+        let direct = if self.opts.direct_io {
+            sys::openat2(&self.root, &cpath(rel), libc::O_WRONLY | libc::O_DIRECT, 0, RESOLVE_CONFINED).ok().map(File::from)
+        } else {
+            None
+        };
+        Ok(DestFile { file, direct })
+    }
+
+    /// Completes a streamed file once all its data is verified: final size
+    /// (a hole at its end), mode, early writeback.
+    pub fn finish_streamed(&self, rel: &[u8], f: &DestFile, size: u64, mode: u32) -> Result<()> {
+        let len = f.file.metadata().map_err(|err| self.err(rel, "reading file size", &err))?.len();
+        if len != size {
+            f.file.set_len(size).map_err(|err| self.err(rel, "setting file size", &err))?;
+        }
+        f.file.set_permissions(Permissions::from_mode(mode & 0o1777)).map_err(|err| self.err(rel, "setting mode", &err))?;
+        if self.opts.early_writeback {
+            let _ = sys::start_writeback(&f.file);
+        }
+        Ok(())
+    }
+
+    /// The error for a failed write into the file at `rel`.
+    pub fn write_error_at(&self, rel: &[u8], offset: u64, e: &io::Error) -> Error {
+        self.err(rel, &format!("writing at offset {offset}"), e)
     }
 
     /// Applies mode, owner and mtime to a complete file and closes it.

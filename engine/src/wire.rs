@@ -1,4 +1,4 @@
-//! Wire protocol v1: frame layout, encoding and bounded decoding.
+//! Wire protocol (v3): frame layout, encoding and bounded decoding.
 //!
 //! Owns the byte layout of everything that crosses a sluice connection and
 //! the protocol version constants. It does no I/O and never allocates more
@@ -15,7 +15,7 @@ use crate::plan::{Entry, EntryKind, Extent, validate_rel_path};
 pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -34,6 +34,9 @@ pub mod since {
     pub const COMPRESSION: u16 = 2;
     /// AES-256-GCM sealing of every frame after WELCOME.
     pub const SEALING: u16 = 2;
+    /// Streamed sessions: files announced while data flows (ANNOUNCE,
+    /// FILE_END), for sources such as a backup stream with no file list.
+    pub const STREAMED: u16 = 3;
 }
 
 /// Capability bits a sender may request in HELLO; the receiver grants them
@@ -47,8 +50,11 @@ pub mod caps {
     pub const SEAL_AES256GCM: u64 = 1 << 2;
     /// Acknowledged ranges and reconnecting streams.
     pub const RESUME: u64 = 1 << 3;
+    /// A streamed session: no manifest up front; files are announced on
+    /// each stream before their data and closed by FILE_END.
+    pub const STREAMED: u64 = 1 << 4;
     /// Every capability this build implements.
-    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM;
+    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | STREAMED;
 }
 
 /// Flag of any frame whose body is sealed (AES-256-GCM, tag appended).
@@ -143,6 +149,15 @@ pub enum Kind {
     End = 9,
     /// R (stream 0): the receiver's final word.
     Verdict = 10,
+    /// S (streamed sessions, any stream): a file id's path and mode, sent on
+    /// a stream before that stream's first frame about the file.
+    Announce = 11,
+    /// S (streamed sessions, any stream): a file is complete: its size, data
+    /// bytes and digest.
+    FileEnd = 12,
+    /// S (streamed sessions, any stream): the sender's source failed; the
+    /// reason says why. The receiver fails the session with it.
+    Abort = 13,
 }
 
 impl Kind {
@@ -158,6 +173,9 @@ impl Kind {
             8 => Self::StreamEnd,
             9 => Self::End,
             10 => Self::Verdict,
+            11 => Self::Announce,
+            12 => Self::FileEnd,
+            13 => Self::Abort,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -300,6 +318,9 @@ pub enum Frame {
     StreamEnd { frames: u64, bytes: u64 },
     End { entries: u64, data_bytes: u64, frames: u64 },
     Verdict { ok: bool, reason: String },
+    Announce { file_id: u32, mode: u32, path: Vec<u8> },
+    FileEnd { file_id: u32, size: u64, data_bytes: u64, digest: u64 },
+    Abort { reason: String },
 }
 
 impl Frame {
@@ -314,6 +335,9 @@ impl Frame {
             Self::StreamEnd { .. } => Kind::StreamEnd,
             Self::End { .. } => Kind::End,
             Self::Verdict { .. } => Kind::Verdict,
+            Self::Announce { .. } => Kind::Announce,
+            Self::FileEnd { .. } => Kind::FileEnd,
+            Self::Abort { .. } => Kind::Abort,
         }
     }
 
@@ -336,7 +360,7 @@ impl Frame {
                 put16(out, 0);
                 put64(out, *capabilities);
             }
-            Self::Reject { reason } => put_str(out, reason),
+            Self::Reject { reason } | Self::Abort { reason } => put_str(out, reason),
             Self::Manifest(entries) => {
                 put32(out, entries.len() as u32);
                 for e in entries {
@@ -365,6 +389,19 @@ impl Frame {
                 out.push(u8::from(!*ok));
                 put_str(out, reason);
             }
+            Self::Announce { file_id, mode, path } => {
+                put32(out, *file_id);
+                put32(out, *mode);
+                put16(out, path.len() as u16);
+                out.extend_from_slice(path);
+            }
+            Self::FileEnd { file_id, size, data_bytes, digest } => {
+                put32(out, *file_id);
+                put32(out, 0);
+                put64(out, *size);
+                put64(out, *data_bytes);
+                put64(out, *digest);
+            }
         }
         let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
         let fh = FrameHeader { kind: self.kind(), flags: 0, len };
@@ -385,6 +422,9 @@ impl Frame {
             Kind::StreamEnd => "STREAM_END",
             Kind::End => "END",
             Kind::Verdict => "VERDICT",
+            Kind::Announce => "ANNOUNCE",
+            Kind::FileEnd => "FILE_END",
+            Kind::Abort => "ABORT",
         };
         let mut r = Reader::new(body, what);
         let frame = match header.kind {
@@ -415,6 +455,7 @@ impl Frame {
                 Self::Welcome { version, capabilities: r.u64()? }
             }
             Kind::Reject => Self::Reject { reason: r.string()? },
+            Kind::Abort => Self::Abort { reason: r.string()? },
             Kind::Manifest => {
                 let count = r.u32()?;
                 // Each entry takes at least 48 bytes, so the count is bounded by the body.
@@ -448,6 +489,29 @@ impl Frame {
                     return Err(WireError::Invalid { what: "VERDICT status", value: u64::from(status) });
                 }
                 Self::Verdict { ok: status == 0, reason: r.string()? }
+            }
+            Kind::Announce => {
+                let file_id = r.u32()?;
+                let mode = r.u32()?;
+                if mode & !0o7777 != 0 {
+                    return Err(WireError::Invalid { what: "ANNOUNCE mode", value: u64::from(mode) });
+                }
+                let len = r.u16()? as usize;
+                if len > MAX_PATH {
+                    return Err(WireError::TooLarge { what: "announced path", len: len as u64, max: MAX_PATH as u64 });
+                }
+                let path = r.bytes(len)?.to_vec();
+                validate_rel_path(&path).map_err(|reason| WireError::Path { path: String::from_utf8_lossy(&path).into_owned(), reason })?;
+                Self::Announce { file_id, mode, path }
+            }
+            Kind::FileEnd => {
+                let file_id = r.u32()?;
+                let _reserved = r.u32()?;
+                let (size, data_bytes, digest) = (r.u64()?, r.u64()?, r.u64()?);
+                if data_bytes > size {
+                    return Err(WireError::Invalid { what: "FILE_END data bytes beyond the file size", value: data_bytes });
+                }
+                Self::FileEnd { file_id, size, data_bytes, digest }
             }
             Kind::Data => unreachable!("handled above"),
         };
@@ -659,6 +723,18 @@ mod tests {
     }
 
     #[test]
+    fn announce_refuses_escaping_paths_and_bad_ends() {
+        for bad in [&b"../x"[..], b"/etc/passwd", b"a//b", b".sluice-incomplete"] {
+            let mut out = Vec::new();
+            Frame::Announce { file_id: 1, mode: 0o600, path: bad.to_vec() }.encode(&mut out);
+            assert!(matches!(decode_all(&out), Err(WireError::Path { .. })), "{bad:?}");
+        }
+        let mut out = Vec::new();
+        Frame::FileEnd { file_id: 1, size: 10, data_bytes: 11, digest: 0 }.encode(&mut out);
+        assert!(matches!(decode_all(&out), Err(WireError::Invalid { .. })));
+    }
+
+    #[test]
     fn every_control_frame_round_trips() {
         let frames = vec![
             Frame::Hello(Hello {
@@ -678,6 +754,9 @@ mod tests {
             Frame::StreamEnd { frames: 3, bytes: 4 },
             Frame::End { entries: 2, data_bytes: 120, frames: 9 },
             Frame::Verdict { ok: false, reason: "disk full".into() },
+            Frame::Announce { file_id: 7, mode: 0o640, path: b"db/t1.ibd".to_vec() },
+            Frame::FileEnd { file_id: 7, size: 1 << 40, data_bytes: 1 << 20, digest: 42 },
+            Frame::Abort { reason: "mariadb-backup failed".into() },
         ];
         for f in frames {
             let mut out = Vec::new();

@@ -196,3 +196,29 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Marks every descriptor above 2 close-on-exec, so no child inherits what
+/// this process inherited (mysqld leaks `grastate.dat` and its stdout pipe
+/// into SST scripts).
+pub fn cloexec_inherited() -> io::Result<()> {
+    // SAFETY: close_range only changes descriptor flags; no memory is involved.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Sends `signal` to process `pid` (a child this process started).
+pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes plain integers.
+    if unsafe { libc::kill(pid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Whether `fd` is a pipe or a regular file (not a terminal, socket or
+/// character device such as /dev/null).
+pub fn is_pipe_or_file(fd: impl AsFd) -> bool {
+    let Ok(f) = fd.as_fd().try_clone_to_owned() else { return false };
+    std::fs::File::from(f).metadata().is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_fifo() || m.is_file()
+    })
+}

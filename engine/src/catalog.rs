@@ -1,0 +1,191 @@
+//! The receiver's file table of a streamed session.
+//!
+//! A streamed session has no manifest: a sender that reads a backup stream
+//! learns its files as it goes. Each stream announces a file (id, path,
+//! mode) before its first frame about it; the first announcement creates the
+//! file through the [`Sink`] (confined, never through a symlink), later ones
+//! must agree. DATA frames are tallied like a manifest session's, and
+//! FILE_END says how many data bytes the file has and what their digest is:
+//! a file is complete when both agree, in whatever order the frames of
+//! different streams arrive.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::codec;
+use crate::sink::{DestFile, Sink};
+use crate::wire;
+use crate::{Error, Result};
+
+/// Largest file a streamed session may write (16 TiB, InnoDB's limit for
+/// 16 KiB pages is 64 TiB but no datadir file we expect comes close).
+pub const MAX_STREAMED_FILE: u64 = 1 << 44;
+
+/// One announced file.
+#[derive(Debug)]
+pub struct Announced {
+    pub path: Vec<u8>,
+    mode: u32,
+    pub dest: DestFile,
+    state: Mutex<State>,
+}
+
+impl Announced {
+    pub fn display_path(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    received: u64,
+    digest: u64,
+    /// End of the furthest block received.
+    reach: u64,
+    /// (size, data bytes, digest) from FILE_END.
+    end: Option<(u64, u64, u64)>,
+    finished: bool,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    files: HashMap<u32, Arc<Announced>>,
+    paths: HashSet<Vec<u8>>,
+}
+
+/// Every file of a streamed session.
+#[derive(Debug)]
+pub struct Catalog<'a> {
+    sink: &'a Sink,
+    table: Mutex<Table>,
+}
+
+impl<'a> Catalog<'a> {
+    pub fn new(sink: &'a Sink) -> Self {
+        Self { sink, table: Mutex::new(Table::default()) }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Handles an ANNOUNCE (the wire decoder has validated the path).
+    pub fn announce(&self, id: u32, mode: u32, path: &[u8]) -> Result<()> {
+        let mut t = self.table();
+        if let Some(f) = t.files.get(&id) {
+            if f.path != path || f.mode != mode {
+                return Err(Error::Verify {
+                    path: String::from_utf8_lossy(path).into_owned(),
+                    reason: format!("file id {id} was announced before as {}", f.display_path()),
+                });
+            }
+            return Ok(());
+        }
+        if t.paths.contains(path) {
+            return Err(Error::Verify {
+                path: String::from_utf8_lossy(path).into_owned(),
+                reason: "announced twice under different ids".into(),
+            });
+        }
+        if t.files.len() as u64 >= wire::MAX_ENTRIES {
+            return Err(Error::Verify { path: String::from_utf8_lossy(path).into_owned(), reason: "too many files".into() });
+        }
+        let dest = self.sink.open_streamed(path)?;
+        t.paths.insert(path.to_vec());
+        t.files.insert(id, Arc::new(Announced { path: path.to_vec(), mode, dest, state: Mutex::new(State::default()) }));
+        Ok(())
+    }
+
+    /// The announced file `id`; a frame about an unannounced id is a
+    /// protocol violation.
+    pub fn get(&self, id: u32, peer: &str) -> Result<Arc<Announced>> {
+        self.table().files.get(&id).cloned().ok_or_else(|| Error::peer(peer, format!("sent a frame for file id {id} before announcing it")))
+    }
+
+    /// Checks a DATA frame's range before any byte is written.
+    pub fn check_range(f: &Announced, offset: u64, len: u32) -> Result<()> {
+        let end = offset.saturating_add(u64::from(len));
+        let s = f.lock();
+        if len == 0 || end > MAX_STREAMED_FILE {
+            return Err(Error::Verify { path: f.display_path(), reason: format!("block at offset {offset} (+{len}) is out of bounds") });
+        }
+        if s.finished || s.end.is_some_and(|(size, _, _)| end > size) {
+            return Err(Error::Verify {
+                path: f.display_path(),
+                reason: format!("block at offset {offset} (+{len}) lies beyond the file's announced end"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a verified block; completes the file if it was the last piece.
+    pub fn record_block(&self, f: &Announced, id: u32, offset: u64, len: u32, checksum: u64) -> Result<()> {
+        let mut s = f.lock();
+        s.received += u64::from(len);
+        s.reach = s.reach.max(offset + u64::from(len));
+        s.digest = s.digest.wrapping_add(codec::block_digest(id, offset, len, checksum));
+        self.settle(f, &mut s)
+    }
+
+    /// Records FILE_END.
+    pub fn record_end(&self, f: &Announced, size: u64, data_bytes: u64, digest: u64) -> Result<()> {
+        let mut s = f.lock();
+        if s.end.is_some() {
+            return Err(Error::Verify { path: f.display_path(), reason: "file ended twice".into() });
+        }
+        if size > MAX_STREAMED_FILE {
+            return Err(Error::Verify { path: f.display_path(), reason: format!("announced size {size} is out of bounds") });
+        }
+        s.end = Some((size, data_bytes, digest));
+        self.settle(f, &mut s)
+    }
+
+    fn settle(&self, f: &Announced, s: &mut State) -> Result<()> {
+        let Some((size, data_bytes, digest)) = s.end else { return Ok(()) };
+        if s.received > data_bytes || s.reach > size {
+            return Err(Error::Verify {
+                path: f.display_path(),
+                reason: format!(
+                    "received {} bytes reaching offset {}, but the file ends at {size} with {data_bytes} data bytes",
+                    s.received, s.reach
+                ),
+            });
+        }
+        if s.received < data_bytes || s.finished {
+            return Ok(());
+        }
+        if s.digest != digest {
+            return Err(Error::Verify {
+                path: f.display_path(),
+                reason: format!("file digest mismatch: sender {digest:#018x}, receiver {:#018x}", s.digest),
+            });
+        }
+        s.finished = true;
+        self.sink.finish_streamed(&f.path, &f.dest, size, f.mode)
+    }
+
+    /// After every stream ended: every announced file must be complete.
+    /// Returns (files, data bytes).
+    pub fn check_complete(&self) -> Result<(u64, u64)> {
+        let t = self.table();
+        let mut bytes = 0;
+        let mut open: Vec<&Arc<Announced>> = t.files.values().filter(|f| !f.lock().finished).collect();
+        open.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(f) = open.first() {
+            let s = f.lock();
+            let reason = match s.end {
+                None => format!("never ended ({} bytes arrived); {} file(s) incomplete", s.received, open.len()),
+                Some((_, want, _)) => format!("{} of {want} data bytes arrived; {} file(s) incomplete", s.received, open.len()),
+            };
+            return Err(Error::Verify { path: f.display_path(), reason });
+        }
+        for f in t.files.values() {
+            bytes += f.lock().received;
+        }
+        Ok((t.files.len() as u64, bytes))
+    }
+}
