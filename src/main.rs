@@ -9,6 +9,7 @@
 
 mod report;
 mod sample;
+mod sstlog;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,16 @@ enum Command {
     /// Print the options of option-file groups exactly as my_print_defaults
     /// does (one --key=value per line), to see what sluice reads.
     PrintDefaults(PrintDefaultsArgs),
+    /// Run as the Galera SST method (what mysqld runs as `wsrep_sst_sluice`,
+    /// a symlink to this binary): `sluice sst --role joiner|donor ...`.
+    Sst(SstArgs),
+}
+
+#[derive(Args, Debug)]
+struct SstArgs {
+    /// mysqld's SST arguments, passed through unchanged.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -297,8 +308,23 @@ fn parse_size(s: &str) -> Result<u64, String> {
     sluice_engine::throttle::parse_bytes(s).map_err(|e| e.to_string())
 }
 
+/// The name mysqld runs the SST method under.
+const SST_SCRIPT: &str = "wsrep_sst_sluice";
+
 fn main() {
+    // Multi-call: run as `wsrep_sst_sluice` (a symlink), this is the SST
+    // method and takes mysqld's arguments unchanged.
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked = argv.first().map(|a| std::path::Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned());
+    if invoked.as_deref() == Some(SST_SCRIPT) {
+        sstlog::init();
+        std::process::exit(sluice_sst::session::main(&argv[1..]));
+    }
     let cli = Cli::parse();
+    if let Command::Sst(a) = &cli.command {
+        sstlog::init();
+        std::process::exit(sluice_sst::session::main(&a.args));
+    }
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -333,6 +359,7 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Demo(a) => demo(&a),
         Command::PrintDefaults(a) => print_defaults(&a),
+        Command::Sst(_) => unreachable!("handled in main before logging is set up"),
         Command::GenSample(a) => {
             let t = Instant::now();
             if a.corpus {

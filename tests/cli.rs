@@ -151,7 +151,7 @@ fn a_killed_sender_fails_the_receiver_and_leaves_the_marker() {
     let status = wait(&mut r.child, Duration::from_secs(30));
     assert!(!status.success(), "the receiver reported success for a killed sender");
     let log = std::fs::read_to_string(&r.log).unwrap();
-    assert!(log.contains("session failed") && (log.contains("closed the connection") || log.contains("broke")), "{log}");
+    assert!(log.contains("sluice: error: receiving into") && (log.contains("closed the connection") || log.contains("broke")), "{log}");
     assert!(!log.contains("received and verified"), "{log}");
     assert!(dest.join(".sluice-incomplete").exists(), "a failed destination must say it is incomplete");
 }

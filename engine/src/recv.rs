@@ -134,7 +134,7 @@ impl Receiver {
         match &result {
             Ok(_) => verdict.send(true, "")?,
             Err(e) => {
-                tracing::error!("session failed: {e}");
+                tracing::debug!("session failed: {e}");
                 let _ = verdict.send(false, &e.to_string());
                 linger(&streams);
             }

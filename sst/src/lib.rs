@@ -1,20 +1,29 @@
 //! sluice-sst: the Galera State Snapshot Transfer front-end.
 //!
-//! This crate will own mysqld's SST interface (arguments, the `[sst]`
-//! option set, the stdout line protocol, the donor and joiner flows,
-//! mariadb-backup and the mbstream codec), built on `sluice-engine`. So far
-//! it has [`mycnf`], option files read exactly as `my_print_defaults` reads
-//! them; the rest is not implemented yet, and nothing here pretends to be a
-//! working SST method.
+//! mysqld's SST interface built on `sluice-engine`: [`args`] (what mysqld
+//! passes), [`mycnf`] and [`options`] (option files read as
+//! `my_print_defaults` reads them, and the typed `[sst]` set), [`auth`]
+//! (credentials), [`mysqld`] (the stdout line protocol and log lines),
+//! [`mbstream`] (the backup stream format), [`backup`] (mariadb-backup
+//! command lines), [`datadir`] (the joiner's cleanup), [`process`]
+//! (helpers and the parent watch), and the flows: [`session`] (one run),
+//! [`donor`], [`joiner`]. Errors: [`error`].
 
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod auth;
+pub mod backup;
 pub mod datadir;
+pub mod donor;
+pub mod error;
+pub mod joiner;
 pub mod mbstream;
 pub mod mycnf;
 pub mod mysqld;
 pub mod options;
+pub mod process;
+pub mod session;
 
 /// The engine this front-end drives, re-exported for the binary.
 pub use sluice_engine as engine;

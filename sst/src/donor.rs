@@ -1,0 +1,131 @@
+//! The donor: check that the joiner runs sluice, stream `mariadb-backup
+//! --backup --stream=mbstream` to it over N streams as it is produced, and
+//! print `done` only once the joiner has verified and synced everything
+//! (shared/SST-PROTOCOL.md §3.2, without the stock 10 s sleep). With
+//! `--bypass` (IST) only the state and the IST marker travel.
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use sluice_engine::send::{Feeder, SendConfig, default_streams, send_streamed};
+use sluice_engine::{Error as EngineError, Token};
+
+use crate::args::ArgsError;
+use crate::backup::{Context, split_mysqld_args};
+use crate::error::{Result, SstError};
+use crate::mbstream::{Chunk, Reader};
+use crate::mysqld::{self, Gtid, Protocol};
+use crate::process::{Helper, find_program};
+use crate::session::{IST_MARKER, STATE_FILE, Setup, stdout_err};
+
+/// Temporary directories removed when the donor exits.
+struct TempDirs(Vec<PathBuf>);
+
+impl Drop for TempDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
+    let addr = s.args.address.clone().ok_or(ArgsError::Missing { option: "--address" })?;
+    let module = addr.module.clone().unwrap_or_default();
+    let token = mysqld::token_in(&module).ok_or_else(|| {
+        SstError::Incompatible(format!(
+            "the joiner at {} asked for SST module '{module}', which is not sluice's: the joiner runs a different SST method; set wsrep_sst_method=sluice on every node",
+            addr.host
+        ))
+    })?;
+    let token: Token = token.parse()?;
+    let gtid_text = s.args.gtid.clone().ok_or(ArgsError::Missing { option: "--gtid" })?;
+    let gtid: Gtid = gtid_text.parse().map_err(|_| ArgsError::Invalid { option: "--gtid", value: gtid_text.clone() })?;
+    let state = mysqld::coordinates_line(&gtid, s.args.gtid_domain_id) + "\n";
+    let target = format!("{}:{}", addr.host, addr.port_or_default());
+    let cfg = SendConfig { streams: s.opts.streams.unwrap_or_else(default_streams), ..SendConfig::default() };
+
+    if s.args.bypass {
+        tracing::info!("IST: sending only the state to {target}");
+        proto.continue_().map_err(stdout_err)?;
+        send_streamed(&target, &token, &cfg, |f| {
+            f.file_bytes(STATE_FILE.as_bytes(), state.as_bytes())?;
+            f.file_bytes(IST_MARKER.as_bytes(), b"1\n")
+        })?;
+        return proto.done(&gtid).map_err(stdout_err);
+    }
+
+    let program = find_program("mariadb-backup")?;
+    let base = s.opts.tmpdir.clone().unwrap_or_else(std::env::temp_dir);
+    let pid = std::process::id();
+    let (xtmp, itmp) = (base.join(format!("sluice-sst-{pid}.tmp")), base.join(format!("sluice-sst-{pid}.target")));
+    let _cleanup = TempDirs(vec![xtmp.clone(), itmp.clone()]);
+    for d in [&xtmp, &itmp] {
+        std::fs::create_dir_all(d).map_err(|e| SstError::io(format!("creating {}", d.display()), e))?;
+    }
+    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: split_mysqld_args(&s.args.mysqld_args), user: s.creds.user.as_deref() };
+    let helper = Helper {
+        program: &program,
+        args: ctx.backup(&xtmp, &itmp),
+        cwd: &s.args.datadir,
+        password: s.creds.password.as_deref(),
+        what: "mariadb-backup --backup",
+    };
+    let log = s.args.datadir.join("mariabackup.backup.log");
+    tracing::info!("streaming a backup to {target} over {} streams", cfg.streams);
+    // The producer's own error, richer than what the engine carries.
+    let failure = Mutex::new(None);
+    let sent = send_streamed(&target, &token, &cfg, |f| {
+        f.file_bytes(STATE_FILE.as_bytes(), state.as_bytes())?;
+        stream_backup(&helper, &log, s, f).map_err(|e| {
+            let msg = e.to_string();
+            *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+            EngineError::Config(msg)
+        })
+    });
+    match sent {
+        Ok(summary) => {
+            tracing::info!(
+                "sent {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s, {:.2}x compression)",
+                summary.files,
+                summary.bytes as f64 / 1_048_576.0,
+                summary.elapsed.as_secs_f64(),
+                summary.mib_per_sec(),
+                summary.compression_ratio()
+            );
+            proto.done(&gtid).map_err(stdout_err)
+        }
+        Err(e) => Err(failure.into_inner().unwrap_or_else(PoisonError::into_inner).unwrap_or(SstError::Transfer(e))),
+    }
+}
+
+/// Runs mariadb-backup and feeds its mbstream, chunk by chunk, to the
+/// session. Succeeds only if the stream ended cleanly and mariadb-backup
+/// exited 0.
+fn stream_backup(helper: &Helper<'_>, log: &Path, s: &Setup, f: &mut Feeder) -> Result<()> {
+    let mut child = helper.spawn_streaming(log, &s.children)?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, stdout));
+    let fed: Result<()> = (|| {
+        while let Some(chunk) = reader.next_chunk().map_err(|e| SstError::BadBackup(format!("mariadb-backup's stream is garbled: {e}")))? {
+            match chunk {
+                Chunk::Payload { path, offset, data } => f.data(strip(&path), offset, &data)?,
+                Chunk::Eof { path } => f.end(strip(&path))?,
+            }
+        }
+        Ok(())
+    })();
+    if fed.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| SstError::io("waiting for mariadb-backup", e));
+    s.children.remove(child.id());
+    // mariadb-backup's own failure explains a truncated stream best.
+    helper.check(status?, log)?;
+    fed
+}
+
+fn strip(path: &str) -> &[u8] {
+    path.strip_prefix("./").unwrap_or(path).as_bytes()
+}

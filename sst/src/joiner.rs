@@ -1,0 +1,107 @@
+//! The joiner: listen, print `ready`, receive the donor's backup straight
+//! into `<datadir>/.sst`, clean the datadir by `cpat`, `--prepare`,
+//! `--move-back`, print the coordinates (shared/SST-PROTOCOL.md §3.4).
+//!
+//! Until the very end nothing marks the datadir complete: a failed receive
+//! leaves the staging directory with the engine's incomplete-marker, a
+//! failed prepare or move-back keeps it for diagnosis, and mysqld gets a
+//! non-zero exit with no coordinates line.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_engine::{ReceiveConfig, Receiver};
+
+use crate::args::ArgsError;
+use crate::backup::{Context, split_mysqld_args};
+use crate::datadir::{self, KeepPattern};
+use crate::error::{Result, SstError};
+use crate::mysqld::{self, Protocol};
+use crate::process::{Helper, find_program};
+use crate::session::{IST_MARKER, STATE_FILE, Setup, stdout_err};
+
+/// Removes a marker file when the joiner exits, however it exits.
+struct Marker<'a>(&'a Path);
+
+impl Drop for Marker<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
+pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
+    let datadir = &s.args.datadir;
+    fs::create_dir_all(datadir).map_err(|e| SstError::io(format!("creating the datadir {}", datadir.display()), e))?;
+    let addr = s.args.address.clone().ok_or(ArgsError::Missing { option: "--address" })?;
+    let in_progress = datadir.join("sst_in_progress");
+    if in_progress.exists() {
+        tracing::warn!("stale sst_in_progress file in {}", datadir.display());
+    }
+    fs::write(&in_progress, b"").map_err(|e| SstError::io(format!("creating {}", in_progress.display()), e))?;
+    let _marker = Marker(&in_progress);
+    let staging = s.args.tmpdir.as_ref().map_or_else(|| datadir.join(".sst"), |t| t.join(".sst"));
+    if staging.exists() {
+        tracing::warn!("removing the stale staging directory {}", staging.display());
+        fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
+    }
+
+    let port = addr.port_or_default();
+    let timeout = s.opts.sst_initial_timeout;
+    let cfg = ReceiveConfig { first_connect_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)), ..ReceiveConfig::default() };
+    let receiver = Receiver::bind(&format!("{}:{port}", addr.host), cfg)?;
+    let module = mysqld::module_for(&receiver.token().to_hex());
+    proto.ready(&addr.host, port, &module).map_err(stdout_err)?;
+    tracing::info!("listening on {}:{port}; waiting for the donor", addr.host);
+    let summary = receiver.run(&staging)?;
+    tracing::info!(
+        "received {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s)",
+        summary.files,
+        summary.bytes as f64 / 1_048_576.0,
+        summary.elapsed.as_secs_f64(),
+        summary.mib_per_sec()
+    );
+
+    let state_path = staging.join(STATE_FILE);
+    let state = fs::read_to_string(&state_path)
+        .map_err(|e| SstError::BadBackup(format!("the donor sent no {STATE_FILE} ({e}); is it an older or foreign sluice?")))?;
+    let (gtid, domain) =
+        mysqld::parse_galera_info(&state).map_err(|e| SstError::BadBackup(format!("the donor's state is invalid: {e}")))?;
+    fs::remove_file(&state_path).map_err(|e| SstError::io(format!("removing {}", state_path.display()), e))?;
+
+    if staging.join(IST_MARKER).exists() {
+        tracing::info!("'{IST_MARKER}' received from donor: running IST");
+        fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
+        return proto.coordinates(&gtid, domain).map_err(stdout_err);
+    }
+    let checkpoints =
+        ["mariadb_backup_checkpoints", "xtrabackup_checkpoints"].iter().any(|n| fs::metadata(staging.join(n)).is_ok_and(|m| m.len() > 0));
+    if !checkpoints {
+        return Err(SstError::BadBackup(format!(
+            "the backup in {} has no mariadb_backup_checkpoints: the donor's mariadb-backup did not finish",
+            staging.display()
+        )));
+    }
+
+    let keep = match &s.opts.cpat {
+        Some(p) => KeepPattern::parse(p).map_err(SstError::BadBackup)?,
+        None => KeepPattern::stock_default(),
+    };
+    for w in keep.check(datadir) {
+        tracing::warn!("{w}");
+    }
+    let removed = datadir::clean(std::slice::from_ref(datadir), &keep).map_err(|e| SstError::io("cleaning the datadir", e))?;
+    tracing::info!("removed {} old entries from {}", removed.len(), datadir.display());
+
+    let program = find_program("mariadb-backup")?;
+    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: split_mysqld_args(&s.args.mysqld_args), user: None };
+    let prepare =
+        Helper { program: &program, args: ctx.prepare(&staging), cwd: &staging, password: None, what: "mariadb-backup --prepare" };
+    prepare.run_logged(&datadir.join("mariabackup.prepare.log"), &s.children)?;
+    let move_back =
+        Helper { program: &program, args: ctx.move_back(&staging), cwd: datadir, password: None, what: "mariadb-backup --move-back" };
+    move_back.run_logged(&datadir.join("mariabackup.move.log"), &s.children)?;
+    fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
+    proto.coordinates(&gtid, domain).map_err(stdout_err)
+}

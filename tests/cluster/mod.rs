@@ -1,0 +1,329 @@
+//! A real Galera cluster on loopback for tests and the SST benchmark:
+//! mariadbd processes started by this harness (own datadirs, option files,
+//! ports and sockets), stopped by PID, with the SST method found through a
+//! PATH entry that holds `wsrep_sst_sluice`. Pitfalls it handles are listed
+//! in shared/GALERA-TESTING.md: a fixed `env -i` environment, `user=root`,
+//! explicit gcomm/IST/SST ports, zombie-aware liveness, logs kept on failure.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MARIADBD: &str = "/usr/sbin/mariadbd";
+pub const GALERA: &str = "/usr/lib/galera/libgalera_smm.so";
+
+/// Why the cluster tests cannot run here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    if std::env::var_os("SLUICE_SKIP_CLUSTER").is_some() {
+        return Some("SLUICE_SKIP_CLUSTER is set".into());
+    }
+    // The effective uid, from /proc.
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        return Some("needs root (mariadbd runs as user=root in the harness)".into());
+    }
+    for p in [MARIADBD, GALERA, "/usr/bin/mariadb-backup", "/usr/bin/mariadb-install-db", "/usr/bin/mariadb"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is missing (apt-get install mariadb-server galera-4 mariadb-backup; .ci/run does)"));
+        }
+    }
+    None
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub datadir: PathBuf,
+    pub socket: PathBuf,
+    pub cnf: PathBuf,
+    pub error_log: PathBuf,
+    pub sql_port: u16,
+    pub gcomm_port: u16,
+    pub ist_port: u16,
+    pub sst_port: u16,
+    child: Option<Child>,
+}
+
+/// Options for a cluster.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub nodes: usize,
+    /// First of a block of ports reserved for this cluster (SQL, gcomm,
+    /// IST and SST ports are derived from it).
+    pub base_port: u16,
+    pub sst_method: String,
+    /// Extra `[mysqld]` lines for every node.
+    pub mysqld: String,
+    /// `[sst]` lines for every node.
+    pub sst: String,
+    /// `wsrep_sst_auth` per node (index 0 is the donor in these tests).
+    pub auth: Vec<String>,
+}
+
+impl Spec {
+    pub fn new(base_port: u16) -> Self {
+        Self {
+            nodes: 2,
+            base_port,
+            sst_method: "sluice".into(),
+            mysqld: String::new(),
+            sst: String::new(),
+            auth: vec!["sstuser:sstpass".into(); 2],
+        }
+    }
+}
+
+/// A running (or startable) cluster; every mariadbd is stopped on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    pub root: PathBuf,
+    pub nodes: Vec<Node>,
+    pub bin_dir: PathBuf,
+    keep: bool,
+}
+
+impl Cluster {
+    /// Lays out the nodes under `root` (created empty).
+    pub fn new(root: &Path, spec: &Spec, sluice: &Path) -> Self {
+        let _ = fs::remove_dir_all(root);
+        let bin_dir = root.join("sst-bin");
+        fs::create_dir_all(&bin_dir).unwrap();
+        std::os::unix::fs::symlink(sluice, bin_dir.join("wsrep_sst_sluice")).unwrap();
+        let b = spec.base_port;
+        let n = spec.nodes as u16;
+        let gcomm: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", b + 10 + i)).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let dir = root.join(format!("node{}", i + 1));
+            let datadir = dir.join("data");
+            fs::create_dir_all(&datadir).unwrap();
+            let node = Node {
+                name: format!("node{}", i + 1),
+                socket: dir.join("mysqld.sock"),
+                cnf: dir.join("my.cnf"),
+                error_log: dir.join("error.log"),
+                sql_port: b + i,
+                gcomm_port: b + 10 + i,
+                ist_port: b + 20 + i,
+                sst_port: b + 30 + i,
+                dir,
+                datadir,
+                child: None,
+            };
+            let auth = spec.auth.get(i as usize).cloned().unwrap_or_default();
+            let cnf = format!(
+                "[mysqld]\nuser=root\ndatadir={data}\nsocket={sock}\nport={port}\npid-file={dir}/mysqld.pid\nlog-error={log}\n\
+                 bind-address=127.0.0.1\nskip-name-resolve\nbinlog_format=ROW\ndefault_storage_engine=InnoDB\n\
+                 innodb_autoinc_lock_mode=2\ninnodb_buffer_pool_size=256M\ninnodb_log_file_size=96M\n\
+                 innodb_flush_log_at_trx_commit=2\nwsrep_on=ON\nwsrep_provider={GALERA}\nwsrep_cluster_name=sluice_test\n\
+                 wsrep_cluster_address=gcomm://{gcomm}\nwsrep_node_address=127.0.0.1\nwsrep_node_name={name}\n\
+                 wsrep_provider_options=\"gmcast.listen_addr=tcp://127.0.0.1:{gp};ist.recv_addr=127.0.0.1:{ip};gcache.size=128M\"\n\
+                 wsrep_sst_method={method}\nwsrep_sst_receive_address=127.0.0.1:{sp}\nwsrep_sst_auth={auth}\n{extra}\n\
+                 [sst]\nsst-log-archive-dir={dir}/sst_log_archive\n{sst}\n",
+                data = node.datadir.display(),
+                sock = node.socket.display(),
+                port = node.sql_port,
+                dir = node.dir.display(),
+                log = node.error_log.display(),
+                gcomm = gcomm.join(","),
+                name = node.name,
+                gp = node.gcomm_port,
+                ip = node.ist_port,
+                method = spec.sst_method,
+                sp = node.sst_port,
+                extra = spec.mysqld,
+                sst = spec.sst,
+            );
+            fs::write(&node.cnf, cnf).unwrap();
+            nodes.push(node);
+        }
+        Self { root: root.to_path_buf(), nodes, bin_dir, keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some() }
+    }
+
+    /// Initialises node `i`'s datadir (the bootstrap node only; joiners
+    /// get theirs by SST).
+    pub fn install(&self, i: usize) {
+        let n = &self.nodes[i];
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--skip-test-db", "--auth-root-authentication-method=socket"])
+            .arg(format!("--datadir={}", n.datadir.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Starts mariadbd for node `i` (bootstrapping a new cluster if asked).
+    pub fn start(&mut self, i: usize, bootstrap: bool) -> Instant {
+        let n = &mut self.nodes[i];
+        let console = fs::File::create(n.dir.join("console.log")).unwrap();
+        let mut c = Command::new(MARIADBD);
+        c.env_clear()
+            .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display()))
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8")
+            .env("TZ", "UTC")
+            .arg(format!("--defaults-file={}", n.cnf.display()));
+        if bootstrap {
+            c.arg("--wsrep-new-cluster");
+        }
+        let started = Instant::now();
+        n.child = Some(c.stdin(Stdio::null()).stdout(console.try_clone().unwrap()).stderr(console).spawn().unwrap());
+        started
+    }
+
+    /// Whether node `i`'s mariadbd still runs (an exited child is reaped).
+    pub fn running(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Runs SQL on node `i` as root over its socket; returns the output
+    /// (tab-separated, no headers).
+    pub fn sql(&self, i: usize, q: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", self.nodes[i].socket.display()))
+            .arg("-e")
+            .arg(q)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
+        }
+    }
+
+    /// Waits until node `i` reports `Synced`; on failure the error carries
+    /// the tail of its error log.
+    pub fn wait_synced(&mut self, i: usize, timeout: Duration) -> Result<Duration, String> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if !self.running(i) {
+                return Err(format!("{} exited; error log tail:\n{}", self.nodes[i].name, self.log_tail(i, 40)));
+            }
+            if let Ok(v) =
+                self.sql(i, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='wsrep_local_state_comment'")
+            {
+                if v == "Synced" {
+                    return Ok(t.elapsed());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("{} not Synced within {timeout:?}; error log tail:\n{}", self.nodes[i].name, self.log_tail(i, 40)))
+    }
+
+    /// Waits until node `i`'s mariadbd has exited.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if !self.running(i) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    pub fn log_tail(&self, i: usize, n: usize) -> String {
+        let text = fs::read_to_string(&self.nodes[i].error_log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn error_log(&self, i: usize) -> String {
+        fs::read_to_string(&self.nodes[i].error_log).unwrap_or_default()
+    }
+
+    /// Stops node `i`: SIGTERM, then SIGKILL after 60 s.
+    pub fn stop(&mut self, i: usize) {
+        let Some(mut c) = self.nodes[i].child.take() else { return };
+        if !matches!(c.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Creates the SST user on node `i` with what mariadb-backup needs.
+    pub fn create_sst_user(&self, i: usize) {
+        self.sql(
+            i,
+            "CREATE USER 'sstuser'@'localhost' IDENTIFIED BY 'sstpass'; \
+             GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, SLAVE MONITOR ON *.* TO 'sstuser'@'localhost';",
+        )
+        .unwrap();
+    }
+
+    /// Loads about `mib` MiB into `sb`: a BLOB table of random bytes
+    /// (incompressible), a text table (compressible), both with a secondary
+    /// index, and a table of small rows.
+    pub fn load(&self, i: usize, mib: u64) {
+        self.sql(
+            i,
+            "CREATE DATABASE sb; \
+             CREATE TABLE sb.blobs (id INT AUTO_INCREMENT PRIMARY KEY, k INT NOT NULL, b LONGBLOB, KEY (k)) ENGINE=InnoDB; \
+             CREATE TABLE sb.texts (id INT AUTO_INCREMENT PRIMARY KEY, k INT NOT NULL, t MEDIUMTEXT, KEY (k)) ENGINE=InnoDB; \
+             CREATE TABLE sb.small (id INT AUTO_INCREMENT PRIMARY KEY, a INT NOT NULL, s VARCHAR(64), KEY (a, s)) ENGINE=InnoDB;",
+        )
+        .unwrap();
+        // 8 KiB rows, 2,048 rows (16 MiB) per transaction; half random, half text.
+        let batches = (mib / 2 / 16).max(1);
+        let rand8k = (0..8).map(|_| "RANDOM_BYTES(1024)").collect::<Vec<_>>().join(",");
+        for _ in 0..batches {
+            self.sql(i, &format!("INSERT INTO sb.blobs (k, b) SELECT seq % 997, CONCAT({rand8k}) FROM sb.seq_1_to_2048")).unwrap();
+            self.sql(
+                i,
+                "INSERT INTO sb.texts (k, t) SELECT seq % 991, REPEAT(CONCAT('row ', seq, ' lorem ipsum dolor sit amet '), 230) FROM sb.seq_1_to_2048",
+            )
+            .unwrap();
+        }
+        self.sql(i, "INSERT INTO sb.small (a, s) SELECT seq % 1009, MD5(seq) FROM sb.seq_1_to_100000").unwrap();
+    }
+
+    /// `CHECKSUM TABLE` of every table in `sb`, as "table checksum" lines.
+    pub fn checksums(&self, i: usize) -> String {
+        self.sql(i, "CHECKSUM TABLE sb.blobs, sb.texts, sb.small EXTENDED").unwrap()
+    }
+
+    /// Copies logs somewhere that outlives the cluster (for CI output).
+    pub fn keep_logs(&self, to: &Path) {
+        let _ = fs::create_dir_all(to);
+        for n in &self.nodes {
+            for f in ["error.log", "console.log"] {
+                let _ = fs::copy(n.dir.join(f), to.join(format!("{}-{f}", n.name)));
+            }
+            for f in ["mariabackup.backup.log", "mariabackup.prepare.log", "mariabackup.move.log"] {
+                let _ = fs::copy(n.datadir.join(f), to.join(format!("{}-{f}", n.name)));
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i);
+        }
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+}
