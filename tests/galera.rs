@@ -54,7 +54,7 @@ fn a_joiner_is_provisioned_by_sluice_and_its_tables_equal_the_donors() {
     assert_eq!(a.lines().count(), 3, "{a}");
     assert_eq!(a, b, "CHECKSUM TABLE differs between donor and joiner");
     let rows = c.sql(1, "SELECT COUNT(*) FROM sb.blobs").unwrap();
-    assert!(rows.parse::<u64>().unwrap() >= 2048, "{rows}");
+    assert!(rows.parse::<u64>().unwrap() >= 4096, "{rows}");
     let joiner = c.error_log(1);
     assert!(joiner.contains("WSREP_SST: [INFO] sluice SST finished on joiner"), "joiner log:\n{joiner}");
     assert!(c.error_log(0).contains("WSREP_SST: [INFO] sluice SST finished on donor"));

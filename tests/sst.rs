@@ -107,6 +107,12 @@ fn bad_arguments_exit_with_the_stock_codes() {
     assert_eq!(bad_opt.status.code(), Some(22));
     let err = String::from_utf8_lossy(&bad_opt.stderr);
     assert!(err.contains("`encrypt`") && err.contains("my.cnf:2"), "names key and file:line: {err}");
+    // Encryption this build cannot do yet fails closed instead of sending plaintext.
+    std::fs::write(&cnf, "[sst]\nencrypt=3\n").unwrap();
+    let unsupported = run(&["--role", "joiner", "--address", "127.0.0.1:1", "--datadir", d, "--defaults-file", cnf.to_str().unwrap()]);
+    assert_eq!(unsupported.status.code(), Some(22));
+    assert!(String::from_utf8_lossy(&unsupported.stderr).contains("refusing to transfer the datadir unencrypted"));
+    assert!(unsupported.stdout.is_empty(), "no ready line for an SST that cannot be done");
 }
 
 #[test]

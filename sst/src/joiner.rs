@@ -10,7 +10,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_engine::{ReceiveConfig, Receiver};
 
@@ -98,10 +98,14 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let ctx = Context { args: &s.args, opts: &s.opts, mysqld: split_mysqld_args(&s.args.mysqld_args), user: None };
     let prepare =
         Helper { program: &program, args: ctx.prepare(&staging), cwd: &staging, password: None, what: "mariadb-backup --prepare" };
+    let t = Instant::now();
     prepare.run_logged(&datadir.join("mariabackup.prepare.log"), &s.children)?;
+    tracing::info!("mariadb-backup --prepare took {:.1} s", t.elapsed().as_secs_f64());
     let move_back =
         Helper { program: &program, args: ctx.move_back(&staging), cwd: datadir, password: None, what: "mariadb-backup --move-back" };
+    let t = Instant::now();
     move_back.run_logged(&datadir.join("mariabackup.move.log"), &s.children)?;
+    tracing::info!("mariadb-backup --move-back took {:.1} s", t.elapsed().as_secs_f64());
     fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
     proto.coordinates(&gtid, domain).map_err(stdout_err)
 }

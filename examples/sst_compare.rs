@@ -1,0 +1,88 @@
+//! SST benchmark on a real two-node Galera cluster: the same dataset
+//! provisioned by the stock `mariabackup` method (socat) and by sluice,
+//! alternately in one run, timed from the joiner's mariadbd start to
+//! `Synced`. sluice's time is broken down from its own log lines.
+//!
+//! Run by perf/sst-compare.sh (needs root, mariadb-server, galera-4,
+//! mariadb-backup, socat). Arguments: `<sluice binary> <MiB> <rounds>
+//! <workdir>`.
+
+#[path = "../tests/cluster/mod.rs"]
+mod cluster;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, Spec};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let sluice = PathBuf::from(args.get(1).expect("usage: sst_compare <sluice> <MiB> <rounds> <workdir>"));
+    let mib: u64 = args.get(2).map_or(4096, |v| v.parse().expect("MiB"));
+    let rounds: usize = args.get(3).map_or(2, |v| v.parse().expect("rounds"));
+    let work = PathBuf::from(args.get(4).map_or("/tmp/sluice-sst-bench", String::as_str));
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("cannot run: {why}");
+        std::process::exit(2);
+    }
+    let mut spec = Spec::new(25_000);
+    spec.sst = std::env::var("SST_SECTION").unwrap_or_default().replace("\\n", "\n");
+    let mut c = Cluster::new(&work, &spec, &sluice.canonicalize().expect("sluice binary"));
+    c.install(0);
+    c.start(0, true);
+    c.wait_synced(0, Duration::from_secs(120)).expect("bootstrap");
+    c.create_sst_user(0);
+    let t = Instant::now();
+    c.load(0, mib);
+    let size = c
+        .sql(0, "SELECT ROUND(SUM(DATA_LENGTH + INDEX_LENGTH) / 1048576) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'sb'")
+        .unwrap();
+    let du = std::process::Command::new("du").args(["-sm"]).arg(&c.nodes[0].datadir).output().unwrap();
+    println!(
+        "loaded {size} MiB of table data in {:.0} s; donor datadir {} MiB",
+        t.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap_or("?")
+    );
+    let expect = c.checksums(0);
+    for round in 1..=rounds {
+        for method in ["mariabackup", "sluice"] {
+            c.stop(1);
+            c.wipe(1);
+            c.set_sst_method(1, method);
+            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            c.start(1, false);
+            let took = c.wait_synced(1, Duration::from_secs(1200)).unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert_eq!(c.checksums(1), expect, "{method}: tables differ");
+            let mut line = format!(
+                "round {round} {method:<12} SST {:6.1} s  (loadavg {})",
+                took.as_secs_f64(),
+                load.split_whitespace().next().unwrap_or("?")
+            );
+            if method == "sluice" {
+                line += &breakdown(&c.error_log(1));
+            }
+            println!("{line}");
+            c.keep_logs(&work.with_extension(format!("logs-{round}-{method}")));
+        }
+    }
+}
+
+/// Stage times from the joiner's `WSREP_SST:` lines of the last SST.
+fn breakdown(log: &str) -> String {
+    let last = log.rfind("sluice SST started on joiner").map_or(log, |i| &log[i..]);
+    let grab = |key: &str, after: &str| {
+        last.lines()
+            .find(|l| l.contains(key))
+            .and_then(|l| l.split(after).nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "  backup+transfer {} s ({} MiB/s), prepare {} s, move-back {} s",
+        grab("received ", " in "),
+        grab("received ", "s (").trim_end_matches(')'),
+        grab("--prepare took", "took "),
+        grab("--move-back took", "took ")
+    )
+}
