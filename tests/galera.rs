@@ -11,10 +11,12 @@
 
 mod cluster;
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cluster::{Cluster, Spec};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 fn workdir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
@@ -94,4 +96,213 @@ fn a_donor_with_wrong_credentials_fails_the_joiner_with_sluices_message() {
     assert!(!data.join("ibdata1").exists() && !data.join("mysql").exists(), "the joiner's datadir looks usable");
     let staging = data.join(".sst");
     assert!(!staging.exists() || staging.join(".sluice-incomplete").exists(), "staging without the incomplete marker");
+}
+
+/// A CA and one node certificate (CN=localhost, SAN localhost/127.0.0.1/::1,
+/// as the stock peer-name rule for local joiners expects) under `dir`;
+/// `ca.pem` signs it, `other-ca.pem` does not.
+fn pki(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "sluice galera test CA");
+    std::fs::write(dir.join("ca.pem"), ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    std::fs::write(dir.join("node.pem"), p.signed_by(&key, &issuer).unwrap().pem()).unwrap();
+    std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
+    let other = KeyPair::generate().unwrap();
+    let mut op = CertificateParams::new(Vec::<String>::new()).unwrap();
+    op.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(dir.join("other-ca.pem"), op.self_signed(&other).unwrap().pem()).unwrap();
+}
+
+/// One full SST with `sst` in both nodes' `[sst]` (and `mysqld` lines);
+/// asserts equal tables and returns the cluster for further checks.
+fn sst_variant(name: &str, base_port: u16, sst: &str, mysqld: &str, mib: u64) -> Option<Cluster> {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let mut spec = Spec::new(base_port);
+    spec.sst = sst.into();
+    spec.mysqld = mysqld.into();
+    let mut c = Cluster::new(&workdir(name), &spec, sluice());
+    donor(&mut c, mib);
+    c.start(1, false);
+    let synced = c.wait_synced(1, Duration::from_secs(600));
+    c.keep_logs(&workdir(&format!("{name}-logs")));
+    synced.unwrap_or_else(|e| panic!("{name}: joiner failed: {e}\ndonor log tail:\n{}", c.log_tail(0, 30)));
+    assert_eq!(c.checksums(0), c.checksums(1), "{name}: CHECKSUM TABLE differs");
+    Some(c)
+}
+
+/// The value after `key` in the last donor line that has it, e.g. the
+/// compression ratio in "sent …, 2.31x compression".
+fn donor_figure(c: &Cluster, before: &str) -> f64 {
+    let log = c.error_log(0);
+    let line = log.lines().rfind(|l| l.contains("WSREP_SST: [INFO] sent ")).unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    let at = line.find(before).unwrap_or_else(|| panic!("{before:?} not in {line}"));
+    let num = line[..at].rsplit([' ', '(']).next().unwrap().trim_end_matches('x');
+    num.parse().unwrap_or_else(|_| panic!("{num:?} in {line}"))
+}
+
+#[test]
+fn compressor_lz4_is_run_in_process() {
+    let Some(c) = sst_variant("galera-lz4", 24_200, "compressor=\"lz4 -z\"\n", "", 64) else { return };
+    let ratio = donor_figure(&c, "x compression");
+    assert!(ratio > 1.3, "half the data is text: lz4 must shrink it ({ratio})");
+}
+
+#[test]
+fn compressor_zstd_is_run_in_process() {
+    let Some(c) = sst_variant("galera-zstd", 24_300, "compressor=\"zstd -1\"\n", "", 64) else { return };
+    assert!(donor_figure(&c, "x compression") > 1.3);
+}
+
+#[test]
+fn encrypt_3_with_verify_ca_uses_tls() {
+    let certs = workdir("galera-certs-3");
+    pki(&certs);
+    let d = certs.display();
+    let sst = format!("encrypt=3\nssl-mode=VERIFY_CA\ntca={d}/ca.pem\ntcert={d}/node.pem\ntkey={d}/node.key\n");
+    let Some(c) = sst_variant("galera-encrypt3", 24_400, &sst, "", 32) else { return };
+    assert!(c.error_log(1).contains("session started"), "joiner log:\n{}", c.error_log(1));
+    assert!(c.error_log(0).contains("tls=VerifyCa"), "the donor logs its TLS mode:\n{}", c.error_log(0));
+}
+
+#[test]
+fn encrypt_4_uses_tls_with_the_ca() {
+    let certs = workdir("galera-certs-4");
+    pki(&certs);
+    let d = certs.display();
+    let sst = format!("encrypt=4\ntca={d}/ca.pem\ntcert={d}/node.pem\ntkey={d}/node.key\n");
+    sst_variant("galera-encrypt4", 24_500, &sst, "", 32);
+}
+
+#[test]
+fn encrypt_1_seals_with_the_configured_key() {
+    sst_variant("galera-encrypt1", 24_550, "encrypt=1\nencrypt-key=4a7c0e1d9b3f\n", "", 32);
+}
+
+#[test]
+fn rlimit_caps_the_donors_rate() {
+    let Some(c) = sst_variant("galera-rlimit", 24_600, "rlimit=50M\n", "", 32) else { return };
+    let rate = donor_figure(&c, " MiB/s");
+    assert!(rate <= 52.0 && rate > 20.0, "rlimit=50M, donor sent at {rate} MiB/s");
+}
+
+#[test]
+fn progress_1_logs_human_progress_and_wsrep_debug_gets_complete_lines() {
+    let Some(c) = sst_variant("galera-progress", 24_700, "progress=1\ntime=1\n", "", 32) else { return };
+    let j = c.error_log(1);
+    assert!(j.contains("WSREP_SST: [INFO] joiner: ") && j.contains("MiB/s"), "joiner log:\n{j}");
+    assert!(j.contains("NOTE: mariadb-backup --prepare took"), "time=1:\n{j}");
+    // wsrep_debug (any level) makes mysqld pass --progress 1; with progress unset
+    // sluice then speaks total/complete on stdout, which mysqld accepts.
+    let Some(d) = sst_variant("galera-wsrep-debug", 24_750, "", "wsrep_debug=SERVER\n", 32) else { return };
+    let j = d.error_log(1);
+    assert!(j.contains("--progress 1"), "mysqld passed --progress 1:\n{j}");
+    // Both mysqlds parsed sluice's lines as SST progress.
+    assert!(j.contains("REPORTING SST PROGRESS: '{ \"from\": 1"), "joiner log:\n{j}");
+    assert!(d.error_log(0).contains("REPORTING SST PROGRESS: '{ \"from\": 2, \"to\": 3, \"total\": "), "the donor's total line");
+}
+
+#[test]
+fn ist_restart_and_log_archive() {
+    let Some(mut c) = sst_variant("galera-ist", 24_800, "", "", 16) else { return };
+    c.stop(1);
+    c.sql(0, "INSERT INTO sb.small (a, s) SELECT seq, 'written while node 2 was down' FROM sb.seq_1_to_100").unwrap();
+    c.start(1, false);
+    c.wait_synced(1, Duration::from_secs(300)).unwrap();
+    assert_eq!(c.checksums(0), c.checksums(1));
+    let j = c.error_log(1);
+    assert!(j.contains("running IST"), "the second start must take the IST path:\n{j}");
+    // The first SST's joiner logs were archived, gzipped, by the second run.
+    let archive = c.nodes[1].dir.join("sst_log_archive");
+    let gz: Vec<_> = std::fs::read_dir(&archive).unwrap().flatten().map(|e| e.path()).collect();
+    let prepare = gz.iter().find(|p| p.to_string_lossy().contains("mariabackup.prepare.log.")).expect("archived prepare log");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(prepare).unwrap()).read_to_string(&mut text).unwrap();
+    assert!(text.contains("completed OK"), "the archive holds the previous prepare log:\n{text}");
+}
+
+/// Starts a joiner whose SST must fail; returns both error logs.
+fn failing_joiner(name: &str, spec: &Spec, during: impl FnOnce(&mut Cluster)) -> Option<(String, String, PathBuf)> {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let mut c = Cluster::new(&workdir(name), spec, sluice());
+    donor(&mut c, 16);
+    c.start(1, false);
+    during(&mut c);
+    let exited = c.wait_exit(1, Duration::from_secs(300));
+    c.keep_logs(&workdir(&format!("{name}-logs")));
+    assert!(exited, "{name}: the joiner should abort; log tail:\n{}", c.log_tail(1, 30));
+    let data = c.nodes[1].datadir.clone();
+    assert!(!data.join("ibdata1").exists() && !data.join("mysql").exists(), "{name}: the joiner's datadir looks usable");
+    let staging = data.join(".sst");
+    assert!(!staging.exists() || staging.join(".sluice-incomplete").exists(), "{name}: staging without the incomplete marker");
+    Some((c.error_log(0), c.error_log(1), data))
+}
+
+#[test]
+fn a_wrong_ca_is_named_in_the_joiners_log() {
+    let certs = workdir("galera-certs-wrong");
+    pki(&certs);
+    let d = certs.display();
+    let mut spec = Spec::new(24_900);
+    // Both nodes trust a CA that did not sign the node certificate.
+    spec.sst = format!("encrypt=4\ntca={d}/other-ca.pem\ntcert={d}/node.pem\ntkey={d}/node.key\n");
+    let Some((donor_log, joiner, _)) = failing_joiner("galera-wrong-ca", &spec, |_| {}) else { return };
+    assert!(joiner.contains("TLS handshake failed") || joiner.contains("certificate"), "joiner log:\n{joiner}");
+    assert!(donor_log.contains("WSREP_SST: [ERROR] sluice SST failed on donor"), "donor log:\n{donor_log}");
+}
+
+#[test]
+fn an_invalid_option_value_is_named_in_the_joiners_log() {
+    let mut spec = Spec::new(25_100);
+    spec.sst = "rlimit=12Q\n".into();
+    let Some((_, joiner, _)) = failing_joiner("galera-bad-option", &spec, |_| {}) else { return };
+    assert!(joiner.contains("invalid value \"12Q\" for `rlimit`"), "joiner log:\n{joiner}");
+}
+
+#[test]
+fn a_cpat_that_would_delete_the_staging_dir_is_refused() {
+    let mut spec = Spec::new(25_200);
+    spec.sst = "cpat=.*/grastate\\\\.dat\n".into();
+    let Some((_, joiner, _)) = failing_joiner("galera-bad-cpat", &spec, |_| {}) else { return };
+    assert!(joiner.contains("would delete the staging directory"), "joiner log:\n{joiner}");
+}
+
+#[test]
+fn a_donor_killed_mid_transfer_leaves_no_usable_datadir() {
+    let mut spec = Spec::new(25_300);
+    spec.sst = "rlimit=5M\n".into();
+    let Some((_, joiner, _)) = failing_joiner("galera-killed-donor", &spec, |c| {
+        // Wait for the donor's sluice to be sending, then kill it.
+        let root = c.root.to_string_lossy().into_owned();
+        let t = std::time::Instant::now();
+        let pid = loop {
+            assert!(t.elapsed() < Duration::from_secs(120), "the donor never started");
+            let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                (cmd.contains("wsrep_sst_sluice") && cmd.contains("--role donor") && cmd.contains(&root)).then(|| e.file_name())
+            });
+            if let Some(pid) = found {
+                break pid.to_string_lossy().into_owned();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        std::thread::sleep(Duration::from_secs(3));
+        std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    }) else {
+        return;
+    };
+    assert!(joiner.contains("WSREP_SST: [ERROR] sluice SST failed on joiner"), "joiner log:\n{joiner}");
 }

@@ -107,12 +107,17 @@ fn bad_arguments_exit_with_the_stock_codes() {
     assert_eq!(bad_opt.status.code(), Some(22));
     let err = String::from_utf8_lossy(&bad_opt.stderr);
     assert!(err.contains("`encrypt`") && err.contains("my.cnf:2"), "names key and file:line: {err}");
-    // Encryption this build cannot do yet fails closed instead of sending plaintext.
+    // Encryption without its certificates fails closed: no ready line, no plaintext transfer.
     std::fs::write(&cnf, "[sst]\nencrypt=3\n").unwrap();
     let unsupported = run(&["--role", "joiner", "--address", "127.0.0.1:1", "--datadir", d, "--defaults-file", cnf.to_str().unwrap()]);
     assert_eq!(unsupported.status.code(), Some(22));
-    assert!(String::from_utf8_lossy(&unsupported.stderr).contains("refusing to transfer the datadir unencrypted"));
+    assert!(String::from_utf8_lossy(&unsupported.stderr).contains("encrypt=3 needs tcert and tkey"));
     assert!(unsupported.stdout.is_empty(), "no ready line for an SST that cannot be done");
+    // A cpat that would delete the staging directory is refused up front.
+    std::fs::write(&cnf, "[sst]\ncpat=.*/grastate\\.dat\n").unwrap();
+    let cpat = run(&["--role", "joiner", "--address", "127.0.0.1:1", "--datadir", d, "--defaults-file", cnf.to_str().unwrap()]);
+    assert_eq!(cpat.status.code(), Some(22));
+    assert!(String::from_utf8_lossy(&cpat.stderr).contains("would delete the staging directory"));
 }
 
 #[test]

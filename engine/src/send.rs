@@ -217,7 +217,7 @@ where
 {
     let started = Instant::now();
     validate(cfg)?;
-    tracing::info!(streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), "sending a stream");
+    tracing::info!(streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), tls = ?cfg.tls.mode, "sending a stream");
     let progress = cfg.progress.clone().unwrap_or_default();
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, true)?;

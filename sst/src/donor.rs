@@ -11,13 +11,17 @@ use std::sync::{Mutex, PoisonError};
 use sluice_engine::send::{Feeder, SendConfig, default_streams, send_streamed};
 use sluice_engine::{Error as EngineError, Token};
 
-use crate::args::ArgsError;
+use crate::args::{ArgsError, Role};
 use crate::backup::{Context, split_mysqld_args};
 use crate::error::{Result, SstError};
 use crate::mbstream::{Chunk, Reader};
 use crate::mysqld::{self, Gtid, Protocol};
 use crate::process::{Helper, find_program};
+use crate::report::{self, Reporter};
 use crate::session::{IST_MARKER, STATE_FILE, Setup, stdout_err};
+use crate::transport;
+use sluice_engine::progress::Progress;
+use std::sync::Arc;
 
 /// Temporary directories removed when the donor exits.
 struct TempDirs(Vec<PathBuf>);
@@ -44,7 +48,21 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let gtid: Gtid = gtid_text.parse().map_err(|_| ArgsError::Invalid { option: "--gtid", value: gtid_text.clone() })?;
     let state = mysqld::coordinates_line(&gtid, s.args.gtid_domain_id) + "\n";
     let target = format!("{}:{}", addr.host, addr.port_or_default());
-    let cfg = SendConfig { streams: s.opts.streams.unwrap_or_else(default_streams), ..SendConfig::default() };
+    let t = transport::from_options(&s.opts, Role::Donor, addr.host_unbracketed())?;
+    for n in &t.notes {
+        tracing::warn!("{n}");
+    }
+    let progress = Arc::new(Progress::default());
+    let cfg = SendConfig {
+        progress: Some(Arc::clone(&progress)),
+        streams: s.opts.streams.unwrap_or_else(default_streams),
+        compress: t.compress,
+        seal_key: t.seal_key,
+        tls: t.tls,
+        rate_limit: t.rate_limit,
+        sockopt: t.sockopt,
+        ..SendConfig::default()
+    };
 
     if s.args.bypass {
         tracing::info!("IST: sending only the state to {target}");
@@ -73,6 +91,12 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         what: "mariadb-backup --backup",
     };
     let log = s.args.datadir.join("mariabackup.backup.log");
+    let estimate = report::footprint(&s.args.datadir);
+    progress.set_total(estimate);
+    if s.progress == report::Sink::Mysqld {
+        proto.total(estimate).map_err(stdout_err)?;
+    }
+    let reporter = Reporter::start(s.progress.clone(), "donor", Arc::clone(&progress));
     tracing::info!("streaming a backup to {target} over {} streams", cfg.streams);
     // The producer's own error, richer than what the engine carries.
     let failure = Mutex::new(None);
@@ -84,8 +108,10 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
             EngineError::Config(msg)
         })
     });
+    reporter.stop();
     match sent {
         Ok(summary) => {
+            report::note_time(&s.opts, "streaming the backup", summary.elapsed);
             tracing::info!(
                 "sent {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s, {:.2}x compression)",
                 summary.files,

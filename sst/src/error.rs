@@ -34,6 +34,9 @@ pub enum SstError {
     /// The received backup is not usable.
     #[error("{0}")]
     BadBackup(String),
+    /// Another SST still runs on this datadir.
+    #[error("{0}")]
+    Busy(String),
     /// mysqld went away while the SST ran.
     #[error("parent mysqld process (pid {0}) terminated unexpectedly")]
     ParentGone(u32),
@@ -53,6 +56,7 @@ impl SstError {
             Self::Tool { .. } | Self::Incompatible(_) => 22,
             Self::Missing(_) => 42,
             Self::Io { .. } | Self::BadBackup(_) => 2,
+            Self::Busy(_) => 114,
         }
     }
 }

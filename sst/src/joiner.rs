@@ -14,13 +14,17 @@ use std::time::{Duration, Instant};
 
 use sluice_engine::{ReceiveConfig, Receiver};
 
-use crate::args::ArgsError;
+use crate::args::{ArgsError, Role};
 use crate::backup::{Context, split_mysqld_args};
 use crate::datadir::{self, KeepPattern};
 use crate::error::{Result, SstError};
 use crate::mysqld::{self, Protocol};
 use crate::process::{Helper, find_program};
+use crate::report::{self, Reporter};
 use crate::session::{IST_MARKER, STATE_FILE, Setup, stdout_err};
+use crate::transport;
+use sluice_engine::progress::Progress;
+use std::sync::Arc;
 
 /// Removes a marker file when the joiner exits, however it exits.
 struct Marker<'a>(&'a Path);
@@ -47,14 +51,46 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
     }
 
+    let keep = match &s.opts.cpat {
+        Some(p) => KeepPattern::parse(p).map_err(|e| SstError::Incompatible(format!("[sst] cpat {p:?} is not a valid pattern: {e}")))?,
+        None => KeepPattern::stock_default(),
+    };
+    // The cleanup runs while the backup sits in the staging directory: a
+    // pattern that would delete it is refused before anything starts.
+    if staging.parent() == Some(datadir.as_path()) && !keep.keeps(&staging.to_string_lossy()) {
+        return Err(SstError::Incompatible(format!(
+            "[sst] cpat {:?} would delete the staging directory {}; add \\.sst to the pattern (the default keeps it)",
+            keep.source(),
+            staging.display()
+        )));
+    }
+    for w in keep.check(datadir) {
+        tracing::warn!("{w}");
+    }
     let port = addr.port_or_default();
     let timeout = s.opts.sst_initial_timeout;
-    let cfg = ReceiveConfig { first_connect_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)), ..ReceiveConfig::default() };
+    let t = transport::from_options(&s.opts, Role::Joiner, addr.host_unbracketed())?;
+    for n in &t.notes {
+        tracing::warn!("{n}");
+    }
+    let progress = Arc::new(Progress::default());
+    let cfg = ReceiveConfig {
+        progress: Some(Arc::clone(&progress)),
+        first_connect_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+        seal_key: t.seal_key,
+        tls: t.tls,
+        sockopt: t.sockopt,
+        ..ReceiveConfig::default()
+    };
     let receiver = Receiver::bind(&format!("{}:{port}", addr.host), cfg)?;
     let module = mysqld::module_for(&receiver.token().to_hex());
     proto.ready(&addr.host, port, &module).map_err(stdout_err)?;
     tracing::info!("listening on {}:{port}; waiting for the donor", addr.host);
-    let summary = receiver.run(&staging)?;
+    let reporter = Reporter::start(s.progress.clone(), "joiner", progress);
+    let summary = receiver.run(&staging);
+    reporter.stop();
+    let summary = summary?;
+    report::note_time(&s.opts, "receiving the backup", summary.elapsed);
     tracing::info!(
         "received {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s)",
         summary.files,
@@ -84,13 +120,6 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         )));
     }
 
-    let keep = match &s.opts.cpat {
-        Some(p) => KeepPattern::parse(p).map_err(SstError::BadBackup)?,
-        None => KeepPattern::stock_default(),
-    };
-    for w in keep.check(datadir) {
-        tracing::warn!("{w}");
-    }
     let removed = datadir::clean(std::slice::from_ref(datadir), &keep).map_err(|e| SstError::io("cleaning the datadir", e))?;
     tracing::info!("removed {} old entries from {}", removed.len(), datadir.display());
 
@@ -101,11 +130,13 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let t = Instant::now();
     prepare.run_logged(&datadir.join("mariabackup.prepare.log"), &s.children)?;
     tracing::info!("mariadb-backup --prepare took {:.1} s", t.elapsed().as_secs_f64());
+    report::note_time(&s.opts, "mariadb-backup --prepare", t.elapsed());
     let move_back =
         Helper { program: &program, args: ctx.move_back(&staging), cwd: datadir, password: None, what: "mariadb-backup --move-back" };
     let t = Instant::now();
     move_back.run_logged(&datadir.join("mariabackup.move.log"), &s.children)?;
     tracing::info!("mariadb-backup --move-back took {:.1} s", t.elapsed().as_secs_f64());
+    report::note_time(&s.opts, "mariadb-backup --move-back", t.elapsed());
     fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
     proto.coordinates(&gtid, domain).map_err(stdout_err)
 }

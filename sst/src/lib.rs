@@ -18,12 +18,15 @@ pub mod datadir;
 pub mod donor;
 pub mod error;
 pub mod joiner;
+pub mod logs;
 pub mod mbstream;
 pub mod mycnf;
 pub mod mysqld;
 pub mod options;
 pub mod process;
+pub mod report;
 pub mod session;
+pub mod transport;
 
 /// The engine this front-end drives, re-exported for the binary.
 pub use sluice_engine as engine;

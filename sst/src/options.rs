@@ -192,6 +192,15 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
+impl SstOptions {
+    /// The options of an empty configuration (for tests of other modules).
+    #[cfg(test)]
+    pub(crate) fn defaults_for_test() -> Self {
+        load(&crate::mycnf::MemFiles::new(&[("/my.cnf", "")]), &Sources { defaults_file: Some("/my.cnf".into()), ..Sources::default() })
+            .expect("an empty file parses")
+    }
+}
+
 /// Reads and validates every option.
 pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionError> {
     let mut groups: Vec<&str> = MYSQLD_GROUPS.to_vec();

@@ -75,6 +75,21 @@ impl SealKey {
         Ok(Self(k))
     }
 
+    /// A key derived from a configured secret of any form (a passphrase, a
+    /// key in any encoding), for setups such as the SST `encrypt-key` that
+    /// share a string rather than a key file: HKDF-SHA256 with a fixed salt
+    /// and a purpose label. Both ends derive the same key from the same
+    /// secret; each session still gets its own key ([`session`](Self::session)).
+    pub fn derive(secret: &[u8], purpose: &str) -> Self {
+        let mut k = [0u8; 32];
+        Salt::new(HKDF_SHA256, b"sluice derived key v1")
+            .extract(secret)
+            .expand(&[purpose.as_bytes()], HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut k))
+            .expect("HKDF-SHA256 yields 32 bytes");
+        Self(k)
+    }
+
     /// The key of one session, derived with the sender's salt.
     pub fn session(&self, salt: &[u8; 16]) -> SessionKey {
         let mut k = [0u8; 32];
