@@ -230,6 +230,53 @@ fn ist_restart_and_log_archive() {
     assert!(text.contains("completed OK"), "the archive holds the previous prepare log:\n{text}");
 }
 
+#[test]
+fn binlogs_undo_and_redo_in_their_own_directories() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let mut spec = Spec::new(25_400);
+    let layout = "innodb_undo_directory={node}/undo\ninnodb_undo_tablespaces=3\ninnodb_log_group_home_dir={node}/redo\n";
+    spec.mysqld = format!("{layout}log_bin={{node}}/binlog/mysql-bin\nlog_slave_updates=ON\n");
+    spec.install_args = ["--innodb-undo-directory={node}/undo", "--innodb-undo-tablespaces=3", "--innodb-log-group-home-dir={node}/redo"]
+        .map(String::from)
+        .to_vec();
+    let mut c = Cluster::new(&workdir("galera-layout"), &spec, sluice());
+    for n in &c.nodes {
+        for d in ["undo", "redo", "binlog"] {
+            std::fs::create_dir_all(n.dir.join(d)).unwrap();
+        }
+    }
+    // Stale files the joiner must clear out of its special directories.
+    std::fs::write(c.nodes[1].dir.join("undo/stale-undo-file"), b"old").unwrap();
+    std::fs::write(c.nodes[1].dir.join("binlog/mysql-bin.000077"), b"old binlog").unwrap();
+    std::fs::write(c.nodes[1].dir.join("binlog/mysql-bin.index"), format!("{}/binlog/mysql-bin.000077\n", c.nodes[1].dir.display()))
+        .unwrap();
+    donor(&mut c, 32);
+    c.sql(0, "FLUSH BINARY LOGS").unwrap();
+    c.start(1, false);
+    let synced = c.wait_synced(1, Duration::from_secs(600));
+    c.keep_logs(&workdir("galera-layout-logs"));
+    synced.unwrap_or_else(|e| panic!("joiner failed: {e}"));
+    assert_eq!(c.checksums(0), c.checksums(1));
+    let j = &c.nodes[1];
+    let j_log = c.error_log(1);
+    assert!(j_log.contains("--binlog"), "mysqld passed the binlog name:\n{j_log}");
+    assert!(std::fs::read_dir(j.dir.join("undo")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("undo0")));
+    assert!(!j.dir.join("undo/stale-undo-file").exists(), "the undo directory was cleaned");
+    assert!(std::fs::read_dir(j.dir.join("redo")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("ib_logfile")));
+    assert!(!j.datadir.join("undo001").exists() && !j.datadir.join("ib_logfile0").exists(), "undo and redo stay in their own directories");
+    assert!(!j.dir.join("binlog/mysql-bin.000077").exists(), "the old binary logs were removed");
+    let index = std::fs::read_to_string(j.dir.join("binlog/mysql-bin.index")).unwrap_or_default();
+    assert!(!index.contains("000077"), "the old index entries are gone:\n{index}");
+    assert!(j_log.contains("moved binary log mysql-bin.0"), "the backup's binary log was relocated:\n{j_log}");
+    assert!(index.lines().next().is_some_and(|l| l.starts_with(&format!("{}/binlog/mysql-bin.0", j.dir.display()))), "{index}");
+    // The joiner writes its own binary log there once it runs.
+    c.sql(1, "INSERT INTO sb.small (a, s) VALUES (7, 'binlogged on the joiner')").unwrap();
+    assert!(c.sql(1, "SHOW BINARY LOGS").unwrap().contains("mysql-bin."), "the joiner's binary log works");
+}
+
 /// Starts a joiner whose SST must fail; returns both error logs.
 fn failing_joiner(name: &str, spec: &Spec, during: impl FnOnce(&mut Cluster)) -> Option<(String, String, PathBuf)> {
     if let Some(why) = cluster::unavailable() {

@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_engine::{ReceiveConfig, Receiver};
@@ -18,6 +18,7 @@ use crate::args::{ArgsError, Role};
 use crate::backup::{Context, split_mysqld_args};
 use crate::datadir::{self, KeepPattern};
 use crate::error::{Result, SstError};
+use crate::layout::{self, Binlog};
 use crate::mysqld::{self, Protocol};
 use crate::process::{Helper, find_program};
 use crate::report::{self, Reporter};
@@ -120,17 +121,34 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         )));
     }
 
-    let removed = datadir::clean(std::slice::from_ref(datadir), &keep).map_err(|e| SstError::io("cleaning the datadir", e))?;
-    tracing::info!("removed {} old entries from {}", removed.len(), datadir.display());
+    let mysqld_args = split_mysqld_args(&s.args.mysqld_args);
+    let layout = layout::resolve(&s.args, &mysqld_args, &s.opts);
+    let mut dirs = vec![datadir.clone()];
+    for d in &layout.special {
+        fs::create_dir_all(d).map_err(|e| SstError::io(format!("creating {}", d.display()), e))?;
+        dirs.push(d.clone());
+    }
+    let removed = datadir::clean(&dirs, &keep).map_err(|e| SstError::io("cleaning the datadir", e))?;
+    tracing::info!(
+        "removed {} old entries from {}",
+        removed.len(),
+        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    if let Some(b) = &layout.binlog {
+        clean_binlogs(datadir, b)?;
+    }
 
     let program = find_program("mariadb-backup")?;
-    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: split_mysqld_args(&s.args.mysqld_args), user: None };
+    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: mysqld_args, user: None };
     let prepare =
         Helper { program: &program, args: ctx.prepare(&staging), cwd: &staging, password: None, what: "mariadb-backup --prepare" };
     let t = Instant::now();
     prepare.run_logged(&datadir.join("mariabackup.prepare.log"), &s.children)?;
     tracing::info!("mariadb-backup --prepare took {:.1} s", t.elapsed().as_secs_f64());
     report::note_time(&s.opts, "mariadb-backup --prepare", t.elapsed());
+    if let Some(b) = &layout.binlog {
+        move_binlogs(&staging, b)?;
+    }
     let move_back =
         Helper { program: &program, args: ctx.move_back(&staging), cwd: datadir, password: None, what: "mariadb-backup --move-back" };
     let t = Instant::now();
@@ -139,4 +157,71 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     report::note_time(&s.opts, "mariadb-backup --move-back", t.elapsed());
     fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
     proto.coordinates(&gtid, domain).map_err(stdout_err)
+}
+
+/// Removes the previous binary logs before new ones arrive: `<base>.state`,
+/// every file the index lists, the index, and `<base>.NNNNNN` files.
+fn clean_binlogs(datadir: &Path, b: &Binlog) -> Result<()> {
+    let io = |what: String| move |e| SstError::io(what, e);
+    let mut state = b.base.clone().into_os_string();
+    state.push(".state");
+    let mut victims = vec![PathBuf::from(state)];
+    if let Ok(index) = fs::read_to_string(&b.index) {
+        victims.extend(index.lines().filter(|l| !l.trim().is_empty()).map(|l| {
+            let p = Path::new(l.trim());
+            if p.is_absolute() { p.to_path_buf() } else { datadir.join(p) }
+        }));
+    }
+    victims.push(b.index.clone());
+    if let Ok(rd) = fs::read_dir(b.dir()) {
+        victims.extend(rd.flatten().filter(|e| b.is_log_file(&e.file_name().to_string_lossy())).map(|e| e.path()));
+    }
+    for v in victims {
+        match fs::remove_file(&v) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("removing the old binary log {}", v.display()))(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Moves the binary logs that came with the backup to the binlog directory
+/// and lists them in the index, as the stock joiner does after prepare.
+fn move_binlogs(staging: &Path, b: &Binlog) -> Result<()> {
+    let info = ["mariadb_backup_binlog_info", "xtrabackup_binlog_info"].iter().find_map(|n| fs::read_to_string(staging.join(n)).ok());
+    let mut files: Vec<String> = match info {
+        Some(text) => text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect(),
+        None => Vec::new(),
+    };
+    if let Ok(rd) = fs::read_dir(staging) {
+        files.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| b.is_log_file(n)));
+    }
+    files.sort();
+    files.dedup();
+    let present: Vec<String> = files.into_iter().filter(|f| !f.contains('/') && staging.join(f).is_file()).collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(b.dir()).map_err(|e| SstError::io(format!("creating {}", b.dir().display()), e))?;
+    if let Some(p) = b.index.parent() {
+        fs::create_dir_all(p).map_err(|e| SstError::io(format!("creating {}", p.display()), e))?;
+    }
+    let mut index = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&b.index)
+        .map_err(|e| SstError::io(format!("opening {}", b.index.display()), e))?;
+    for f in present {
+        let (from, to) = (staging.join(&f), b.dir().join(&f));
+        if fs::rename(&from, &to).is_err() {
+            // Another filesystem: copy, then remove.
+            fs::copy(&from, &to).map_err(|e| SstError::io(format!("copying {} to {}", from.display(), to.display()), e))?;
+            fs::remove_file(&from).map_err(|e| SstError::io(format!("removing {}", from.display()), e))?;
+        }
+        writeln!(index, "{}", to.display()).map_err(|e| SstError::io(format!("writing {}", b.index.display()), e))?;
+        tracing::info!("moved binary log {f} to {}", b.dir().display());
+    }
+    Ok(())
 }

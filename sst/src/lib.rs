@@ -18,6 +18,7 @@ pub mod datadir;
 pub mod donor;
 pub mod error;
 pub mod joiner;
+pub mod layout;
 pub mod logs;
 pub mod mbstream;
 pub mod mycnf;

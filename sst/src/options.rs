@@ -276,7 +276,8 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
         innodb_log_group_home_dir: l.path("innodb-log-group-home-dir", MYSQLD),
         innodb_undo_directory: l.path("innodb-undo-directory", MYSQLD),
         aria_log_dir_path: l.path("aria-log-dir-path", MYSQLD),
-        log_bin: l.string("log-bin", MYSQLD),
+        // `log-bin` without a value turns the binary log on with the default name.
+        log_bin: l.string("log-bin", MYSQLD).or_else(|| l.present("log-bin", MYSQLD).then(String::new)),
         log_bin_index: l.string("log-bin-index", MYSQLD),
         log_basename: l.string("log-basename", MYSQLD),
         innodb_buffer_pool_size: l.string("innodb-buffer-pool-size", MYSQLD),

@@ -48,9 +48,11 @@ pub struct Node {
     pub ist_port: u16,
     pub sst_port: u16,
     child: Option<Child>,
+    install_args: Vec<String>,
 }
 
-/// Options for a cluster.
+/// Options for a cluster. In `mysqld` and `install_args`, `{node}` stands
+/// for the node's directory.
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub nodes: usize,
@@ -64,6 +66,8 @@ pub struct Spec {
     pub sst: String,
     /// `wsrep_sst_auth` per node (index 0 is the donor in these tests).
     pub auth: Vec<String>,
+    /// Extra `mariadb-install-db` arguments (InnoDB layout options).
+    pub install_args: Vec<String>,
 }
 
 impl Spec {
@@ -75,6 +79,7 @@ impl Spec {
             mysqld: String::new(),
             sst: String::new(),
             auth: vec!["sstuser:sstpass".into(); 2],
+            install_args: Vec::new(),
         }
     }
 }
@@ -112,6 +117,7 @@ impl Cluster {
                 gcomm_port: b + 10 + i,
                 ist_port: b + 20 + i,
                 sst_port: b + 30 + i,
+                install_args: spec.install_args.iter().map(|a| a.replace("{node}", &dir.to_string_lossy())).collect(),
                 dir,
                 datadir,
                 child: None,
@@ -137,7 +143,7 @@ impl Cluster {
                 ip = node.ist_port,
                 method = spec.sst_method,
                 sp = node.sst_port,
-                extra = spec.mysqld,
+                extra = spec.mysqld.replace("{node}", &node.dir.to_string_lossy()),
                 sst = spec.sst,
             );
             fs::write(&node.cnf, cnf).unwrap();
@@ -172,6 +178,7 @@ impl Cluster {
             Command::new("mariadb-install-db")
                 .args(["--no-defaults", "--user=root", "--skip-test-db", "--auth-root-authentication-method=socket"])
                 .arg(format!("--datadir={}", n.datadir.display()))
+                .args(&n.install_args)
                 .output()
                 .unwrap()
         };
