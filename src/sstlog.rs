@@ -40,6 +40,9 @@ where
         let now = std::time::SystemTime::now();
         for line in m.0.lines().filter(|l| !l.trim().is_empty()) {
             writeln!(w, "{}", log_line(level, line, now))?;
+            if let Some(s) = sluice_sst::syslog::active() {
+                s.script(level, line);
+            }
         }
         Ok(())
     }

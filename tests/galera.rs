@@ -277,6 +277,51 @@ fn binlogs_undo_and_redo_in_their_own_directories() {
     assert!(c.sql(1, "SHOW BINARY LOGS").unwrap().contains("mysql-bin."), "the joiner's binary log works");
 }
 
+#[test]
+fn syslog_gets_the_stock_tags() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let root = workdir("galera-syslog");
+    let sock_path = workdir("galera-syslog.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (sink, stop) = (std::sync::Arc::clone(&got), std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let flag = std::sync::Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        while !flag.load(std::sync::atomic::Ordering::Acquire) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    });
+    let mut spec = Spec::new(25_500);
+    spec.sst = "[mysqld_safe]\nsyslog\nsyslog-tag=mysqld\n".into();
+    spec.env = vec![("SLUICE_SYSLOG_SOCKET".into(), sock_path.to_string_lossy().into_owned())];
+    let mut c = Cluster::new(&root, &spec, sluice());
+    donor(&mut c, 16);
+    c.start(1, false);
+    c.wait_synced(1, Duration::from_secs(300)).unwrap();
+    assert_eq!(c.checksums(0), c.checksums(1));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    reader.join().unwrap();
+    let lines = got.lock().unwrap().join("\n");
+    for tag in [
+        "mysqld-wsrep-sst-joiner[",
+        "mysqld-wsrep-sst-donor[",
+        "mysqld-innobackupex-backup[",
+        "mysqld-innobackupex-apply[",
+        "mysqld-innobackupex-move[",
+    ] {
+        assert!(lines.contains(tag), "no {tag} message in syslog:\n{lines}");
+    }
+    assert!(lines.contains("<30>mysqld-wsrep-sst-joiner[") && lines.contains("sluice SST finished on joiner"), "{lines}");
+}
+
 /// Starts a joiner whose SST must fail; returns both error logs.
 fn failing_joiner(name: &str, spec: &Spec, during: impl FnOnce(&mut Cluster)) -> Option<(String, String, PathBuf)> {
     if let Some(why) = cluster::unavailable() {

@@ -147,6 +147,7 @@ fn stream_backup(helper: &Helper<'_>, log: &Path, s: &Setup, f: &mut Feeder) -> 
     }
     let status = child.wait().map_err(|e| SstError::io("waiting for mariadb-backup", e));
     s.children.remove(child.id());
+    crate::syslog::forward_log("backup", log);
     // mariadb-backup's own failure explains a truncated stream best.
     helper.check(status?, log)?;
     fed

@@ -27,6 +27,7 @@ pub mod options;
 pub mod process;
 pub mod report;
 pub mod session;
+pub mod syslog;
 pub mod transport;
 
 /// The engine this front-end drives, re-exported for the binary.

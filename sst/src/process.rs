@@ -91,7 +91,19 @@ impl Helper<'_> {
         children.add(child.id());
         let status = child.wait().map_err(|e| SstError::io(format!("waiting for {}", self.what), e));
         children.remove(child.id());
+        crate::syslog::forward_log(self.syslog_stage(), log);
         self.check(status?, log)
+    }
+
+    /// The stock syslog ident suffix of this helper.
+    fn syslog_stage(&self) -> &'static str {
+        if self.what.contains("prepare") {
+            "apply"
+        } else if self.what.contains("move") {
+            "move"
+        } else {
+            "backup"
+        }
     }
 
     /// Turns a failed exit status into an error carrying the log's tail.

@@ -83,6 +83,9 @@ fn run(argv: &[String]) -> Result<()> {
         tracing::warn!("unrecognized input from mysqld on stdin: {k}");
     }
     not_yet_honoured(&opts)?;
+    if crate::syslog::enable(&opts, if role == Role::Joiner { "joiner" } else { "donor" }) {
+        tracing::info!("logging to syslog as well");
+    }
     std::fs::create_dir_all(&args.datadir).map_err(|e| SstError::io(format!("creating the datadir {}", args.datadir.display()), e))?;
     let _pid = logs::acquire_pid_file(&args.datadir, Duration::from_secs(30))?;
     for a in logs::archive(&args.datadir, &opts) {

@@ -68,6 +68,8 @@ pub struct Spec {
     pub auth: Vec<String>,
     /// Extra `mariadb-install-db` arguments (InnoDB layout options).
     pub install_args: Vec<String>,
+    /// Extra environment for mariadbd (and so for the SST scripts).
+    pub env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -80,6 +82,7 @@ impl Spec {
             sst: String::new(),
             auth: vec!["sstuser:sstpass".into(); 2],
             install_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -88,6 +91,7 @@ impl Spec {
 #[derive(Debug)]
 pub struct Cluster {
     pub root: PathBuf,
+    env: Vec<(String, String)>,
     pub nodes: Vec<Node>,
     pub bin_dir: PathBuf,
     keep: bool,
@@ -149,7 +153,7 @@ impl Cluster {
             fs::write(&node.cnf, cnf).unwrap();
             nodes.push(node);
         }
-        Self { root: root.to_path_buf(), nodes, bin_dir, keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some() }
+        Self { root: root.to_path_buf(), env: spec.env.clone(), nodes, bin_dir, keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some() }
     }
 
     /// Switches node `i` to another SST method (takes effect at its next
@@ -209,6 +213,7 @@ impl Cluster {
             .env("HOME", "/root")
             .env("LANG", "C.UTF-8")
             .env("TZ", "UTC")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg(format!("--defaults-file={}", n.cnf.display()));
         if bootstrap {
             c.arg("--wsrep-new-cluster");
