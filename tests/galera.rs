@@ -164,6 +164,21 @@ fn compressor_zstd_is_run_in_process() {
 }
 
 #[test]
+fn any_other_compressor_runs_as_an_external_filter() {
+    let Some(c) = sst_variant("galera-gzip", 25_600, "compressor=\"gzip -1 -c\"\ndecompressor=\"gzip -dc\"\n", "", 16) else { return };
+    assert!(donor_figure(&c, "x compression") > 1.3);
+    assert!(c.error_log(0).contains("running it as an external filter"));
+}
+
+#[test]
+fn use_extra_connects_through_the_extra_port() {
+    let mysqld = "thread_handling=pool-of-threads\nextra_port=2574{idx}\nextra_max_connections=10\n";
+    let Some(c) = sst_variant("galera-extra-port", 25_700, "use-extra=1\n", mysqld, 16) else { return };
+    let backup = std::fs::read_to_string(c.nodes[0].datadir.join("mariabackup.backup.log")).unwrap();
+    assert!(backup.contains("port: 25741"), "mariadb-backup used the extra port:\n{backup}");
+}
+
+#[test]
 fn encrypt_3_with_verify_ca_uses_tls() {
     let certs = workdir("galera-certs-3");
     pki(&certs);

@@ -106,6 +106,25 @@ fn streamed_files_arrive_intact_on_any_stream_count_and_transform() {
 }
 
 #[test]
+fn an_external_filter_pair_carries_the_blocks_and_a_missing_inverse_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    let send = SendConfig { streams: 2, filter: Some("gzip -1 -c".into()), block_size: 1 << 20, ..SendConfig::default() };
+    let recv = ReceiveConfig { unfilter: Some("gzip -dc".into()), ..ReceiveConfig::default() };
+    let (s, r) = session(&dest, &send, recv, produce);
+    assert_eq!(r.unwrap().bytes, s.unwrap().bytes);
+    assert_tree(&dest);
+    let (s, _) = session(
+        &dir.path().join("dest2"),
+        &send,
+        ReceiveConfig { first_connect_timeout: Some(std::time::Duration::from_secs(5)), ..ReceiveConfig::default() },
+        produce,
+    );
+    let e = s.unwrap_err().to_string();
+    assert!(e.contains("no command to undo it"), "{e}");
+}
+
+#[test]
 fn a_failing_producer_fails_both_ends_and_leaves_the_marker() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");

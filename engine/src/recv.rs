@@ -47,6 +47,9 @@ pub struct ReceiveConfig {
     pub sockopt: net::SockOpts,
     /// Require sealed sessions with this key (`--encrypt-key-file`).
     pub seal_key: Option<SealKey>,
+    /// The command that undoes a sender's external filter (`sh -c`, block
+    /// on stdin, original on stdout); sessions that filter need it.
+    pub unfilter: Option<String>,
     /// TLS (the receiver is the server).
     pub tls: TlsOptions,
     pub progress: Option<Arc<Progress>>,
@@ -63,6 +66,7 @@ impl Default for ReceiveConfig {
             idle_timeout: Duration::from_secs(120),
             sockopt: net::SockOpts::default(),
             seal_key: None,
+            unfilter: None,
             tls: TlsOptions::default(),
             progress: None,
         }
@@ -162,9 +166,10 @@ impl Receiver {
                         pending.fetch_add(1, Ordering::AcqRel);
                         let (tx, pending, token, t) = (tx.clone(), Arc::clone(&pending), self.token.clone(), self.cfg.handshake_timeout);
                         let sealed = self.cfg.seal_key.is_some();
+                        let unfilter = self.cfg.unfilter.is_some();
                         let tls = self.tls.clone();
                         std::thread::spawn(move || {
-                            examine(sock, addr, &token, t, sealed, tls, &tx);
+                            examine(sock, addr, &token, t, (sealed, unfilter), tls, &tx);
                             pending.fetch_sub(1, Ordering::AcqRel);
                         });
                     }
@@ -278,7 +283,7 @@ fn examine(
     addr: SocketAddr,
     token: &Token,
     timeout: Duration,
-    sealed: bool,
+    (sealed, unfilter): (bool, bool),
     tls: Option<Arc<rustls::ServerConfig>>,
     tx: &Tx<Joined>,
 ) {
@@ -342,6 +347,13 @@ fn examine(
     if hello.capabilities & (caps::COMPRESS_LZ4 | caps::COMPRESS_ZSTD) != 0 && hello.max_version < wire::since::COMPRESSION {
         return refuse(&sock, "compression needs protocol version 2", true);
     }
+    if hello.capabilities & caps::EXTERNAL_FILTER != 0 && !unfilter {
+        return refuse(
+            &sock,
+            "the sender filters its data through an external command and this receiver has no command to undo it (SST: set decompressor in [sst])",
+            true,
+        );
+    }
     if hello.capabilities & caps::STREAMED != 0 && hello.max_version < wire::since::STREAMED {
         return refuse(&sock, "streamed sessions need protocol version 3", true);
     }
@@ -388,7 +400,10 @@ fn receive_session(
     let results = pipeline::run_streams(
         streams,
         &abort,
-        |i, j| StreamCtx { j, files: &files, sink: &sink, abort: &abort, progress: &progress, method }.run(lock(i).as_mut()),
+        |i, j| {
+            StreamCtx { j, unfilter: cfg.unfilter.clone(), files: &files, sink: &sink, abort: &abort, progress: &progress, method }
+                .run(lock(i).as_mut())
+        },
         // Tell the sender at once: it stops its streams, and the other
         // threads here see them end. (No shutdown(Read): closing unread
         // sockets would reset them and could destroy this verdict.)
@@ -509,6 +524,7 @@ fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>) -> Resu
 
 struct StreamCtx<'a> {
     j: &'a Joined,
+    unfilter: Option<String>,
     files: &'a Files<'a>,
     sink: &'a Sink,
     abort: &'a Abort,
@@ -524,7 +540,7 @@ impl StreamCtx<'_> {
         let index = self.j.hello.stream_index;
         let mut io = StreamIo::new(self.method, wire::MAX_PAYLOAD).map_err(|e| Error::io("setting up receive I/O", e))?;
         let mut inbound = io.inbound(sock);
-        let mut decoder = Decoder::default();
+        let mut decoder = Decoder::with_external(self.unfilter.clone());
         let granted = self.j.hello.capabilities;
         let mut next_seq = 0u32;
         let (mut frames, mut bytes) = (0u64, 0u64);
@@ -552,6 +568,7 @@ impl StreamCtx<'_> {
                 let needed = match flag {
                     data_flags::LZ4 => caps::COMPRESS_LZ4,
                     data_flags::ZSTD => caps::COMPRESS_ZSTD,
+                    data_flags::EXTERNAL => caps::EXTERNAL_FILTER,
                     _ => 0,
                 };
                 if granted & needed != needed {

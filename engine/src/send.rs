@@ -48,6 +48,10 @@ pub struct SendConfig {
     pub rate_limit: Option<u64>,
     /// Seal every frame with AES-256-GCM (the receiver needs the same key).
     pub seal_key: Option<SealKey>,
+    /// An external filter command run on every block (`sh -c`, block on
+    /// stdin, result on stdout) in streamed sessions; the receiver needs its
+    /// inverse. For configured compressors sluice has no codec for.
+    pub filter: Option<String>,
     /// TLS (the sender is the client).
     pub tls: TlsOptions,
     /// Shared byte counters, if the caller wants to report progress.
@@ -71,6 +75,7 @@ impl Default for SendConfig {
             compress: Compression::None,
             rate_limit: None,
             seal_key: None,
+            filter: None,
             tls: TlsOptions::default(),
             progress: None,
         }
@@ -180,6 +185,9 @@ impl Session {
 pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> Result<Summary> {
     let started = Instant::now();
     validate(cfg)?;
+    if cfg.filter.is_some() {
+        return Err(Error::Config("external filters are supported in streamed sessions only".into()));
+    }
     let mut method = backend::select(cfg.io, true)?;
     if (cfg.compress != Compression::None || cfg.seal_key.is_some() || cfg.tls.enabled()) && method != backend::Method::Copy {
         tracing::info!("compression, sealing or TLS transforms every block; using the copy path instead of {method}");
@@ -398,6 +406,7 @@ fn capabilities(cfg: &SendConfig, streamed: bool) -> u64 {
     cfg.compress.capabilities()
         | if cfg.seal_key.is_some() { wire::caps::SEAL_AES256GCM } else { 0 }
         | if streamed { wire::caps::STREAMED } else { 0 }
+        | if cfg.filter.is_some() { wire::caps::EXTERNAL_FILTER } else { 0 }
 }
 
 /// Locks a stream's sealer slot (a poisoned lock only means a stream thread
@@ -621,10 +630,21 @@ impl StreamCtx<'_> {
                     }
                     let len = data.len() as u32;
                     let header = DataHeader { file_id: item.file_id, seq, offset, raw_len: len, checksum };
-                    let encoded = encoder.as_mut().and_then(|e| e.encode(&data));
-                    let (flags, payload) = match encoded {
-                        Some((flag, packed)) => (flag, packed),
-                        None => (0, &mut data[..]),
+                    let mut filtered = match &self.cfg.filter {
+                        Some(cmd) => Some(
+                            crate::codec::external::run_filter(cmd, &data)
+                                .map_err(|e| Error::io(format!("filtering a block of {}", path()), e))?,
+                        ),
+                        None => None,
+                    };
+                    if filtered.as_ref().is_some_and(|f| f.is_empty() || f.len() > wire::MAX_PAYLOAD as usize) {
+                        return Err(Error::Config(format!("the filter turned a block of {} into an unusable size", path())));
+                    }
+                    let encoded = if filtered.is_some() { None } else { encoder.as_mut().and_then(|e| e.encode(&data)) };
+                    let (flags, payload) = match (encoded, filtered.as_mut()) {
+                        (_, Some(f)) => (wire::data_flags::EXTERNAL, &mut f[..]),
+                        (Some((flag, packed)), None) => (flag, packed),
+                        (None, None) => (0, &mut data[..]),
                     };
                     let (wire, took) = self.send_memory(header, flags, payload, None, seal.as_deref_mut(), &path)?;
                     if let Some(e) = encoder.as_mut() {

@@ -53,8 +53,12 @@ pub mod caps {
     /// A streamed session: no manifest up front; files are announced on
     /// each stream before their data and closed by FILE_END.
     pub const STREAMED: u64 = 1 << 4;
+    /// Chunks filtered by an external command pair (compress on the sender,
+    /// its configured inverse on the receiver), e.g. an SST `compressor`
+    /// that is neither lz4 nor zstd.
+    pub const EXTERNAL_FILTER: u64 = 1 << 5;
     /// Every capability this build implements.
-    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | STREAMED;
+    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | STREAMED | EXTERNAL_FILTER;
 }
 
 /// Flag of any frame whose body is sealed (AES-256-GCM, tag appended).
@@ -67,10 +71,13 @@ pub mod data_flags {
     pub const LZ4: u8 = 1 << 0;
     /// The payload is a zstd frame; `raw_len` is its decoded length.
     pub const ZSTD: u8 = 1 << 1;
+    /// The payload is the output of the session's external filter command;
+    /// `raw_len` is the length its inverse must produce.
+    pub const EXTERNAL: u8 = 1 << 3;
     /// Flags this build understands on DATA frames.
-    pub const KNOWN: u8 = LZ4 | ZSTD | super::SEALED;
-    /// The compression flags.
-    pub const COMPRESSED: u8 = LZ4 | ZSTD;
+    pub const KNOWN: u8 = LZ4 | ZSTD | EXTERNAL | super::SEALED;
+    /// The compression flags (at most one per frame).
+    pub const COMPRESSED: u8 = LZ4 | ZSTD | EXTERNAL;
 }
 
 /// Size of the common frame header.
@@ -215,7 +222,7 @@ impl FrameHeader {
         let kind = Kind::from_u8(b[0])?;
         let flags = b[1];
         let allowed = if kind == Kind::Data { data_flags::KNOWN } else { SEALED };
-        if flags & !allowed != 0 || flags & data_flags::COMPRESSED == data_flags::COMPRESSED {
+        if flags & !allowed != 0 || (flags & data_flags::COMPRESSED).count_ones() > 1 {
             return Err(WireError::Flags { kind, flags });
         }
         let reserved = u16::from_le_bytes([b[2], b[3]]);

@@ -58,6 +58,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         streams: s.opts.streams.unwrap_or_else(default_streams),
         compress: t.compress,
         seal_key: t.seal_key,
+        filter: t.filter,
         tls: t.tls,
         rate_limit: t.rate_limit,
         sockopt: t.sockopt,

@@ -79,6 +79,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         progress: Some(Arc::clone(&progress)),
         first_connect_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
         seal_key: t.seal_key,
+        unfilter: t.unfilter,
         tls: t.tls,
         sockopt: t.sockopt,
         ..ReceiveConfig::default()

@@ -23,6 +23,10 @@ pub struct Transport {
     pub tls: TlsOptions,
     pub rate_limit: Option<u64>,
     pub sockopt: SockOpts,
+    /// A compressor sluice has no codec for, run per block (donor).
+    pub filter: Option<String>,
+    /// Its inverse, `decompressor` (joiner).
+    pub unfilter: Option<String>,
     /// Things worth a log line (substitutions, ignored parts).
     pub notes: Vec<String>,
 }
@@ -76,14 +80,22 @@ pub fn from_options(o: &SstOptions, role: Role, joiner_host: &str) -> Result<Tra
         t.sockopt = sockopt(s, &mut t.notes);
     }
     if let Some(c) = o.compressor.as_deref().filter(|c| !c.trim().is_empty()) {
-        t.compress = codec_for(c).unwrap_or_else(|| {
-            t.notes.push(format!("compressor {c:?} is not lz4 or zstd; using sluice's in-process zstd (level 3) instead"));
-            Compression::Zstd(3)
-        });
+        match codec_for(c) {
+            Some(codec) => t.compress = codec,
+            None if role == Role::Donor => {
+                t.notes.push(format!(
+                    "compressor {c:?} is not lz4 or zstd: running it as an external filter on every block (one process per block; lz4 and zstd run in-process and are much faster)"
+                ));
+                t.filter = Some(c.to_string());
+            }
+            None => {}
+        }
     }
     if role == Role::Joiner {
-        // The joiner decodes whatever the session negotiated.
+        // The joiner decodes whatever the session negotiated; an external
+        // filter needs the configured inverse.
         t.compress = Compression::None;
+        t.unfilter = o.decompressor.clone().filter(|d| !d.trim().is_empty());
     }
     if o.compress.as_deref().is_some_and(|c| !c.is_empty() && c != "none" && c != "0") {
         return Err(SstError::Incompatible(
@@ -173,9 +185,11 @@ mod tests {
         assert_eq!(codec_for("zstd --fast=3"), Some(Compression::Zstd(-3)));
         assert_eq!(codec_for("zstd"), Some(Compression::Zstd(3)));
         assert_eq!(codec_for("pigz -1"), None);
-        let t = from_options(&opts("[sst]\ncompressor=\"pigz -1\"\nrlimit=50M\n"), Role::Donor, "10.0.0.2").unwrap();
-        assert_eq!((t.compress, t.rate_limit), (Compression::Zstd(3), Some(50 << 20)));
-        assert!(t.notes[0].contains("pigz"), "{:?}", t.notes);
+        let t = from_options(&opts("[sst]\ncompressor=\"pigz -1\"\ndecompressor=\"pigz -dc\"\nrlimit=50M\n"), Role::Donor, "h").unwrap();
+        assert_eq!((t.compress, t.rate_limit, t.filter.as_deref()), (Compression::None, Some(50 << 20), Some("pigz -1")));
+        assert!(t.notes[0].contains("external filter"), "{:?}", t.notes);
+        let j = from_options(&opts("[sst]\ncompressor=\"pigz -1\"\ndecompressor=\"pigz -dc\"\n"), Role::Joiner, "h").unwrap();
+        assert_eq!((j.filter, j.unfilter.as_deref()), (None, Some("pigz -dc")));
         let j = from_options(&opts("[sst]\ncompressor=\"lz4 -z\"\nrlimit=50M\n"), Role::Joiner, "10.0.0.2").unwrap();
         assert_eq!((j.compress, j.rate_limit), (Compression::None, None), "rlimit and compression are the donor's");
     }

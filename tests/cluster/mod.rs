@@ -52,7 +52,7 @@ pub struct Node {
 }
 
 /// Options for a cluster. In `mysqld` and `install_args`, `{node}` stands
-/// for the node's directory.
+/// for the node's directory; in `mysqld`, `{idx}` for its number (1, 2).
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub nodes: usize,
@@ -147,7 +147,7 @@ impl Cluster {
                 ip = node.ist_port,
                 method = spec.sst_method,
                 sp = node.sst_port,
-                extra = spec.mysqld.replace("{node}", &node.dir.to_string_lossy()),
+                extra = spec.mysqld.replace("{node}", &node.dir.to_string_lossy()).replace("{idx}", &(i + 1).to_string()),
                 sst = spec.sst,
             );
             fs::write(&node.cnf, cnf).unwrap();
@@ -313,7 +313,9 @@ impl Cluster {
         self.sql(
             i,
             "CREATE USER 'sstuser'@'localhost' IDENTIFIED BY 'sstpass'; \
-             GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, SLAVE MONITOR ON *.* TO 'sstuser'@'localhost';",
+             GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, SLAVE MONITOR ON *.* TO 'sstuser'@'localhost'; \
+             CREATE USER 'sstuser'@'127.0.0.1' IDENTIFIED BY 'sstpass'; \
+             GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, SLAVE MONITOR ON *.* TO 'sstuser'@'127.0.0.1';",
         )
         .unwrap();
     }

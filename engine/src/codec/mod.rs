@@ -11,6 +11,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+pub mod external;
 pub mod seal;
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -226,6 +227,8 @@ impl Encoder {
 #[derive(Default)]
 pub struct Decoder {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
+    /// The command undoing the sender's external filter, if configured.
+    external: Option<String>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -235,6 +238,11 @@ impl std::fmt::Debug for Decoder {
 }
 
 impl Decoder {
+    /// A decoder that can also undo external-filter blocks with `command`.
+    pub fn with_external(command: Option<String>) -> Self {
+        Self { zstd: None, external: command }
+    }
+
     /// Decodes `src` (compressed as `flag` says) into exactly `dst.len()`
     /// bytes; anything else is corrupt input, reported, never a panic.
     pub fn decode(&mut self, flag: u8, src: &[u8], dst: &mut [u8]) -> std::result::Result<(), String> {
@@ -246,6 +254,15 @@ impl Decoder {
                 }
                 let z = self.zstd.as_mut().expect("set above");
                 z.decompress_to_buffer(src, dst).map_err(|e| format!("corrupt zstd block: {e}"))?
+            }
+            data_flags::EXTERNAL => {
+                let cmd = self.external.as_deref().ok_or("an external-filter block, but no command to undo it")?;
+                let out = external::run_filter(cmd, src).map_err(|e| e.to_string())?;
+                if out.len() != dst.len() {
+                    return Err(format!("filter {cmd:?} produced {} bytes, the header announced {}", out.len(), dst.len()));
+                }
+                dst.copy_from_slice(&out);
+                out.len()
             }
             other => return Err(format!("unknown compression flag {other:#x}")),
         };
