@@ -50,18 +50,25 @@ fn ist_bypass_runs_end_to_end_with_mysqlds_line_protocol() {
     assert!(addr.starts_with(&format!("127.0.0.1:{port}/sluice_")) && addr.ends_with("//1"), "{addr}");
     assert!(addr.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/[]".contains(&b)), "mysqld's address_char set: {addr}");
 
-    let donor = Command::new(&s)
+    let mut donor = Command::new(&s)
         .args(["--role", "donor", "--address", &addr, "--local-port", "3306", "--socket", "/nonexistent.sock", "--progress", "0"])
         .arg("--datadir")
         .arg(&ddata)
         .args(["--gtid", &format!("{UUID}:16"), "--gtid-domain-id", "0", "--bypass", "--mysqld-args", "--x"])
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A newer mysqld writes the credentials on the donor's stdin and closes it.
+    std::io::Write::write_all(&mut donor.stdin.take().unwrap(), b"sst_user=wsrep.sst.x\nsst_password=p4ss word\nsst_bogus=1\n").unwrap();
+    let donor = donor.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&donor.stderr);
     assert!(donor.status.success(), "donor failed: {stderr}");
     assert_eq!(String::from_utf8_lossy(&donor.stdout), format!("continue\ndone {UUID}:16\n"));
     assert!(stderr.lines().all(|l| l.starts_with("WSREP_SST: [")), "every stderr line is a WSREP_SST line:\n{stderr}");
+    assert!(stderr.contains("unrecognized input from mysqld on stdin: sst_bogus"), "stdin was read:\n{stderr}");
+    assert!(!stderr.contains("p4ss"), "a password reached the log");
 
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
