@@ -247,17 +247,27 @@ fn ist_restart_and_log_archive() {
 
 #[test]
 fn binlogs_undo_and_redo_in_their_own_directories() {
+    layout_variant("galera-layout", 25_400, "");
+}
+
+#[test]
+fn copy_mode_with_binlogs_undo_and_redo_in_their_own_directories() {
+    layout_variant("galera-copy-layout", 25_800, "mode=copy\n");
+}
+
+fn layout_variant(name: &str, base_port: u16, sst: &str) {
     if let Some(why) = cluster::unavailable() {
         eprintln!("SKIPPED: {why}");
         return;
     }
-    let mut spec = Spec::new(25_400);
+    let mut spec = Spec::new(base_port);
+    spec.sst = sst.into();
     let layout = "innodb_undo_directory={node}/undo\ninnodb_undo_tablespaces=3\ninnodb_log_group_home_dir={node}/redo\n";
     spec.mysqld = format!("{layout}log_bin={{node}}/binlog/mysql-bin\nlog_slave_updates=ON\n");
     spec.install_args = ["--innodb-undo-directory={node}/undo", "--innodb-undo-tablespaces=3", "--innodb-log-group-home-dir={node}/redo"]
         .map(String::from)
         .to_vec();
-    let mut c = Cluster::new(&workdir("galera-layout"), &spec, sluice());
+    let mut c = Cluster::new(&workdir(name), &spec, sluice());
     for n in &c.nodes {
         for d in ["undo", "redo", "binlog"] {
             std::fs::create_dir_all(n.dir.join(d)).unwrap();
@@ -272,8 +282,8 @@ fn binlogs_undo_and_redo_in_their_own_directories() {
     c.sql(0, "FLUSH BINARY LOGS").unwrap();
     c.start(1, false);
     let synced = c.wait_synced(1, Duration::from_secs(600));
-    c.keep_logs(&workdir("galera-layout-logs"));
-    synced.unwrap_or_else(|e| panic!("joiner failed: {e}"));
+    c.keep_logs(&workdir(&format!("{name}-logs")));
+    synced.unwrap_or_else(|e| panic!("{name}: joiner failed: {e}"));
     assert_eq!(c.checksums(0), c.checksums(1));
     let j = &c.nodes[1];
     let j_log = c.error_log(1);
@@ -285,7 +295,9 @@ fn binlogs_undo_and_redo_in_their_own_directories() {
     assert!(!j.dir.join("binlog/mysql-bin.000077").exists(), "the old binary logs were removed");
     let index = std::fs::read_to_string(j.dir.join("binlog/mysql-bin.index")).unwrap_or_default();
     assert!(!index.contains("000077"), "the old index entries are gone:\n{index}");
-    assert!(j_log.contains("moved binary log mysql-bin.0"), "the backup's binary log was relocated:\n{j_log}");
+    if sst.is_empty() {
+        assert!(j_log.contains("moved binary log mysql-bin.0"), "the backup's binary log was relocated:\n{j_log}");
+    }
     assert!(index.lines().next().is_some_and(|l| l.starts_with(&format!("{}/binlog/mysql-bin.0", j.dir.display()))), "{index}");
     // The joiner writes its own binary log there once it runs.
     c.sql(1, "INSERT INTO sb.small (a, s) VALUES (7, 'binlogged on the joiner')").unwrap();
@@ -335,6 +347,21 @@ fn syslog_gets_the_stock_tags() {
         assert!(lines.contains(tag), "no {tag} message in syslog:\n{lines}");
     }
     assert!(lines.contains("<30>mysqld-wsrep-sst-joiner[") && lines.contains("sluice SST finished on joiner"), "{lines}");
+}
+
+#[test]
+fn copy_mode_provisions_a_joiner_and_releases_the_donors_lock() {
+    let Some(c) = sst_variant("galera-copy", 25_900, "mode=copy\n", "", 64) else { return };
+    let donor_log = c.error_log(0);
+    assert!(donor_log.contains("tables flushed and locked"), "the donor used the flush-tables handshake:\n{donor_log}");
+    assert!(donor_log.contains("the tables were locked for"), "{donor_log}");
+    assert!(c.error_log(1).contains("moved ") && c.error_log(1).contains("entries into place"));
+    // The lock is gone: a write on the donor does not wait.
+    let t = std::time::Instant::now();
+    c.sql(0, "SET SESSION lock_wait_timeout = 5; INSERT INTO sb.small (a, s) VALUES (1, 'after copy mode')").unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "the donor's write waited {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE s = 'after copy mode'").unwrap(), "1");
 }
 
 /// Starts a joiner whose SST must fail; returns both error logs.

@@ -183,6 +183,12 @@ impl Session {
 /// Sends `roots` to the receiver at `addr`, authenticating with `token`.
 /// Returns only after the receiver has verified and synced everything.
 pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> Result<Summary> {
+    validate(cfg)?;
+    send_tree(addr, token, &source::scan(roots)?, cfg)
+}
+
+/// Sends a manifest built by the caller (e.g. [`source::scan_mapped`]).
+pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig) -> Result<Summary> {
     let started = Instant::now();
     validate(cfg)?;
     if cfg.filter.is_some() {
@@ -194,7 +200,6 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
         method = backend::Method::Copy;
     }
     tracing::info!(backend = %method, streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), "sending");
-    let tree = source::scan(roots)?;
     let progress = cfg.progress.clone().unwrap_or_default();
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
@@ -206,7 +211,7 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     let results = session.run_streams(|index, sock, seal| {
         let ctx =
             StreamCtx { sock, peer: &session.peer, abort: &session.abort, cfg, index, throttle: throttle.as_ref(), progress: &progress };
-        ctx.run_tree(method, &tree, &schedule, &tally, seal)
+        ctx.run_tree(method, tree, &schedule, &tally, seal)
     });
     let bytes = session.close(tree.entries.len() as u64, results)?;
     let files = tree.entries.iter().filter(|e| e.kind == crate::plan::EntryKind::File).count() as u64;
@@ -726,7 +731,13 @@ fn finish(
         // If the receiver said why it hung up, that is the better message.
         Err(e) => {
             return Err(match verdict.recv_timeout(Duration::from_secs(2)) {
-                Ok(Ok((false, reason))) => Error::ReceiverFailed(reason),
+                Ok(Ok((false, reason))) => {
+                    // Keep the local side of the story too.
+                    if !matches!(e, Error::Aborted(_)) {
+                        tracing::warn!("this sender's own error: {e}");
+                    }
+                    Error::ReceiverFailed(reason)
+                }
                 _ => e,
             });
         }

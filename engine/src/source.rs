@@ -49,9 +49,49 @@ pub fn scan(roots: &[PathBuf]) -> Result<SourceTree> {
     Ok(tree)
 }
 
+/// One local directory or file and the name it is sent under (an empty
+/// name merges a directory's contents into the top level, as [`scan`]
+/// does with a directory argument).
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub local: PathBuf,
+    pub name: Vec<u8>,
+}
+
+/// Builds a manifest from `maps`, leaving out every entry (and subtree)
+/// whose relative path `skip` accepts.
+pub fn scan_mapped(maps: &[Mapping], skip: &dyn Fn(&[u8]) -> bool) -> Result<SourceTree> {
+    let mut tree = SourceTree::default();
+    let mut seen = std::collections::HashSet::new();
+    for m in maps {
+        let meta = fs::symlink_metadata(&m.local).map_err(|e| Error::io(format!("reading {}", m.local.display()), e))?;
+        if !m.name.is_empty() {
+            if skip(&m.name) || !add(&mut tree, &mut seen, &m.local, m.name.clone(), &meta)? {
+                continue;
+            }
+        } else if !meta.is_dir() {
+            return Err(Error::Config(format!("{} is not a directory to merge", m.local.display())));
+        }
+        if meta.is_dir() {
+            walk_filtered(&mut tree, &mut seen, &m.local, &m.name, skip)?;
+        }
+    }
+    Ok(tree)
+}
+
 /// Iterative depth-first walk, so deep trees cannot overflow the stack.
 /// Parents are always listed before their children.
 fn walk_dir(tree: &mut SourceTree, seen: &mut std::collections::HashSet<Vec<u8>>, root: &Path, rel: &[u8]) -> Result<()> {
+    walk_filtered(tree, seen, root, rel, &|_| false)
+}
+
+fn walk_filtered(
+    tree: &mut SourceTree,
+    seen: &mut std::collections::HashSet<Vec<u8>>,
+    root: &Path,
+    rel: &[u8],
+    skip: &dyn Fn(&[u8]) -> bool,
+) -> Result<()> {
     let mut stack = vec![(root.to_path_buf(), rel.to_vec())];
     while let Some((dir, rel)) = stack.pop() {
         let rd = fs::read_dir(&dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
@@ -69,6 +109,9 @@ fn walk_dir(tree: &mut SourceTree, seen: &mut std::collections::HashSet<Vec<u8>>
                 child_rel.push(b'/');
             }
             child_rel.extend_from_slice(name.as_bytes());
+            if skip(&child_rel) {
+                continue;
+            }
             if add(tree, seen, &path, child_rel.clone(), &meta)? && meta.is_dir() {
                 subdirs.push((path, child_rel));
             }

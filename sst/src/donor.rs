@@ -37,13 +37,21 @@ impl Drop for TempDirs {
 pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let addr = s.args.address.clone().ok_or(ArgsError::Missing { option: "--address" })?;
     let module = addr.module.clone().unwrap_or_default();
-    let token = mysqld::token_in(&module).ok_or_else(|| {
-        SstError::Incompatible(format!(
-            "the joiner at {} asked for SST module '{module}', which is not sluice's: the joiner runs a different SST method; set wsrep_sst_method=sluice on every node",
-            addr.host
-        ))
-    })?;
+    let (copy_mode, token) = match (mysqld::token_in(&module), mysqld::copy_token_in(&module)) {
+        (Some(t), _) => (false, t),
+        (None, Some(t)) => (true, t),
+        (None, None) => {
+            return Err(SstError::Incompatible(format!(
+                "the joiner at {} asked for SST module '{module}', which is not sluice's: the joiner runs a different SST method; set wsrep_sst_method=sluice on every node",
+                addr.host
+            )));
+        }
+    };
     let token: Token = token.parse()?;
+    let joiner_mode = if copy_mode { "copy" } else { "backup" };
+    if s.opts.mode != joiner_mode {
+        tracing::warn!("the joiner runs [sst] mode={joiner_mode} and this donor mode={}; following the joiner", s.opts.mode);
+    }
     let gtid_text = s.args.gtid.clone().ok_or(ArgsError::Missing { option: "--gtid" })?;
     let gtid: Gtid = gtid_text.parse().map_err(|_| ArgsError::Invalid { option: "--gtid", value: gtid_text.clone() })?;
     let state = mysqld::coordinates_line(&gtid, s.args.gtid_domain_id) + "\n";
@@ -75,6 +83,10 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         return proto.done(&gtid).map_err(stdout_err);
     }
 
+    if copy_mode {
+        let layout = crate::layout::resolve(&s.args, &split_mysqld_args(&s.args.mysqld_args), &s.opts);
+        return crate::copy::donor(s, proto, &target, &token, &cfg, &layout);
+    }
     let program = find_program("mariadb-backup")?;
     let base = s.opts.tmpdir.clone().unwrap_or_else(std::env::temp_dir);
     let pid = std::process::id();

@@ -16,6 +16,7 @@ use sluice_engine::{ReceiveConfig, Receiver};
 
 use crate::args::{ArgsError, Role};
 use crate::backup::{Context, split_mysqld_args};
+use crate::copy;
 use crate::datadir::{self, KeepPattern};
 use crate::error::{Result, SstError};
 use crate::layout::{self, Binlog};
@@ -85,7 +86,9 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         ..ReceiveConfig::default()
     };
     let receiver = Receiver::bind(&format!("{}:{port}", addr.host), cfg)?;
-    let module = mysqld::module_for(&receiver.token().to_hex());
+    let copy_mode = s.opts.mode == "copy";
+    let token = receiver.token().to_hex();
+    let module = if copy_mode { mysqld::copy_module_for(&token) } else { mysqld::module_for(&token) };
     proto.ready(&addr.host, port, &module).map_err(stdout_err)?;
     tracing::info!("listening on {}:{port}; waiting for the donor", addr.host);
     let reporter = Reporter::start(s.progress.clone(), "joiner", progress);
@@ -115,7 +118,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     }
     let checkpoints =
         ["mariadb_backup_checkpoints", "xtrabackup_checkpoints"].iter().any(|n| fs::metadata(staging.join(n)).is_ok_and(|m| m.len() > 0));
-    if !checkpoints {
+    if !copy_mode && !checkpoints {
         return Err(SstError::BadBackup(format!(
             "the backup in {} has no mariadb_backup_checkpoints: the donor's mariadb-backup did not finish",
             staging.display()
@@ -125,7 +128,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let mysqld_args = split_mysqld_args(&s.args.mysqld_args);
     let layout = layout::resolve(&s.args, &mysqld_args, &s.opts);
     let mut dirs = vec![datadir.clone()];
-    for d in &layout.special {
+    for (_, d) in &layout.special {
         fs::create_dir_all(d).map_err(|e| SstError::io(format!("creating {}", d.display()), e))?;
         dirs.push(d.clone());
     }
@@ -139,6 +142,13 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         clean_binlogs(datadir, b)?;
     }
 
+    if copy_mode {
+        let t = Instant::now();
+        let moved = copy::move_into_place(&staging, datadir, &layout)?;
+        fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
+        tracing::info!("moved {moved} entries into place in {:.1} s", t.elapsed().as_secs_f64());
+        return proto.coordinates(&gtid, domain).map_err(stdout_err);
+    }
     let program = find_program("mariadb-backup")?;
     let ctx = Context { args: &s.args, opts: &s.opts, mysqld: mysqld_args, user: None };
     let prepare =

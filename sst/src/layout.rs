@@ -37,13 +37,44 @@ impl Binlog {
     }
 }
 
+/// The special directories a datadir's files may live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    DataHome,
+    Redo,
+    Undo,
+    Aria,
+}
+
+impl Special {
+    pub const ALL: [Self; 4] = [Self::DataHome, Self::Redo, Self::Undo, Self::Aria];
+
+    /// A short name (copy mode sends a special directory as
+    /// `sluice-dir-<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DataHome => "datahome",
+            Self::Redo => "redo",
+            Self::Undo => "undo",
+            Self::Aria => "aria",
+        }
+    }
+}
+
 /// The joiner's directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// InnoDB data home, redo, undo and Aria log directories that differ
     /// from the datadir.
-    pub special: Vec<PathBuf>,
+    pub special: Vec<(Special, PathBuf)>,
     pub binlog: Option<Binlog>,
+}
+
+impl Layout {
+    /// The directory of `kind`, or `None` when it is the datadir.
+    pub fn dir(&self, kind: Special) -> Option<&Path> {
+        self.special.iter().find(|(k, _)| *k == kind).map(|(_, d)| d.as_path())
+    }
 }
 
 fn anchored(datadir: &Path, p: &Path) -> PathBuf {
@@ -58,19 +89,20 @@ pub fn resolve(args: &SstArgs, m: &MysqldArgs, o: &SstOptions) -> Layout {
     let pick = |a: Option<&PathBuf>, b: Option<&String>, c: Option<&PathBuf>| {
         a.cloned().or_else(|| b.map(PathBuf::from)).or_else(|| c.cloned()).filter(|p| !p.as_os_str().is_empty())
     };
-    let mut special = Vec::new();
-    for dir in [
-        pick(args.innodb_data_home_dir.as_ref(), m.innodb_data_home_dir.as_ref(), o.innodb_data_home_dir.as_ref()),
-        pick(args.innodb_log_group_home_dir.as_ref(), m.innodb_log_group_home_dir.as_ref(), o.innodb_log_group_home_dir.as_ref()),
-        pick(args.innodb_undo_directory.as_ref(), m.innodb_undo_directory.as_ref(), o.innodb_undo_directory.as_ref()),
-        pick(args.aria_log_dir_path.as_ref(), m.aria_log_dir_path.as_ref(), o.aria_log_dir_path.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let mut special: Vec<(Special, PathBuf)> = Vec::new();
+    for (kind, dir) in [
+        (Special::DataHome, pick(args.innodb_data_home_dir.as_ref(), m.innodb_data_home_dir.as_ref(), o.innodb_data_home_dir.as_ref())),
+        (
+            Special::Redo,
+            pick(args.innodb_log_group_home_dir.as_ref(), m.innodb_log_group_home_dir.as_ref(), o.innodb_log_group_home_dir.as_ref()),
+        ),
+        (Special::Undo, pick(args.innodb_undo_directory.as_ref(), m.innodb_undo_directory.as_ref(), o.innodb_undo_directory.as_ref())),
+        (Special::Aria, pick(args.aria_log_dir_path.as_ref(), m.aria_log_dir_path.as_ref(), o.aria_log_dir_path.as_ref())),
+    ] {
+        let Some(dir) = dir else { continue };
         let d = anchored(datadir, &dir);
-        if &d != datadir && !special.contains(&d) {
-            special.push(d);
+        if &d != datadir && !special.iter().any(|(_, x)| *x == d) {
+            special.push((kind, d));
         }
     }
     let basename = args.log_basename.clone().or_else(|| m.log_basename.clone()).or_else(|| o.log_basename.clone());
@@ -117,7 +149,15 @@ mod tests {
             &["--innodb-undo-directory", "/undo", "--mysqld-args", "--innodb-undo-directory=/ignored", "--innodb-log-group-home-dir=redo"],
             "[mysqld]\ninnodb_data_home_dir=./\naria_log_dir_path=/aria\ninnodb_log_group_home_dir=/ignored-too\n",
         );
-        assert_eq!(l.special, vec![PathBuf::from("/var/lib/mysql/redo"), PathBuf::from("/undo"), PathBuf::from("/aria")]);
+        assert_eq!(
+            l.special,
+            vec![
+                (Special::Redo, PathBuf::from("/var/lib/mysql/redo")),
+                (Special::Undo, PathBuf::from("/undo")),
+                (Special::Aria, PathBuf::from("/aria"))
+            ]
+        );
+        assert_eq!(l.dir(Special::DataHome), None, "./ is the datadir");
         assert_eq!(l.binlog, None);
     }
 

@@ -14,6 +14,7 @@
 pub mod args;
 pub mod auth;
 pub mod backup;
+pub mod copy;
 pub mod datadir;
 pub mod donor;
 pub mod error;

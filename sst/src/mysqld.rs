@@ -52,16 +52,33 @@ pub fn parse_galera_info(text: &str) -> Result<(Gtid, Option<u64>), String> {
     Ok((gtid.parse()?, domain))
 }
 
+/// Prefix of the module a joiner in copy mode advertises.
+pub const COPY_MODULE_PREFIX: &str = "sluice-copy_";
+
 /// The module for a one-time session token (only `[A-Za-z0-9._-]`: mysqld
 /// rejects other characters in the address).
 pub fn module_for(token_hex: &str) -> String {
     format!("{MODULE_PREFIX}{token_hex}")
 }
 
+/// The module of a joiner in copy mode.
+pub fn copy_module_for(token_hex: &str) -> String {
+    format!("{COPY_MODULE_PREFIX}{token_hex}")
+}
+
+fn hex32(t: &str) -> Option<&str> {
+    (t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())).then_some(t)
+}
+
 /// The token in a sluice module, or `None` for a foreign one (e.g. the stock
 /// `xtrabackup_sst`).
 pub fn token_in(module: &str) -> Option<&str> {
-    module.strip_prefix(MODULE_PREFIX).filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+    module.strip_prefix(MODULE_PREFIX).and_then(hex32)
+}
+
+/// The token in a copy-mode module.
+pub fn copy_token_in(module: &str) -> Option<&str> {
+    module.strip_prefix(COPY_MODULE_PREFIX).and_then(hex32)
 }
 
 /// `ready <host>:<port>/<module>//1` — the joiner's first line. `host`
@@ -197,6 +214,9 @@ mod tests {
         assert_eq!(token_in(&module), Some(token));
         assert_eq!(token_in("xtrabackup_sst"), None);
         assert_eq!(token_in("sluice_short"), None);
+        let copy = copy_module_for(token);
+        assert!(copy.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+        assert_eq!((copy_token_in(&copy), token_in(&copy), copy_token_in(&module)), (Some(token), None, None));
     }
 
     #[test]

@@ -82,7 +82,6 @@ fn run(argv: &[String]) -> Result<()> {
     for k in unknown {
         tracing::warn!("unrecognized input from mysqld on stdin: {k}");
     }
-    not_yet_honoured(&opts)?;
     if crate::syslog::enable(&opts, if role == Role::Joiner { "joiner" } else { "donor" }) {
         tracing::info!("logging to syslog as well");
     }
@@ -108,15 +107,6 @@ fn run(argv: &[String]) -> Result<()> {
     report::remove_fifo(&setup.progress);
     report::note_time(&setup.opts, "the SST", t.elapsed());
     r
-}
-
-/// Keys this build parses but does not act on yet are named in a warning,
-/// so nothing configured is ignored silently.
-fn not_yet_honoured(o: &SstOptions) -> Result<()> {
-    if o.mode != "backup" {
-        return Err(SstError::Incompatible(format!("[sst] mode={} is not implemented by this sluice build yet (use mode=backup)", o.mode)));
-    }
-    Ok(())
 }
 
 /// What a newer mysqld writes to the donor's stdin (credentials), read only
