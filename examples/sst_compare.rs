@@ -1,6 +1,6 @@
 //! SST benchmark on a real two-node Galera cluster: the same dataset
-//! provisioned by the stock `mariabackup` method (socat) and by sluice,
-//! alternately in one run, timed from the joiner's mariadbd start to
+//! provisioned by the stock `mariabackup` method (socat), by sluice in
+//! backup mode and by sluice in copy mode, alternately in one run, timed from the joiner's mariadbd start to
 //! `Synced`. sluice's time is broken down from its own log lines.
 //!
 //! Run by perf/sst-compare.sh (needs root, mariadb-server, galera-4,
@@ -45,10 +45,14 @@ fn main() {
     );
     let expect = c.checksums(0);
     for round in 1..=rounds {
-        for method in ["mariabackup", "sluice"] {
+        for method in ["mariabackup", "sluice", "sluice-copy"] {
             c.stop(1);
             c.wipe(1);
-            c.set_sst_method(1, method);
+            let copy = method == "sluice-copy";
+            c.set_sst_method(1, if copy { "sluice" } else { method });
+            // The joiner's mode decides; the last `mode=` line of [sst] wins.
+            let cnf = std::fs::read_to_string(&c.nodes[1].cnf).unwrap();
+            std::fs::write(&c.nodes[1].cnf, format!("{cnf}mode={}\n", if copy { "copy" } else { "backup" })).unwrap();
             let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
             c.start(1, false);
             let took = c.wait_synced(1, Duration::from_secs(1200)).unwrap_or_else(|e| panic!("{method}: {e}"));
@@ -60,6 +64,18 @@ fn main() {
             );
             if method == "sluice" {
                 line += &breakdown(&c.error_log(1));
+            }
+            if copy {
+                let log = c.error_log(0);
+                let lock = log
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.split("the tables were locked for ").nth(1))
+                    .and_then(|r| r.split(' ').next())
+                    .unwrap_or("?");
+                line.push_str("  donor lock held ");
+                line.push_str(lock);
+                line.push_str(" s");
             }
             println!("{line}");
             c.keep_logs(&work.with_extension(format!("logs-{round}-{method}")));

@@ -59,6 +59,9 @@ enum Command {
     /// Run as the Galera SST method (what mysqld runs as `wsrep_sst_sluice`,
     /// a symlink to this binary): `sluice sst --role joiner|donor ...`.
     Sst(SstArgs),
+    /// Manual SST, second half on its own: prepare a received backup, write
+    /// grastate.dat, move it into an empty datadir.
+    Restore(RestoreArgs),
 }
 
 #[derive(Args, Debug)]
@@ -188,8 +191,16 @@ struct RecvArgs {
     #[arg(long, default_value = "127.0.0.1:4444")]
     listen: String,
     /// Destination directory (created if missing).
-    #[arg(long)]
-    dir: PathBuf,
+    #[arg(long, required_unless_present = "prepare")]
+    dir: Option<PathBuf>,
+    /// Manual SST: receive a `send --backup` stream into DATADIR/.sst, run
+    /// mariadb-backup --prepare, write grastate.dat from its Galera
+    /// position, move it into the (empty) datadir, give it to the datadir's
+    /// owner.
+    #[arg(long, requires = "datadir")]
+    prepare: bool,
+    #[command(flatten)]
+    restore: RestoreOpts,
     /// Print the address and token as one JSON line on stdout.
     #[arg(long)]
     json: bool,
@@ -235,9 +246,66 @@ struct SendArgs {
     transform: TransformArgs,
     #[command(flatten)]
     control: ControlArgs,
+    /// Manual SST: stream a fresh `mariadb-backup --backup` of the local
+    /// server instead of files (its password, if any, in MYSQL_PWD).
+    #[arg(long)]
+    backup: bool,
+    #[command(flatten)]
+    source: BackupOpts,
     /// Files and directories; a directory sends its contents.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "backup")]
     paths: Vec<PathBuf>,
+}
+
+/// mariadb-backup options for `send --backup`.
+#[derive(Args, Debug)]
+struct BackupOpts {
+    /// Option file of the server to back up (passed to mariadb-backup).
+    #[arg(long, requires = "backup")]
+    defaults_file: Option<PathBuf>,
+    /// The server's socket.
+    #[arg(long, requires = "backup")]
+    socket: Option<PathBuf>,
+    /// The backup user (the password comes from MYSQL_PWD).
+    #[arg(long, requires = "backup")]
+    user: Option<String>,
+    /// The server's datadir, if the option file does not say.
+    #[arg(long = "backup-datadir", requires = "backup")]
+    backup_datadir: Option<PathBuf>,
+    /// Record the Galera position (a Galera node), so the receiver writes
+    /// grastate.dat.
+    #[arg(long, requires = "backup")]
+    galera_info: bool,
+    /// mariadb-backup's log.
+    #[arg(long, default_value = "mariabackup.backup.log", requires = "backup")]
+    backup_log: PathBuf,
+}
+
+/// Where and how a received backup is restored.
+#[derive(Args, Debug)]
+struct RestoreOpts {
+    /// The datadir to restore into (must be empty and not in use).
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// Restore into a non-empty datadir (its content is deleted) or past a
+    /// pid file.
+    #[arg(long)]
+    force: bool,
+    /// Option file for --move-back (where undo/redo directories go).
+    #[arg(long = "restore-defaults-file")]
+    restore_defaults_file: Option<PathBuf>,
+    /// Buffer pool for --prepare, e.g. 1G.
+    #[arg(long)]
+    use_memory: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// A backup received with `sluice recv --dir` from `send --backup`.
+    #[arg(long)]
+    backup_dir: PathBuf,
+    #[command(flatten)]
+    restore: RestoreOpts,
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +428,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Demo(a) => demo(&a),
         Command::PrintDefaults(a) => print_defaults(&a),
         Command::Sst(_) => unreachable!("handled in main before logging is set up"),
+        Command::Restore(a) => restore(&a.backup_dir, &a.restore),
         Command::GenSample(a) => {
             let t = Instant::now();
             if a.corpus {
@@ -452,11 +521,41 @@ fn recv(a: &RecvArgs) -> Result<()> {
         writeln!(out, "{line}")?;
         out.flush()?;
     }
+    let dir = match (&a.dir, &a.restore.datadir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(datadir)) => {
+            // Refuse before any byte arrives.
+            sluice_sst::manual::check_datadir(datadir, a.restore.force)?;
+            datadir.join(".sst")
+        }
+        (None, None) => anyhow::bail!("give --dir, or --prepare with --datadir"),
+    };
     let reporter = report::Reporter::start(progress, a.control.mode());
-    let result = r.run(&a.dir);
+    let result = r.run(&dir);
     reporter.finish();
-    let s = result.with_context(|| format!("receiving into {}", a.dir.display()))?;
+    let s = result.with_context(|| format!("receiving into {}", dir.display()))?;
     report("received and verified", &s);
+    if a.prepare {
+        restore(&dir, &a.restore)?;
+    }
+    Ok(())
+}
+
+fn restore(backup: &Path, o: &RestoreOpts) -> Result<()> {
+    let datadir = o.datadir.clone().ok_or_else(|| anyhow::anyhow!("--datadir is required"))?;
+    let r = sluice_sst::manual::Restore {
+        backup: backup.to_path_buf(),
+        datadir: datadir.clone(),
+        force: o.force,
+        defaults_file: o.restore_defaults_file.clone(),
+        use_memory: o.use_memory.clone(),
+    };
+    let position = sluice_sst::manual::restore(&r).with_context(|| format!("restoring {} into {}", backup.display(), datadir.display()))?;
+    if let Some((gtid, _)) = position {
+        tracing::info!("restored into {}; grastate.dat at {gtid}", datadir.display());
+    } else {
+        tracing::info!("restored into {} (no Galera position in the backup, no grastate.dat)", datadir.display());
+    }
     Ok(())
 }
 
@@ -467,7 +566,23 @@ fn send(a: &SendArgs) -> Result<()> {
         ..send_config(a.io.io, a.streams, a.block_size, &a.transform, &a.control)?
     };
     let reporter = report::Reporter::start(cfg.progress.clone().unwrap_or_default(), a.control.mode());
-    let result = sluice_engine::send(&a.to, &token, &a.paths, &cfg);
+    let result = if a.backup {
+        let src = sluice_sst::manual::BackupSource {
+            defaults_file: a.source.defaults_file.clone(),
+            socket: a.source.socket.clone(),
+            user: a.source.user.clone(),
+            datadir: a.source.backup_datadir.clone(),
+            galera_info: a.source.galera_info,
+            log: a.source.backup_log.clone(),
+        };
+        let r = sluice_sst::manual::send_backup(&a.to, &token, &cfg, &src);
+        reporter.finish();
+        let s = r.with_context(|| format!("sending a backup to {}", a.to))?;
+        report("sent and confirmed", &s);
+        return Ok(());
+    } else {
+        sluice_engine::send(&a.to, &token, &a.paths, &cfg)
+    };
     reporter.finish();
     let s = result.with_context(|| format!("sending to {}", a.to))?;
     report("sent and confirmed", &s);

@@ -4,17 +4,16 @@
 //! (shared/SST-PROTOCOL.md §3.2, without the stock 10 s sleep). With
 //! `--bypass` (IST) only the state and the IST marker travel.
 
-use std::io::{BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use sluice_engine::send::{Feeder, SendConfig, default_streams, send_streamed};
+use sluice_engine::send::{SendConfig, default_streams, send_streamed};
 use sluice_engine::{Error as EngineError, Token};
 
 use crate::args::{ArgsError, Role};
 use crate::backup::{Context, split_mysqld_args};
 use crate::error::{Result, SstError};
-use crate::mbstream::{Chunk, Reader};
 use crate::mysqld::{self, Gtid, Protocol};
 use crate::process::{Helper, find_program};
 use crate::report::{self, Reporter};
@@ -115,7 +114,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let failure = Mutex::new(None);
     let sent = send_streamed(&target, &token, &cfg, |f| {
         f.file_bytes(STATE_FILE.as_bytes(), state.as_bytes())?;
-        stream_backup(&helper, &log, s, f).map_err(|e| {
+        crate::manual::stream_backup(&helper, &log, &s.children, f).map_err(|e| {
             let msg = e.to_string();
             *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
             EngineError::Config(msg)
@@ -137,35 +136,4 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         }
         Err(e) => Err(failure.into_inner().unwrap_or_else(PoisonError::into_inner).unwrap_or(SstError::Transfer(e))),
     }
-}
-
-/// Runs mariadb-backup and feeds its mbstream, chunk by chunk, to the
-/// session. Succeeds only if the stream ended cleanly and mariadb-backup
-/// exited 0.
-fn stream_backup(helper: &Helper<'_>, log: &Path, s: &Setup, f: &mut Feeder) -> Result<()> {
-    let mut child = helper.spawn_streaming(log, &s.children)?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, stdout));
-    let fed: Result<()> = (|| {
-        while let Some(chunk) = reader.next_chunk().map_err(|e| SstError::BadBackup(format!("mariadb-backup's stream is garbled: {e}")))? {
-            match chunk {
-                Chunk::Payload { path, offset, data } => f.data(strip(&path), offset, &data)?,
-                Chunk::Eof { path } => f.end(strip(&path))?,
-            }
-        }
-        Ok(())
-    })();
-    if fed.is_err() {
-        let _ = child.kill();
-    }
-    let status = child.wait().map_err(|e| SstError::io("waiting for mariadb-backup", e));
-    s.children.remove(child.id());
-    crate::syslog::forward_log("backup", log);
-    // mariadb-backup's own failure explains a truncated stream best.
-    helper.check(status?, log)?;
-    fed
-}
-
-fn strip(path: &str) -> &[u8] {
-    path.strip_prefix("./").unwrap_or(path).as_bytes()
 }

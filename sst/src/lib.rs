@@ -21,6 +21,7 @@ pub mod error;
 pub mod joiner;
 pub mod layout;
 pub mod logs;
+pub mod manual;
 pub mod mbstream;
 pub mod mycnf;
 pub mod mysqld;
