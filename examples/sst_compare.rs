@@ -5,7 +5,7 @@
 //!
 //! Run by perf/sst-compare.sh (needs root, mariadb-server, galera-4,
 //! mariadb-backup, socat). Arguments: `<sluice binary> <MiB> <rounds>
-//! <workdir>`.
+//! <workdir>`; `METHODS=sluice,sluice-copy` picks the methods.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -45,7 +45,11 @@ fn main() {
     );
     let expect = c.checksums(0);
     for round in 1..=rounds {
-        for method in ["mariabackup", "sluice", "sluice-copy"] {
+        let methods: Vec<String> = std::env::var("METHODS").map_or_else(
+            |_| vec!["mariabackup".into(), "sluice".into(), "sluice-copy".into()],
+            |m| m.split(',').map(String::from).collect(),
+        );
+        for method in methods.iter().map(String::as_str) {
             c.stop(1);
             c.wipe(1);
             let copy = method == "sluice-copy";

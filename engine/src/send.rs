@@ -58,6 +58,9 @@ pub struct SendConfig {
     pub progress: Option<Arc<Progress>>,
 }
 
+/// How far ahead of each block the sender asks the kernel to read.
+const READ_AHEAD: u64 = 16 << 20;
+
 /// Default stream count: the number of CPUs, at least 2.
 pub fn default_streams() -> u16 {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, usize::from(wire::MAX_STREAMS)) as u16)
@@ -544,6 +547,8 @@ impl StreamCtx<'_> {
                 open = Some((b.file_id, f));
             }
             let file = &open.as_ref().expect("opened above").1;
+            // Keep the disk reading ahead of the streams (best effort).
+            let _ = backend::sys::will_need(file, b.offset + u64::from(b.len), READ_AHEAD);
             let path = || tree.paths[b.file_id as usize].display().to_string();
             let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
             let header = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum };
