@@ -27,6 +27,8 @@ fn main() {
     }
     let mut spec = Spec::new(25_000);
     spec.sst = std::env::var("SST_SECTION").unwrap_or_default().replace("\\n", "\n");
+    // The stock rsync method cannot run as root (GALERA-TESTING.md §4).
+    spec.os_user = std::env::var("SST_OS_USER").ok();
     let mut c = Cluster::new(&work, &spec, &sluice.canonicalize().expect("sluice binary"));
     c.install(0);
     c.start(0, true);
@@ -53,6 +55,7 @@ fn main() {
             c.stop(1);
             c.wipe(1);
             let copy = method == "sluice-copy";
+            let _ = std::fs::remove_file(c.nodes[1].dir.join("console.log"));
             c.set_sst_method(1, if copy { "sluice" } else { method });
             // The joiner's mode decides; the last `mode=` line of [sst] wins.
             let cnf = std::fs::read_to_string(&c.nodes[1].cnf).unwrap();

@@ -70,6 +70,9 @@ pub struct Spec {
     pub install_args: Vec<String>,
     /// Extra environment for mariadbd (and so for the SST scripts).
     pub env: Vec<(String, String)>,
+    /// Run mariadbd as this OS user instead of root (the stock rsync
+    /// method needs it: its daemon drops to `nobody` as root).
+    pub os_user: Option<String>,
 }
 
 impl Spec {
@@ -83,6 +86,7 @@ impl Spec {
             auth: vec!["sstuser:sstpass".into(); 2],
             install_args: Vec::new(),
             env: Vec::new(),
+            os_user: None,
         }
     }
 }
@@ -92,6 +96,7 @@ impl Spec {
 pub struct Cluster {
     pub root: PathBuf,
     env: Vec<(String, String)>,
+    os_user: Option<String>,
     pub nodes: Vec<Node>,
     pub bin_dir: PathBuf,
     keep: bool,
@@ -128,7 +133,7 @@ impl Cluster {
             };
             let auth = spec.auth.get(i as usize).cloned().unwrap_or_default();
             let cnf = format!(
-                "[mysqld]\nuser=root\ndatadir={data}\nsocket={sock}\nport={port}\npid-file={dir}/mysqld.pid\nlog-error={log}\n\
+                "[mysqld]\nuser={user}\ndatadir={data}\nsocket={sock}\nport={port}\npid-file={dir}/mysqld.pid\nlog-error={log}\n\
                  bind-address=127.0.0.1\nskip-name-resolve\nbinlog_format=ROW\ndefault_storage_engine=InnoDB\n\
                  innodb_autoinc_lock_mode=2\ninnodb_buffer_pool_size=256M\ninnodb_log_file_size=96M\n\
                  innodb_flush_log_at_trx_commit=2\nwsrep_on=ON\nwsrep_provider={GALERA}\nwsrep_cluster_name=sluice_test\n\
@@ -136,6 +141,7 @@ impl Cluster {
                  wsrep_provider_options=\"gmcast.listen_addr=tcp://127.0.0.1:{gp};ist.recv_addr=127.0.0.1:{ip};gcache.size=128M\"\n\
                  wsrep_sst_method={method}\nwsrep_sst_receive_address=127.0.0.1:{sp}\nwsrep_sst_auth={auth}\n{extra}\n\
                  [sst]\nsst-log-archive-dir={dir}/sst_log_archive\n{sst}\n",
+                user = spec.os_user.as_deref().unwrap_or("root"),
                 data = node.datadir.display(),
                 sock = node.socket.display(),
                 port = node.sql_port,
@@ -153,7 +159,17 @@ impl Cluster {
             fs::write(&node.cnf, cnf).unwrap();
             nodes.push(node);
         }
-        Self { root: root.to_path_buf(), env: spec.env.clone(), nodes, bin_dir, keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some() }
+        let c = Self { root: root.to_path_buf(), env: spec.env.clone(), os_user: spec.os_user.clone(), nodes, bin_dir, keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some() };
+        c.give_to_os_user(&c.root);
+        c
+    }
+
+    /// Hands `path` (recursively) to the OS user mariadbd runs as, if not root.
+    fn give_to_os_user(&self, path: &Path) {
+        if let Some(u) = &self.os_user {
+            let ok = Command::new("chown").args(["-R", &format!("{u}:{u}")]).arg(path).status().is_ok_and(|s| s.success());
+            assert!(ok, "chown {} to {u} failed", path.display());
+        }
     }
 
     /// Switches node `i` to another SST method (takes effect at its next
@@ -172,6 +188,7 @@ impl Cluster {
         let d = &self.nodes[i].datadir;
         let _ = fs::remove_dir_all(d);
         fs::create_dir_all(d).unwrap();
+        self.give_to_os_user(d);
     }
 
     /// Initialises node `i`'s datadir (the bootstrap node only; joiners
@@ -180,7 +197,8 @@ impl Cluster {
         let n = &self.nodes[i];
         let run = || {
             Command::new("mariadb-install-db")
-                .args(["--no-defaults", "--user=root", "--skip-test-db", "--auth-root-authentication-method=socket"])
+                .args(["--no-defaults", "--skip-test-db", "--auth-root-authentication-method=socket"])
+                .arg(format!("--user={}", self.os_user.as_deref().unwrap_or("root")))
                 .arg(format!("--datadir={}", n.datadir.display()))
                 .args(&n.install_args)
                 .output()
