@@ -362,6 +362,14 @@ fn copy_mode_provisions_a_joiner_and_releases_the_donors_lock() {
     assert!(t.elapsed() < Duration::from_secs(3), "the donor's write waited {:?}", t.elapsed());
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE s = 'after copy mode'").unwrap(), "1");
+    // IST in copy mode: the restarted joiner gets only the missing writes.
+    let mut c = c;
+    c.stop(1);
+    c.sql(0, "INSERT INTO sb.small (a, s) SELECT seq, 'while node 2 was down' FROM sb.seq_1_to_50").unwrap();
+    c.start(1, false);
+    c.wait_synced(1, Duration::from_secs(300)).unwrap();
+    assert_eq!(c.checksums(0), c.checksums(1));
+    assert!(c.error_log(1).contains("running IST"), "{}", c.log_tail(1, 30));
 }
 
 /// Starts a joiner whose SST must fail; returns both error logs.

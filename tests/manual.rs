@@ -31,16 +31,19 @@ fn wait_ready(c: &mut Cluster, i: usize) {
     }
 }
 
-/// Runs `recv --prepare` into node 2's datadir and `send --backup` from
-/// node 1; returns the receiver's stderr.
-fn manual_sst(c: &Cluster, extra_send: &[&str]) -> String {
-    let mut recv = sluice()
-        .args(["recv", "--listen", "127.0.0.1:0", "--json", "--prepare", "--datadir"])
-        .arg(&c.nodes[1].datadir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Runs `recv --prepare` into node 2's datadir (or, `two_step`, `recv
+/// --dir` and then `restore`) and `send --backup` from node 1; returns the
+/// stderr of the step that restored.
+fn manual_sst(c: &Cluster, extra_send: &[&str], two_step: bool) -> String {
+    let staging = c.root.join("received-backup");
+    let mut recv = sluice();
+    recv.args(["recv", "--listen", "127.0.0.1:0", "--json"]);
+    if two_step {
+        recv.arg("--dir").arg(&staging);
+    } else {
+        recv.args(["--prepare", "--datadir"]).arg(&c.nodes[1].datadir);
+    }
+    let mut recv = recv.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(recv.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
@@ -61,7 +64,14 @@ fn manual_sst(c: &Cluster, extra_send: &[&str]) -> String {
     let out = recv.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(sent.status.success(), "send --backup failed: {}", String::from_utf8_lossy(&sent.stderr));
-    assert!(out.status.success(), "recv --prepare failed: {err}");
+    assert!(out.status.success(), "recv failed: {err}");
+    if !two_step {
+        return err;
+    }
+    assert!(staging.join("xtrabackup_checkpoints").exists() || staging.join("mariadb_backup_checkpoints").exists(), "a backup arrived");
+    let restored = sluice().args(["restore", "--backup-dir"]).arg(&staging).arg("--datadir").arg(&c.nodes[1].datadir).output().unwrap();
+    let err = String::from_utf8_lossy(&restored.stderr).into_owned();
+    assert!(restored.status.success(), "restore failed: {err}");
     err
 }
 
@@ -92,13 +102,22 @@ fn manual_sst_between_two_standalone_servers() {
     assert_eq!(std::fs::read(c.nodes[1].datadir.join("leftover.ibd")).unwrap(), b"old", "a refusal touches nothing");
     std::fs::remove_file(c.nodes[1].datadir.join("leftover.ibd")).unwrap();
 
-    let log = manual_sst(&c, &[]);
+    let log = manual_sst(&c, &[], false);
     assert!(log.contains("no Galera position"), "{log}");
     let d = &c.nodes[1].datadir;
     assert!(d.join("ibdata1").exists() && !d.join(".sst").exists() && !d.join("grastate.dat").exists());
     c.start(1, false);
     wait_ready(&mut c, 1);
     assert_eq!(c.checksums(0), c.checksums(1), "the restored server's tables differ");
+
+    // The same in two steps: receive the backup, check it, restore it.
+    c.stop(1);
+    c.wipe(1);
+    c.sql(0, "INSERT INTO sb.small (a, s) VALUES (99, 'second manual SST')").unwrap();
+    manual_sst(&c, &[], true);
+    c.start(1, false);
+    wait_ready(&mut c, 1);
+    assert_eq!(c.checksums(0), c.checksums(1), "the two-step restore differs");
 }
 
 #[test]
@@ -113,7 +132,7 @@ fn a_galera_node_restored_by_hand_joins_from_its_grastate() {
     c.wait_synced(0, Duration::from_secs(120)).unwrap();
     c.create_sst_user(0);
     c.load(0, 16);
-    let log = manual_sst(&c, &["--galera-info"]);
+    let log = manual_sst(&c, &["--galera-info"], false);
     assert!(log.contains("grastate.dat at "), "{log}");
     let grastate = std::fs::read_to_string(c.nodes[1].datadir.join("grastate.dat")).unwrap();
     assert!(grastate.contains("version: 2.1") && grastate.contains("safe_to_bootstrap: 0"), "{grastate}");

@@ -159,7 +159,14 @@ impl Cluster {
             fs::write(&node.cnf, cnf).unwrap();
             nodes.push(node);
         }
-        let c = Self { root: root.to_path_buf(), env: spec.env.clone(), os_user: spec.os_user.clone(), nodes, bin_dir, keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some() };
+        let c = Self {
+            root: root.to_path_buf(),
+            env: spec.env.clone(),
+            os_user: spec.os_user.clone(),
+            nodes,
+            bin_dir,
+            keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some(),
+        };
         c.give_to_os_user(&c.root);
         c
     }
