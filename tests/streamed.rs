@@ -3,6 +3,8 @@
 //! paths, every stream count and transform; a failing producer leaves the
 //! destination marked incomplete.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 
@@ -13,15 +15,7 @@ use sluice_engine::send::{Feeder, send_streamed};
 use sluice_engine::{Error, ReceiveConfig, Receiver, SendConfig, Summary};
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u32::from(seed) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    common::pattern(len, u32::from(seed))
 }
 
 /// The files the producer below writes, with their final contents.

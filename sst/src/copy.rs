@@ -111,14 +111,7 @@ pub fn donor(s: &Setup, proto: &mut Protocol<impl Write>, target: &str, token: &
     let summary = scan_mapped(&maps, &skip).and_then(|tree| send_tree(target, token, &tree, cfg));
     let _ = fs::remove_dir_all(&state_dir);
     let summary = summary?;
-    tracing::info!(
-        "sent {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s); the tables were locked for {:.1} s",
-        summary.files,
-        summary.bytes as f64 / 1_048_576.0,
-        summary.elapsed.as_secs_f64(),
-        summary.mib_per_sec(),
-        locked.elapsed().as_secs_f64()
-    );
+    tracing::info!("{}; the tables were locked for {:.1} s", crate::report::summary_line("sent", &summary), locked.elapsed().as_secs_f64());
     proto.continue_().map_err(stdout_err)?;
     proto.done(&gtid).map_err(stdout_err)
 }

@@ -55,10 +55,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let gtid: Gtid = gtid_text.parse().map_err(|_| ArgsError::Invalid { option: "--gtid", value: gtid_text.clone() })?;
     let state = mysqld::coordinates_line(&gtid, s.args.gtid_domain_id) + "\n";
     let target = format!("{}:{}", addr.host, addr.port_or_default());
-    let t = transport::from_options(&s.opts, Role::Donor, addr.host_unbracketed())?;
-    for n in &t.notes {
-        tracing::warn!("{n}");
-    }
+    let t = transport::logged(&s.opts, Role::Donor, addr.host_unbracketed())?;
     let progress = Arc::new(Progress::default());
     let cfg = SendConfig {
         progress: Some(Arc::clone(&progress)),
@@ -124,14 +121,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     match sent {
         Ok(summary) => {
             report::note_time(&s.opts, "streaming the backup", summary.elapsed);
-            tracing::info!(
-                "sent {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s, {:.2}x compression)",
-                summary.files,
-                summary.bytes as f64 / 1_048_576.0,
-                summary.elapsed.as_secs_f64(),
-                summary.mib_per_sec(),
-                summary.compression_ratio()
-            );
+            tracing::info!("{}", report::summary_line("sent", &summary));
             proto.done(&gtid).map_err(stdout_err)
         }
         Err(e) => Err(failure.into_inner().unwrap_or_else(PoisonError::into_inner).unwrap_or(SstError::Transfer(e))),

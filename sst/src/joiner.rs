@@ -71,10 +71,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     }
     let port = addr.port_or_default();
     let timeout = s.opts.sst_initial_timeout;
-    let t = transport::from_options(&s.opts, Role::Joiner, addr.host_unbracketed())?;
-    for n in &t.notes {
-        tracing::warn!("{n}");
-    }
+    let t = transport::logged(&s.opts, Role::Joiner, addr.host_unbracketed())?;
     let progress = Arc::new(Progress::default());
     let cfg = ReceiveConfig {
         progress: Some(Arc::clone(&progress)),
@@ -96,13 +93,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     reporter.stop();
     let summary = summary?;
     report::note_time(&s.opts, "receiving the backup", summary.elapsed);
-    tracing::info!(
-        "received {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s)",
-        summary.files,
-        summary.bytes as f64 / 1_048_576.0,
-        summary.elapsed.as_secs_f64(),
-        summary.mib_per_sec()
-    );
+    tracing::info!("{}", report::summary_line("received", &summary));
 
     let state_path = staging.join(STATE_FILE);
     let state = fs::read_to_string(&state_path)

@@ -3,11 +3,14 @@
 //! mysqld's SST interface built on `sluice-engine`: [`args`] (what mysqld
 //! passes), [`mycnf`] and [`options`] (option files read as
 //! `my_print_defaults` reads them, and the typed `[sst]` set), [`auth`]
-//! (credentials), [`mysqld`] (the stdout line protocol and log lines),
-//! [`mbstream`] (the backup stream format), [`backup`] (mariadb-backup
-//! command lines), [`datadir`] (the joiner's cleanup), [`process`]
-//! (helpers and the parent watch), and the flows: [`session`] (one run),
-//! [`donor`], [`joiner`]. Errors: [`error`].
+//! (credentials), [`transport`] (`[sst]` keys mapped onto the engine),
+//! [`mysqld`] (the stdout line protocol and log lines), [`mbstream`] (the
+//! backup stream format), [`backup`] (mariadb-backup command lines),
+//! [`layout`] (special directories, binary logs), [`datadir`] (the joiner's
+//! cleanup), [`process`] (helpers and the parent watch), [`report`]
+//! (progress), [`logs`] (log archive, pid file), [`syslog`]; the flows:
+//! [`session`] (one run), [`donor`] and [`joiner`] (backup mode), [`copy`]
+//! (copy mode), [`manual`] (manual SST). Errors: [`error`].
 
 #![forbid(unsafe_code)]
 

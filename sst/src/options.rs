@@ -193,11 +193,16 @@ fn parse_bool(v: &str) -> Option<bool> {
 }
 
 impl SstOptions {
+    /// The options of one option file's text (for tests of other modules).
+    #[cfg(test)]
+    pub(crate) fn from_cnf(cnf: &str) -> Result<Self, OptionError> {
+        load(&crate::mycnf::MemFiles::new(&[("/my.cnf", cnf)]), &Sources { defaults_file: Some("/my.cnf".into()), ..Sources::default() })
+    }
+
     /// The options of an empty configuration (for tests of other modules).
     #[cfg(test)]
     pub(crate) fn defaults_for_test() -> Self {
-        load(&crate::mycnf::MemFiles::new(&[("/my.cnf", "")]), &Sources { defaults_file: Some("/my.cnf".into()), ..Sources::default() })
-            .expect("an empty file parses")
+        Self::from_cnf("").expect("an empty file parses")
     }
 }
 
@@ -293,10 +298,9 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mycnf::MemFiles;
 
     fn opts(cnf: &str) -> Result<SstOptions, OptionError> {
-        load(&MemFiles::new(&[("/my.cnf", cnf)]), &Sources { defaults_file: Some("/my.cnf".into()), ..Sources::default() })
+        SstOptions::from_cnf(cnf)
     }
 
     #[test]

@@ -149,6 +149,19 @@ pub fn footprint(datadir: &Path) -> u64 {
     sum
 }
 
+/// One log line for a finished transfer: `<verb> N files, X MiB in T s (R MiB/s…)`.
+pub fn summary_line(verb: &str, s: &sluice_engine::Summary) -> String {
+    let ratio = s.compression_ratio();
+    let packed = if (ratio - 1.0).abs() > f64::EPSILON || verb == "sent" { format!(", {ratio:.2}x compression") } else { String::new() };
+    format!(
+        "{verb} {} files, {:.1} MiB in {:.1} s ({:.0} MiB/s{packed})",
+        s.files,
+        s.bytes as f64 / 1_048_576.0,
+        s.elapsed.as_secs_f64(),
+        s.mib_per_sec()
+    )
+}
+
 /// Stage timing in the stock `time=1` form.
 pub fn note_time(opts: &SstOptions, stage: &str, took: Duration) {
     if opts.time {
@@ -159,11 +172,9 @@ pub fn note_time(opts: &SstOptions, stage: &str, took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mycnf::{MemFiles, Sources};
 
     fn opts(cnf: &str) -> SstOptions {
-        crate::options::load(&MemFiles::new(&[("/my.cnf", cnf)]), &Sources { defaults_file: Some("/my.cnf".into()), ..Sources::default() })
-            .unwrap()
+        SstOptions::from_cnf(cnf).unwrap()
     }
 
     #[test]

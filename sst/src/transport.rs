@@ -72,6 +72,15 @@ fn needs(what: &str, why: &str) -> SstError {
     SstError::Incompatible(format!("{why} needs {what} in [sst]"))
 }
 
+/// [`from_options`], with its notes logged as warnings.
+pub fn logged(o: &SstOptions, role: Role, joiner_host: &str) -> Result<Transport, SstError> {
+    let t = from_options(o, role, joiner_host)?;
+    for n in &t.notes {
+        tracing::warn!("{n}");
+    }
+    Ok(t)
+}
+
 /// Maps the options for `role`. `joiner_host` is the joiner's address
 /// (unbracketed), for the peer-name rule of `encrypt=3`.
 pub fn from_options(o: &SstOptions, role: Role, joiner_host: &str) -> Result<Transport, SstError> {
@@ -171,11 +180,9 @@ fn tls(o: &SstOptions, joiner_host: &str) -> Result<TlsOptions, SstError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mycnf::{MemFiles, Sources};
 
     fn opts(cnf: &str) -> SstOptions {
-        crate::options::load(&MemFiles::new(&[("/my.cnf", cnf)]), &Sources { defaults_file: Some("/my.cnf".into()), ..Sources::default() })
-            .unwrap()
+        SstOptions::from_cnf(cnf).unwrap()
     }
 
     #[test]

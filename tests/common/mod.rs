@@ -17,7 +17,8 @@ pub const BIG: usize = 3 * 1024 * 1024 + 7;
 /// Block size the matrix uses, so `BIG` is split over many blocks.
 pub const BLOCK: u32 = 64 << 10;
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
+/// Deterministic pseudo-random bytes (xorshift), incompressible.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
