@@ -243,6 +243,28 @@ fn ist_restart_and_log_archive() {
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(prepare).unwrap()).read_to_string(&mut text).unwrap();
     assert!(text.contains("completed OK"), "the archive holds the previous prepare log:\n{text}");
+
+    // A joiner with an old datadir and an unknown position gets a full SST
+    // over its old files: the cleanup clears them, the data is equal.
+    c.stop(1);
+    let grastate = c.nodes[1].datadir.join("grastate.dat");
+    let old = std::fs::read_to_string(&grastate).unwrap();
+    let reset: String = old.lines().map(|l| if l.starts_with("seqno:") { "seqno:   -1\n".to_string() } else { format!("{l}\n") }).collect();
+    std::fs::write(&grastate, reset).unwrap();
+    c.sql(0, "DELETE FROM sb.small WHERE a < 10; INSERT INTO sb.texts (k, t) VALUES (5, 'after the reset')").unwrap();
+    c.start(1, false);
+    c.wait_synced(1, Duration::from_secs(300)).unwrap();
+    assert_eq!(c.checksums(0), c.checksums(1));
+    let log = c.error_log(1);
+    let last = &log[log.rfind("sluice SST started on joiner").unwrap()..];
+    let removed: usize = last
+        .lines()
+        .find_map(|l| l.split("removed ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cleanup line:\n{last}"));
+    assert!(removed >= 5, "the old datadir's entries were cleaned ({removed}):\n{last}");
+    assert!(!last.contains("running IST"), "a full SST, not IST:\n{last}");
 }
 
 #[test]
