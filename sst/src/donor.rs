@@ -6,10 +6,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
 
+use sluice_engine::Token;
 use sluice_engine::send::{SendConfig, default_streams, send_streamed};
-use sluice_engine::{Error as EngineError, Token};
 
 use crate::args::{ArgsError, Role};
 use crate::backup::{Context, split_mysqld_args};
@@ -107,23 +106,10 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     }
     let reporter = Reporter::start(s.progress.clone(), "donor", Arc::clone(&progress));
     tracing::info!("streaming a backup to {target} over {} streams", cfg.streams);
-    // The producer's own error, richer than what the engine carries.
-    let failure = Mutex::new(None);
-    let sent = send_streamed(&target, &token, &cfg, |f| {
-        f.file_bytes(STATE_FILE.as_bytes(), state.as_bytes())?;
-        crate::manual::stream_backup(&helper, &log, &s.children, f).map_err(|e| {
-            let msg = e.to_string();
-            *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
-            EngineError::Config(msg)
-        })
-    });
+    let sent = crate::manual::send_backup_stream(&target, &token, &cfg, &helper, &log, &s.children, &[(STATE_FILE, state.as_bytes())]);
     reporter.stop();
-    match sent {
-        Ok(summary) => {
-            report::note_time(&s.opts, "streaming the backup", summary.elapsed);
-            tracing::info!("{}", report::summary_line("sent", &summary));
-            proto.done(&gtid).map_err(stdout_err)
-        }
-        Err(e) => Err(failure.into_inner().unwrap_or_else(PoisonError::into_inner).unwrap_or(SstError::Transfer(e))),
-    }
+    let summary = sent?;
+    report::note_time(&s.opts, "streaming the backup", summary.elapsed);
+    tracing::info!("{}", report::summary_line("sent", &summary));
+    proto.done(&gtid).map_err(stdout_err)
 }

@@ -63,6 +63,32 @@ fn strip(path: &str) -> &[u8] {
     path.strip_prefix("./").unwrap_or(path).as_bytes()
 }
 
+/// Sends `first` files (name, content), then the backup `helper` streams,
+/// in one streamed session. A failure of mariadb-backup or of its stream is
+/// returned as that error, not as the engine's summary of it.
+pub fn send_backup_stream(
+    target: &str,
+    token: &Token,
+    cfg: &SendConfig,
+    helper: &Helper<'_>,
+    log: &Path,
+    children: &Children,
+    first: &[(&str, &[u8])],
+) -> Result<Summary> {
+    let failure = std::sync::Mutex::new(None);
+    let sent = send_streamed(target, token, cfg, |f| {
+        for (name, content) in first {
+            f.file_bytes(name.as_bytes(), content)?;
+        }
+        stream_backup(helper, log, children, f).map_err(|e| {
+            let msg = e.to_string();
+            *failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            EngineError::Config(msg)
+        })
+    });
+    sent.map_err(|e| failure.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).unwrap_or(SstError::Transfer(e)))
+}
+
 /// Streams a fresh backup to the `sluice recv` at `target`. The password,
 /// if any, is read by mariadb-backup from `MYSQL_PWD`.
 pub fn send_backup(target: &str, token: &Token, cfg: &SendConfig, src: &BackupSource) -> Result<Summary> {
@@ -91,17 +117,9 @@ pub fn send_backup(target: &str, token: &Token, cfg: &SendConfig, src: &BackupSo
     let password = std::env::var("MYSQL_PWD").ok();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let helper = Helper { program: &program, args, cwd: &cwd, password: password.as_deref(), what: "mariadb-backup --backup" };
-    let children = Children::default();
-    let failure = std::sync::Mutex::new(None);
-    let sent = send_streamed(target, token, cfg, |f| {
-        stream_backup(&helper, &src.log, &children, f).map_err(|e| {
-            let msg = e.to_string();
-            *failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-            EngineError::Config(msg)
-        })
-    });
+    let sent = send_backup_stream(target, token, cfg, &helper, &src.log, &Children::default(), &[]);
     let _ = fs::remove_dir_all(&tmp);
-    sent.map_err(|e| failure.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).unwrap_or(SstError::Transfer(e)))
+    sent
 }
 
 /// Entries of `datadir` that do not count as content: a staging dir,
