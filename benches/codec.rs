@@ -5,7 +5,7 @@
 //! input bytes; reports, never fails.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice_engine::codec::seal::{Direction, SealKey, Sealer};
+use sluice_engine::codec::seal::{Binding, Direction, SealKey, Sealer};
 use sluice_engine::codec::{self, Compression, Decoder, Encoder};
 
 fn mixed(n: usize) -> Vec<u8> {
@@ -48,7 +48,8 @@ fn codecs(c: &mut Criterion) {
             let mut dec = Decoder::default();
             g.bench_function(BenchmarkId::new("decompress", mode), |b| b.iter(|| dec.decode(flag, &packed, &mut out).unwrap()));
         }
-        let key = SealKey::parse(&[7u8; 32]).unwrap().session(&[1; 16]);
+        let binding = Binding { sender_salt: &[1; 16], receiver_nonce: &[2; 16], token: &[3; 16], capabilities: 4, streams: 2 };
+        let key = SealKey::parse(&[7u8; 32]).unwrap().session(&binding);
         let mut sealer = Sealer::new(key.clone(), Direction::ToReceiver, 0);
         let mut buf = data.clone();
         g.bench_function("aes256gcm_seal", |b| b.iter(|| sealer.seal(b"header", &mut buf)));

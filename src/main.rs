@@ -380,17 +380,22 @@ fn parse_size(s: &str) -> Result<u64, String> {
 const SST_SCRIPT: &str = "wsrep_sst_sluice";
 
 fn main() {
+    // Every file of a datadir may pass through a receiver: take the
+    // descriptors the hard limit allows (the engine bounds its own use).
+    let _ = sluice_engine::backend::sys::raise_nofile_limit();
     // Multi-call: run as `wsrep_sst_sluice` (a symlink), this is the SST
     // method and takes mysqld's arguments unchanged.
     let argv: Vec<String> = std::env::args().collect();
     let invoked = argv.first().map(|a| std::path::Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned());
     if invoked.as_deref() == Some(SST_SCRIPT) {
         sstlog::init();
+        on_fatal_signals(true);
         std::process::exit(sluice_sst::session::main(&argv[1..]));
     }
     let cli = Cli::parse();
     if let Command::Sst(a) = &cli.command {
         sstlog::init();
+        on_fatal_signals(true);
         std::process::exit(sluice_sst::session::main(&a.args));
     }
     let level = match (cli.quiet, cli.verbose) {
@@ -406,9 +411,42 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    on_fatal_signals(false);
     if let Err(e) = run(cli.command) {
         eprintln!("sluice: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// On SIGTERM, SIGINT, SIGQUIT or SIGHUP: kill and reap every helper this
+/// process started (mariadb-backup, filters), remove its temporary
+/// directories, and exit — leaving any incomplete-marker in place, so a
+/// half-received directory never looks complete (SECURITY.md F13). The SST
+/// method exits as the stock scripts do (HUP 32; INT, QUIT, TERM 3); the
+/// CLI with 128 + the signal number.
+fn on_fatal_signals(sst: bool) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGQUIT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot install signal handlers ({e}); a signal will leave helpers running");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("sluice-signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let (children, dirs) = sluice_engine::cleanup::run();
+            tracing::error!("stopped by signal {sig}: killed {children} helper process(es), removed {dirs} temporary director(ies)");
+            let code = match (sst, sig) {
+                (true, SIGHUP) => 32,
+                (true, _) => 3,
+                (false, s) => 128 + s,
+            };
+            std::process::exit(code);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the signal thread ({e})");
     }
 }
 

@@ -114,6 +114,7 @@ fn pki(dir: &Path) {
     p.distinguished_name.push(DnType::CommonName, "localhost");
     std::fs::write(dir.join("node.pem"), p.signed_by(&key, &issuer).unwrap().pem()).unwrap();
     std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(dir.join("node.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let other = KeyPair::generate().unwrap();
     let mut op = CertificateParams::new(Vec::<String>::new()).unwrap();
     op.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

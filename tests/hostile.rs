@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 
 use sluice_engine::plan::{Entry, EntryKind};
-use sluice_engine::wire::{DataHeader, Frame, Hello, MAGIC};
+use sluice_engine::wire::{DataHeader, Frame, Hello, MAGIC, PROTOCOL_VERSION};
 use sluice_engine::{ReceiveConfig, Receiver};
 
 fn entry(id: u32, kind: EntryKind, path: &str, size: u64, target: &str) -> Entry {
@@ -37,8 +37,16 @@ fn hostile_with(
     let h = std::thread::spawn(move || r.run(&dest));
     let mut s = TcpStream::connect(addr).unwrap();
     let mut buf = MAGIC.to_vec();
-    Frame::Hello(Hello { min_version: 1, max_version: 2, stream_index: 0, stream_count: 1, capabilities, token, session_salt: [3; 16] })
-        .encode(&mut buf);
+    Frame::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        stream_index: 0,
+        stream_count: 1,
+        capabilities,
+        token,
+        session_salt: [3; 16],
+    })
+    .encode(&mut buf);
     let n = manifest.len() as u64;
     let bytes = manifest.iter().map(Entry::data_bytes).sum();
     Frame::Manifest(manifest).encode(&mut buf);

@@ -21,6 +21,10 @@ fn run(bin: &str, pre: &[&str], args: &[String], home: &Path) -> (bool, String) 
 #[test]
 fn print_defaults_matches_my_print_defaults() {
     if Command::new("my_print_defaults").arg("--help").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "my_print_defaults is missing in CI: .ci/run must install mariadb-client-core"
+        );
         eprintln!("SKIPPED: my_print_defaults is not installed (apt-get install mariadb-client-core)");
         return;
     }
@@ -85,4 +89,33 @@ fn print_defaults_matches_my_print_defaults() {
     assert_eq!(compared, corpus.len() * 4);
     // Not a vacuous pass: most comparisons printed real options.
     assert!(substantive >= 35, "only {substantive} comparisons had output");
+
+    // World-writable option files are ignored, directly and through
+    // !includedir, exactly as mysys ignores them (SECURITY.md F7).
+    let ww = d.join("ww");
+    std::fs::create_dir_all(&ww).unwrap();
+    std::fs::write(
+        ww.join("evil.cnf"),
+        "[sst]
+compressor=\"id > pwned; cat\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(ww.join("evil.cnf"), std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    std::fs::write(d.join("ww-main.cnf"), format!("[sst]\nsafe=1\n!includedir {}\n", ww.display())).unwrap();
+    for args in [
+        vec![format!("--defaults-file={}", ww.join("evil.cnf").display()), "sst".into()],
+        vec![format!("--defaults-file={}", d.join("ww-main.cnf").display()), "sst".into()],
+    ] {
+        let (ok_m, out_m) = run("my_print_defaults", &[], &args, d);
+        let (ok_s, out_s) = run(env!("CARGO_BIN_EXE_sluice"), &["print-defaults"], &args, d);
+        assert_eq!((ok_s, out_s.as_str()), (ok_m, out_m.as_str()), "{args:?}");
+        assert!(!out_s.contains("compressor"), "a world-writable file was obeyed: {out_s}");
+    }
+    let (_, safe) = run(
+        env!("CARGO_BIN_EXE_sluice"),
+        &["print-defaults"],
+        &[format!("--defaults-file={}", d.join("ww-main.cnf").display()), "sst".into()],
+        d,
+    );
+    assert_eq!(safe, "--safe=1\n", "the private file still counts");
 }

@@ -35,7 +35,7 @@ impl Pki {
             }
             let cert = p.signed_by(&key, &issuer).unwrap();
             std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+            common::write_private(&dir.join(format!("{file}.key")), key.serialize_pem());
         };
         leaf(vec!["localhost".into(), "127.0.0.1".into()], "server", false);
         leaf(vec!["sluice-client".into()], "client", false);
@@ -47,7 +47,7 @@ impl Pki {
         std::fs::write(dir.join("other-ca.pem"), op.self_signed(&other_key).unwrap().pem()).unwrap();
         // A combined cert + key file, as the stock encrypt=2 uses.
         let combined = [std::fs::read(dir.join("server.pem")).unwrap(), std::fs::read(dir.join("server.key")).unwrap()].concat();
-        std::fs::write(dir.join("combined.pem"), combined).unwrap();
+        common::write_private(&dir.join("combined.pem"), combined);
         Self { dir: dir.to_path_buf() }
     }
 

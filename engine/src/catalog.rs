@@ -8,8 +8,13 @@
 //! FILE_END says how many data bytes the file has and what their digest is:
 //! a file is complete when both agree, in whatever order the frames of
 //! different streams arrive.
+//!
+//! File descriptors are bounded whatever the file count: a file's handle is
+//! closed as soon as it is complete, and at most [`MAX_OPEN_FILES`] handles
+//! are open at once; the least recently opened idle one is closed to make
+//! room and reopened (confined, never created twice) if more data comes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::codec;
@@ -21,12 +26,18 @@ use crate::{Error, Result};
 /// 16 KiB pages is 64 TiB but no datadir file we expect comes close).
 pub const MAX_STREAMED_FILE: u64 = 1 << 44;
 
+/// Most destination files a streamed session keeps open at once (each
+/// holds up to two descriptors: buffered and O_DIRECT).
+pub const MAX_OPEN_FILES: usize = 64;
+
 /// One announced file.
 #[derive(Debug)]
 pub struct Announced {
     pub path: Vec<u8>,
+    id: u32,
     mode: u32,
-    pub dest: DestFile,
+    /// The open handle, if any (closed when complete or evicted).
+    dest: Mutex<Option<Arc<DestFile>>>,
     state: Mutex<State>,
 }
 
@@ -37,6 +48,10 @@ impl Announced {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn handle(&self) -> MutexGuard<'_, Option<Arc<DestFile>>> {
+        self.dest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -62,11 +77,65 @@ struct Table {
 pub struct Catalog<'a> {
     sink: &'a Sink,
     table: Mutex<Table>,
+    /// Ids of files with an open handle, oldest first. Lock order: `open`,
+    /// then `table`, then a file's handle; never the reverse.
+    open: Mutex<VecDeque<u32>>,
+    max_open: usize,
+    max_files: u64,
 }
 
 impl<'a> Catalog<'a> {
     pub fn new(sink: &'a Sink) -> Self {
-        Self { sink, table: Mutex::new(Table::default()) }
+        Self::with_limits(sink, MAX_OPEN_FILES, wire::MAX_ENTRIES)
+    }
+
+    /// A catalog that keeps at most `max_open` files open and accepts at
+    /// most `max_files` announcements.
+    pub fn with_limits(sink: &'a Sink, max_open: usize, max_files: u64) -> Self {
+        Self { sink, table: Mutex::new(Table::default()), open: Mutex::new(VecDeque::new()), max_open: max_open.max(1), max_files }
+    }
+
+    /// The open handle of `f`, reopening it if it was closed to make room.
+    pub fn open(&self, f: &Announced) -> Result<Arc<DestFile>> {
+        if let Some(h) = f.handle().as_ref() {
+            return Ok(Arc::clone(h));
+        }
+        let fresh = Arc::new(self.sink.reopen_streamed(&f.path)?);
+        let h = {
+            let mut slot = f.handle();
+            if let Some(h) = slot.as_ref() {
+                Arc::clone(h)
+            } else {
+                *slot = Some(Arc::clone(&fresh));
+                fresh
+            }
+        };
+        self.opened(f.id);
+        Ok(h)
+    }
+
+    /// Records that file `id` now holds a handle and closes the oldest idle
+    /// handles beyond the limit.
+    fn opened(&self, id: u32) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.push_back(id);
+        let mut budget = open.len();
+        while open.len() > self.max_open && budget > 0 {
+            budget -= 1;
+            let Some(victim) = open.pop_front() else { break };
+            let Some(v) = self.table().files.get(&victim).cloned() else { continue };
+            let mut slot = v.handle();
+            match slot.as_ref() {
+                // A stream is writing through it: keep it, look further.
+                Some(h) if Arc::strong_count(h) > 1 => open.push_back(victim),
+                _ => *slot = None,
+            }
+        }
+    }
+
+    /// How many files hold an open handle (for tests and logs).
+    pub fn open_files(&self) -> usize {
+        self.table().files.values().filter(|f| f.handle().is_some()).count()
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -91,12 +160,18 @@ impl<'a> Catalog<'a> {
                 reason: "announced twice under different ids".into(),
             });
         }
-        if t.files.len() as u64 >= wire::MAX_ENTRIES {
-            return Err(Error::Verify { path: String::from_utf8_lossy(path).into_owned(), reason: "too many files".into() });
+        if t.files.len() as u64 >= self.max_files {
+            return Err(Error::Verify {
+                path: String::from_utf8_lossy(path).into_owned(),
+                reason: format!("more than {} files announced in one session (the receiver's limit)", self.max_files),
+            });
         }
-        let dest = self.sink.open_streamed(path)?;
+        let dest = Arc::new(self.sink.open_streamed(path)?);
         t.paths.insert(path.to_vec());
-        t.files.insert(id, Arc::new(Announced { path: path.to_vec(), mode, dest, state: Mutex::new(State::default()) }));
+        let f = Announced { path: path.to_vec(), id, mode, dest: Mutex::new(Some(dest)), state: Mutex::new(State::default()) };
+        t.files.insert(id, Arc::new(f));
+        drop(t);
+        self.opened(id);
         Ok(())
     }
 
@@ -165,7 +240,14 @@ impl<'a> Catalog<'a> {
             });
         }
         s.finished = true;
-        self.sink.finish_streamed(&f.path, &f.dest, size, f.mode)
+        // Complete: close its handle now (one stays open only while a
+        // stream still holds it for a write that just finished).
+        let h = f.handle().take();
+        let h = match h {
+            Some(h) => h,
+            None => Arc::new(self.sink.reopen_streamed(&f.path)?),
+        };
+        self.sink.finish_streamed(&f.path, &h, size, f.mode)
     }
 
     /// After every stream ended: every announced file must be complete.

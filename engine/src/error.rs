@@ -64,5 +64,19 @@ impl Error {
     }
 }
 
+/// `text` with control characters escaped, so a peer-supplied reason can
+/// never forge extra log lines (SECURITY.md F16).
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,8 +12,10 @@
 
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod backend;
 pub mod catalog;
+pub mod cleanup;
 pub mod codec;
 pub mod diff;
 mod error;
@@ -22,6 +24,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recv;
+pub mod secret;
 pub mod send;
 pub mod sink;
 pub mod source;
@@ -29,7 +32,7 @@ pub mod throttle;
 pub mod wire;
 
 pub use backend::{IO_ENV, IoMode, Method};
-pub use error::{Error, Result};
+pub use error::{Error, Result, printable};
 pub use net::Token;
 pub use recv::{ReceiveConfig, Receiver};
 pub use send::{SendConfig, send};

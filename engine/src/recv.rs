@@ -6,22 +6,31 @@
 //! on its own thread so garbage or slow peers cannot stall the session) →
 //! `Manifest` (stream 0) → `Data` (one thread per stream) → `End` →
 //! `Verify` → `Sync` → `Verdict`. A connection with bad magic, a wrong token
-//! or a foreign session is dropped and logged without touching the session.
+//! or a foreign session is dropped and logged (rate-limited) without
+//! touching the session. Unauthenticated connections are bounded by
+//! [`crate::admission`]: one absolute deadline each, caps per source and in
+//! all, the oldest evicted when full; nothing a peer declares is allocated
+//! before its token is checked. Once every stream has joined, the listener
+//! closes and every pending stranger is cut. While it verifies and syncs
+//! after END, the receiver sends KEEPALIVE frames so the sender can bound
+//! its wait for the verdict.
 
+use std::collections::HashMap;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::pipeline::{self, Abort};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender as Tx, bounded};
+use crossbeam_channel::{Sender as Tx, bounded, unbounded};
 
+use crate::admission::{self, Admission, LogDecision, LogLimit, Ticket};
 use crate::backend::{self, IoMode, StreamIo};
 use crate::catalog::{Announced, Catalog};
 use crate::codec::Decoder;
-use crate::codec::seal::{Direction, SealKey, Sealer, SessionKey};
+use crate::codec::seal::{Binding, Direction, SealKey, Sealer, SessionKey};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
@@ -35,8 +44,16 @@ use crate::{Error, Result, Summary};
 pub struct ReceiveConfig {
     pub io: IoMode,
     pub sink: SinkOptions,
-    /// Time a new connection has to present its HELLO.
+    /// Time a new connection has, from its accept, for TLS, magic and
+    /// HELLO together (an absolute deadline, not an idle timeout).
     pub handshake_timeout: Duration,
+    /// Most pending (unauthenticated) handshakes from one source address.
+    pub max_pending_per_source: usize,
+    /// Most pending handshakes in all.
+    pub max_pending: usize,
+    /// Most manifest entries (or announced files) one session may carry;
+    /// bounds the receiver's memory whatever a peer sends.
+    pub max_entries: u64,
     /// Time all streams of a session have to connect once the first did.
     pub assemble_timeout: Duration,
     /// Time the first sender has to connect at all (`None`: wait forever).
@@ -61,6 +78,9 @@ impl Default for ReceiveConfig {
             io: IoMode::Auto,
             sink: SinkOptions::default(),
             handshake_timeout: Duration::from_secs(10),
+            max_pending_per_source: admission::PER_SOURCE,
+            max_pending: admission::TOTAL,
+            max_entries: DEFAULT_MAX_ENTRIES,
             assemble_timeout: Duration::from_secs(30),
             first_connect_timeout: None,
             idle_timeout: Duration::from_secs(120),
@@ -73,23 +93,76 @@ impl Default for ReceiveConfig {
     }
 }
 
+/// Default cap on manifest entries or announced files per session: about
+/// 250 bytes of receiver memory each keeps a hostile manifest under 256 MiB
+/// of RSS (SECURITY.md F12); a datadir of a million files still fits.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1 << 20;
+
+/// How often the receiver tells a waiting sender it is still verifying or
+/// syncing.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A bound listener with its one-time token, ready to receive one session.
 #[derive(Debug)]
 pub struct Receiver {
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     token: Token,
+    /// This receiver's session nonce (sent in every WELCOME; an input of
+    /// the sealing key).
+    nonce: [u8; 16],
     cfg: ReceiveConfig,
     cancel: Arc<AtomicBool>,
 }
-
-/// Most handshakes examined at once; further connections wait in the backlog.
-const MAX_PENDING_HANDSHAKES: usize = 64;
 
 struct Joined {
     sock: Link,
     peer: String,
     hello: Hello,
+    ticket: Ticket,
+}
+
+/// What an examining thread reports to the accept loop.
+enum Examined {
+    Joined(Box<Joined>),
+    Refused(Ticket),
+}
+
+/// Refusals of unauthenticated peers, logged at a bounded rate.
+#[derive(Debug, Default)]
+struct RefusalLog(Mutex<LogLimit>);
+
+impl RefusalLog {
+    fn refuse(&self, peer: &str, reason: &str) {
+        let d = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).decide(Instant::now());
+        if let LogDecision::Log { suppressed } = d {
+            if suppressed > 0 {
+                tracing::warn!("{suppressed} more connection(s) were refused in the last {:?} (not logged)", admission::LOG_WINDOW);
+            }
+            tracing::warn!(peer = %peer, "refused a connection: {}", crate::error::printable(reason));
+        }
+    }
+}
+
+/// Sockets of pending handshakes, cut when evicted, expired, or when the
+/// session no longer needs the listener.
+#[derive(Default)]
+struct PendingSockets(HashMap<Ticket, TcpStream>);
+
+impl PendingSockets {
+    fn cut(&mut self, t: Ticket) {
+        if let Some(s) = self.0.remove(&t) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for PendingSockets {
+    fn drop(&mut self) {
+        for (_, s) in self.0.drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl Receiver {
@@ -101,7 +174,8 @@ impl Receiver {
         cfg.sockopt.apply(&listener).map_err(|e| Error::io(format!("applying socket options to {addr}"), e))?;
         // Certificate problems surface now, before anyone connects.
         let tls = if cfg.tls.enabled() { Some(cfg.tls.server_config()?) } else { None };
-        Ok(Self { listener, tls, token: Token::generate()?, cfg, cancel: Arc::new(AtomicBool::new(false)) })
+        let nonce = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom for a session nonce", e))?;
+        Ok(Self { listener, tls, token: Token::generate()?, nonce, cfg, cancel: Arc::new(AtomicBool::new(false)) })
     }
 
     /// A flag that, once set, makes [`run`](Self::run) give up waiting for a
@@ -126,15 +200,26 @@ impl Receiver {
         let method = backend::select(self.cfg.io, false)?;
         tracing::info!(backend = %method, dest = %dest.display(), "receiving");
         let streams = self.assemble()?;
+        // The token is spent: no further connection is answered.
+        let Self { listener, token, nonce, cfg, .. } = self;
+        drop(listener);
         let peer = streams[0].peer.clone();
-        let session = self.cfg.seal_key.as_ref().map(|k| k.session(&streams[0].hello.session_salt));
+        let h0 = &streams[0].hello;
+        let session = cfg.seal_key.as_ref().map(|k| {
+            k.session(&Binding {
+                sender_salt: &h0.session_salt,
+                receiver_nonce: &nonce,
+                token: token.as_bytes(),
+                capabilities: h0.capabilities,
+                streams: h0.stream_count,
+            })
+        });
         let verdict = Verdict {
             link: &streams[0].sock,
             peer: &peer,
-            sealer: std::sync::Mutex::new(session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0))),
-            sent: AtomicBool::new(false),
+            sealer: Mutex::new(VerdictState::Pending(session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0)))),
         };
-        let result = receive_session(&streams, &self.cfg, method, dest, session.as_ref(), &verdict);
+        let result = receive_session(&streams, &cfg, method, dest, session.as_ref(), &verdict);
         match &result {
             Ok(_) => verdict.send(true, "")?,
             Err(e) => {
@@ -150,34 +235,38 @@ impl Receiver {
     /// Accepts connections until every stream of one session has joined.
     fn assemble(&self) -> Result<Vec<Joined>> {
         self.listener.set_nonblocking(true).map_err(|e| Error::io("configuring the listener", e))?;
-        let (tx, rx) = bounded::<Joined>(MAX_PENDING_HANDSHAKES);
-        let pending = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = unbounded::<Examined>();
+        let log = Arc::new(RefusalLog::default());
+        let mut admission = Admission::new(self.cfg.max_pending_per_source, self.cfg.max_pending, self.cfg.handshake_timeout);
+        let mut pending = PendingSockets::default();
         let mut slots: Vec<Option<Joined>> = Vec::new();
         let mut salt = None;
         let mut session_caps = 0;
         let mut deadline = None;
         let first_deadline = self.cfg.first_connect_timeout.map(|t| (t, Instant::now() + t));
+        let rules = Rules {
+            token: self.token.clone(),
+            sealed: self.cfg.seal_key.is_some(),
+            unfilter: self.cfg.unfilter.is_some(),
+            tls: self.tls.clone(),
+            deadline: self.cfg.handshake_timeout,
+        };
+        let rules = Arc::new(rules);
         loop {
-            match self.listener.accept() {
-                Ok((sock, addr)) => {
-                    if pending.load(Ordering::Acquire) >= MAX_PENDING_HANDSHAKES {
-                        tracing::warn!(%addr, "too many pending handshakes; dropping connection");
-                    } else {
-                        pending.fetch_add(1, Ordering::AcqRel);
-                        let (tx, pending, token, t) = (tx.clone(), Arc::clone(&pending), self.token.clone(), self.cfg.handshake_timeout);
-                        let sealed = self.cfg.seal_key.is_some();
-                        let unfilter = self.cfg.unfilter.is_some();
-                        let tls = self.tls.clone();
-                        std::thread::spawn(move || {
-                            examine(sock, addr, &token, t, (sealed, unfilter), tls, &tx);
-                            pending.fetch_sub(1, Ordering::AcqRel);
-                        });
+            // What the examining threads found, first: a sender that passed
+            // its token check leaves the pending table before anything can
+            // evict it.
+            while let Ok(x) = rx.try_recv() {
+                let j = match x {
+                    Examined::Refused(t) => {
+                        admission.done(t);
+                        pending.0.remove(&t);
+                        continue;
                     }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => tracing::warn!("accept failed: {e}"),
-            }
-            while let Ok(j) = rx.try_recv() {
+                    Examined::Joined(j) => *j,
+                };
+                admission.done(j.ticket);
+                pending.0.remove(&j.ticket);
                 let h = &j.hello;
                 match salt {
                     None => {
@@ -198,17 +287,36 @@ impl Receiver {
                     reject(&j, "stream index joined twice");
                     continue;
                 }
-                let welcome = Frame::Welcome { version: wire::PROTOCOL_VERSION.min(h.max_version), capabilities: h.capabilities };
+                let welcome =
+                    Frame::Welcome { version: wire::PROTOCOL_VERSION.min(h.max_version), capabilities: h.capabilities, nonce: self.nonce };
                 if let Err(e) = net::write_frame(&j.sock, &j.peer, &welcome, None) {
                     tracing::warn!("{e}");
                     continue;
                 }
                 slots[i] = Some(j);
             }
+            // New connections: admitted within the caps, the oldest
+            // stranger evicted to make room.
+            loop {
+                match self.listener.accept() {
+                    Ok((sock, addr)) => admit(sock, addr, &mut admission, &mut pending, &rules, &log, &tx),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log.refuse("listener", &format!("accept failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            for t in admission.expired(Instant::now()) {
+                pending.cut(t);
+            }
             if self.cancel.load(Ordering::Acquire) {
                 return Err(Error::Aborted("cancelled while waiting for the sender".into()));
             }
             if !slots.is_empty() && slots.iter().all(Option::is_some) {
+                for t in admission.drain() {
+                    pending.cut(t);
+                }
                 return Ok(slots.into_iter().map(|s| s.expect("checked above")).collect());
             }
             if let Some((t, _)) = first_deadline.filter(|(_, d)| salt.is_none() && Instant::now() > *d) {
@@ -225,6 +333,48 @@ impl Receiver {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Admits one accepted connection and starts examining it.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    sock: TcpStream,
+    addr: SocketAddr,
+    admission: &mut Admission,
+    pending: &mut PendingSockets,
+    rules: &Arc<Rules>,
+    log: &Arc<RefusalLog>,
+    tx: &Tx<Examined>,
+) {
+    let (ticket, evict) = admission.admit(addr.ip(), Instant::now());
+    for t in evict {
+        pending.cut(t);
+    }
+    let Ok(handle) = sock.try_clone() else {
+        admission.done(ticket);
+        return;
+    };
+    pending.0.insert(ticket, handle);
+    let (rules, thread_log, tx) = (Arc::clone(rules), Arc::clone(log), tx.clone());
+    let spawned = std::thread::Builder::new().name("sluice-handshake".into()).stack_size(256 << 10).spawn(move || {
+        let outcome = examine(sock, addr, ticket, &rules, &thread_log);
+        let _ = tx.send(outcome.map_or(Examined::Refused(ticket), |j| Examined::Joined(Box::new(j))));
+    });
+    if let Err(e) = spawned {
+        // Out of threads or memory: drop this connection, keep serving.
+        log.refuse(&addr.to_string(), &format!("cannot start a handshake thread: {e}"));
+        admission.done(ticket);
+        pending.cut(ticket);
+    }
+}
+
+/// What a connection must satisfy to join.
+struct Rules {
+    token: Token,
+    sealed: bool,
+    unfilter: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    deadline: Duration,
 }
 
 /// After a failed session: stop writing, then read and discard what the
@@ -252,22 +402,53 @@ fn linger(streams: &[Joined]) {
     }
 }
 
-/// The receiver's verdict on stream 0, sent at most once: early by the
-/// first failing stream, or at the end of the session.
+/// The receiver's frames on stream 0: KEEPALIVEs while it verifies and
+/// syncs, then the verdict, sent at most once: early by the first failing
+/// stream, or at the end of the session. `sealer` is `None` once the
+/// verdict went out.
 struct Verdict<'a> {
     link: &'a Link,
     peer: &'a str,
-    sealer: std::sync::Mutex<Option<Sealer>>,
-    sent: AtomicBool,
+    sealer: Mutex<VerdictState>,
+}
+
+/// Whether the verdict went out yet, and the sealer of stream 0's frames
+/// to the sender (`None` in an unsealed session).
+enum VerdictState {
+    Pending(Option<Sealer>),
+    Sent,
 }
 
 impl Verdict<'_> {
     fn send(&self, ok: bool, reason: &str) -> Result<()> {
-        if self.sent.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let mut sealer = self.sealer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self.sealer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let VerdictState::Pending(mut sealer) = std::mem::replace(&mut *slot, VerdictState::Sent) else { return Ok(()) };
         net::write_frame(self.link, self.peer, &Frame::Verdict { ok, reason: reason.into() }, sealer.as_mut())
+    }
+
+    /// Tells the sender this receiver is still at work (no-op after the
+    /// verdict).
+    fn keepalive(&self) {
+        let mut slot = self.sealer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let VerdictState::Pending(sealer) = &mut *slot {
+            let _ = net::write_frame(self.link, self.peer, &Frame::Keepalive, sealer.as_mut());
+        }
+    }
+
+    /// Runs `work`, sending a KEEPALIVE every [`KEEPALIVE_INTERVAL`] until
+    /// it returns.
+    fn keeping_alive<T>(&self, work: impl FnOnce() -> T) -> T {
+        let (stop, stopped) = bounded::<()>(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(KEEPALIVE_INTERVAL) {
+                    self.keepalive();
+                }
+            });
+            let out = work();
+            drop(stop);
+            out
+        })
     }
 }
 
@@ -276,88 +457,119 @@ fn reject(j: &Joined, reason: &str) {
     let _ = net::write_frame(&j.sock, &j.peer, &Frame::Reject { reason: reason.into() }, None);
 }
 
-/// Checks one new connection's magic, HELLO and token. Failures are logged
-/// and the connection dropped; the session never sees them.
-fn examine(
-    tcp: TcpStream,
-    addr: SocketAddr,
-    token: &Token,
-    timeout: Duration,
-    (sealed, unfilter): (bool, bool),
-    tls: Option<Arc<rustls::ServerConfig>>,
-    tx: &Tx<Joined>,
-) {
+/// Checks one new connection's magic, HELLO and token; returns it when it
+/// may join. Refusals are logged (rate-limited) and the connection dropped;
+/// the session never sees them. Before the token is checked nothing is
+/// allocated from a length the peer declared: the only frame read is a
+/// HELLO of exactly [`wire::HELLO_LEN`] bytes. The accept loop cuts the
+/// socket when the absolute handshake deadline passes.
+fn examine(tcp: TcpStream, addr: SocketAddr, ticket: Ticket, rules: &Rules, log: &RefusalLog) -> Option<Joined> {
     let peer = addr.to_string();
-    let refuse = |sock: &Link, reason: &str, answer: bool| {
-        tracing::warn!(peer = %peer, "refused a connection: {reason}");
-        if answer {
+    let refuse = |sock: Option<&Link>, reason: &str| {
+        log.refuse(&peer, reason);
+        if let Some(sock) = sock {
             let _ = net::write_frame(sock, &peer, &Frame::Reject { reason: reason.into() }, None);
         }
+        None
     };
-    if tcp.set_nonblocking(false).and_then(|()| net::configure(&tcp, timeout)).is_err() {
-        return;
+    // Each read is also bounded by the whole deadline (the accept loop
+    // enforces it across reads).
+    if tcp.set_nonblocking(false).and_then(|()| net::configure(&tcp, rules.deadline)).is_err() {
+        return None;
     }
-    let sock = match tls {
+    let sock = match &rules.tls {
         None => Link::plain(tcp),
+        Some(_) if first_byte(&tcp) == Some(MAGIC[0]) => {
+            // A plain sluice sender at a TLS receiver: say so in plain
+            // framing, so it fails at once instead of retrying.
+            return refuse(Some(&Link::plain(tcp)), "this receiver requires TLS: turn TLS on at the sender");
+        }
         Some(cfg) => {
-            let conn = match rustls::ServerConnection::new(cfg) {
+            let conn = match rustls::ServerConnection::new(Arc::clone(cfg)) {
                 Ok(c) => rustls::Connection::Server(c),
-                Err(e) => {
-                    tracing::warn!(peer = %peer, "refused a connection: TLS setup failed: {e}");
-                    return;
-                }
+                Err(e) => return refuse(None, &format!("TLS setup failed: {e}")),
             };
             match Link::tls(tcp, conn) {
                 Ok(link) => link,
-                Err(e) => {
-                    tracing::warn!(peer = %peer, "refused a connection: TLS handshake failed: {}", net::tls::explain(&e, false));
-                    return;
-                }
+                Err(e) => return refuse(None, &format!("TLS handshake failed: {}", net::tls::explain(&e, false))),
             }
         }
     };
-    let mut magic = [0u8; 8];
-    if let Err(e) = std::io::Read::read_exact(&mut &sock, &mut magic) {
-        return refuse(&sock, &format!("no greeting ({e})"), false);
+    let mut first = [0u8; 8 + wire::FRAME_HEADER_LEN];
+    if let Err(e) = std::io::Read::read_exact(&mut &sock, &mut first) {
+        return refuse(None, &format!("no greeting ({e})"));
     }
-    if magic != MAGIC {
-        return refuse(&sock, &format!("not a sluice sender (first bytes {:?})", String::from_utf8_lossy(&magic)), false);
-    }
-    let hello = match net::read_frame(&sock, &peer, "during the handshake", None) {
-        Ok(Frame::Hello(h)) => h,
-        Ok(f) => return refuse(&sock, &format!("sent {:?} instead of HELLO", f.kind()), true),
-        Err(e) => return refuse(&sock, &format!("bad HELLO: {e}"), true),
-    };
-    if !token.matches(&hello.token) {
-        return refuse(&sock, "invalid session token (use the token printed by this `sluice recv`)", true);
-    }
-    if hello.max_version < wire::MIN_PROTOCOL_VERSION || hello.min_version > wire::PROTOCOL_VERSION {
-        return refuse(&sock, &format!("protocol versions {}..={} are not supported", hello.min_version, hello.max_version), true);
-    }
-    if hello.capabilities & !caps::SUPPORTED != 0 {
-        return refuse(&sock, &format!("capabilities {:#x} are not supported by this receiver", hello.capabilities), true);
-    }
-    match (sealed, hello.capabilities & caps::SEAL_AES256GCM != 0) {
-        (true, false) => {
-            return refuse(&sock, "this receiver requires sealed transfers: give the sender the same --encrypt-key-file", true);
-        }
-        (false, true) => return refuse(&sock, "the sender seals its data but this receiver has no --encrypt-key-file", true),
-        _ => {}
-    }
-    if hello.capabilities & (caps::COMPRESS_LZ4 | caps::COMPRESS_ZSTD) != 0 && hello.max_version < wire::since::COMPRESSION {
-        return refuse(&sock, "compression needs protocol version 2", true);
-    }
-    if hello.capabilities & caps::EXTERNAL_FILTER != 0 && !unfilter {
+    if first[..8] != MAGIC {
+        // A TLS ClientHello to a plain receiver: answer in our framing, so
+        // the TLS sender fails at once with a protocol error instead of
+        // retrying what looks like a cut connection.
+        let tls_hello = rules.tls.is_none() && first[0] == 0x16 && first[1] == 0x03;
+        let answer = tls_hello.then_some(&sock);
         return refuse(
-            &sock,
-            "the sender filters its data through an external command and this receiver has no command to undo it (SST: set decompressor in [sst])",
-            true,
+            answer,
+            &format!(
+                "not a sluice sender (first bytes {:?}); a TLS sender needs a receiver with TLS on",
+                String::from_utf8_lossy(&first[..8])
+            ),
         );
     }
-    if hello.capabilities & caps::STREAMED != 0 && hello.max_version < wire::since::STREAMED {
-        return refuse(&sock, "streamed sessions need protocol version 3", true);
+    let header: &[u8; wire::FRAME_HEADER_LEN] = first[8..].try_into().expect("8 + FRAME_HEADER_LEN bytes");
+    match wire::FrameHeader::decode(header) {
+        Ok(h) if h.kind == Kind::Hello && h.flags == 0 && h.len == wire::HELLO_LEN => {}
+        Ok(h) => return refuse(Some(&sock), &format!("sent {:?} ({} bytes) instead of a HELLO", h.kind, h.len)),
+        Err(e) => return refuse(Some(&sock), &format!("bad HELLO: {e}")),
     }
-    let _ = tx.send(Joined { sock, peer, hello });
+    let mut body = [0u8; wire::HELLO_LEN as usize];
+    if let Err(e) = std::io::Read::read_exact(&mut &sock, &mut body) {
+        return refuse(None, &format!("incomplete HELLO ({e})"));
+    }
+    let h = wire::FrameHeader { kind: Kind::Hello, flags: 0, len: wire::HELLO_LEN };
+    let hello = match Frame::decode(h, &body) {
+        Ok(Frame::Hello(h)) => h,
+        Ok(_) => return None,
+        Err(e) => return refuse(Some(&sock), &format!("bad HELLO: {e}")),
+    };
+    if !rules.token.matches(&hello.token) {
+        return refuse(Some(&sock), "invalid session token (use the token this receiver printed)");
+    }
+    if let Some(reason) = hello_refusal(&hello, rules.sealed, rules.unfilter) {
+        return refuse(Some(&sock), &reason);
+    }
+    Some(Joined { sock, peer, hello, ticket })
+}
+
+/// The first byte waiting on `tcp`, without consuming it.
+fn first_byte(tcp: &TcpStream) -> Option<u8> {
+    let mut b = [0u8; 1];
+    matches!(tcp.peek(&mut b), Ok(1)).then_some(b[0])
+}
+
+/// Why an authenticated HELLO cannot join, if it cannot.
+fn hello_refusal(hello: &Hello, sealed: bool, unfilter: bool) -> Option<String> {
+    if hello.max_version < wire::MIN_PROTOCOL_VERSION || hello.min_version > wire::PROTOCOL_VERSION {
+        return Some(format!(
+            "the sender speaks protocol versions {}..={} and this receiver {}..={}: run the same sluice release on both ends",
+            hello.min_version,
+            hello.max_version,
+            wire::MIN_PROTOCOL_VERSION,
+            wire::PROTOCOL_VERSION
+        ));
+    }
+    if hello.capabilities & !caps::SUPPORTED != 0 {
+        return Some(format!("capabilities {:#x} are not supported by this receiver", hello.capabilities));
+    }
+    match (sealed, hello.capabilities & caps::SEAL_AES256GCM != 0) {
+        (true, false) => return Some("this receiver requires sealed transfers: give the sender the same sealing key".into()),
+        (false, true) => return Some("the sender seals its data but this receiver has no sealing key".into()),
+        _ => {}
+    }
+    if hello.capabilities & caps::EXTERNAL_FILTER != 0 && !unfilter {
+        return Some(
+            "the sender filters its data through an external command and this receiver has no command to undo it (SST: set decompressor in [sst])"
+                .into(),
+        );
+    }
+    None
 }
 
 /// Manifest, data, end, verification and sync; returns (entries, files, bytes).
@@ -380,7 +592,7 @@ fn receive_session(
         .map(|i| std::sync::Mutex::new(session.map(|k| Sealer::new(k.clone(), Direction::ToReceiver, i as u16))))
         .collect();
     let lock = |i: usize| openers[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (entries, data_bytes) = read_manifest(s0, peer, lock(0).as_mut())?;
+    let (entries, data_bytes) = read_manifest(s0, peer, lock(0).as_mut(), cfg.max_entries)?;
     let streamed = streams[0].hello.capabilities & caps::STREAMED != 0;
     if streamed && !entries.is_empty() {
         return Err(Error::peer(peer, "sent a manifest in a streamed session"));
@@ -394,7 +606,7 @@ fn receive_session(
     let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
     let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
     let tally = RecvTally::new(&entries);
-    let catalog = Catalog::new(&sink);
+    let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
     let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest { entries: &entries, tally: &tally } };
     let abort = Abort::default();
     let results = pipeline::run_streams(
@@ -436,7 +648,9 @@ fn receive_session(
             reason: format!("{got} of {want} data bytes arrived and verified"),
         });
     }
-    sink.finish()?;
+    // Syncing may take long on a large datadir: keep the sender's wait
+    // for the verdict alive meanwhile.
+    verdict.keeping_alive(|| sink.finish())?;
     let files = if streamed { count } else { u64::from(tally.regular_files()) };
     Ok((count, files, bytes, progress.snapshot().wire))
 }
@@ -451,21 +665,20 @@ enum Files<'a> {
 /// The file a DATA frame writes into.
 enum Target<'a> {
     Manifest(&'a Entry, Arc<crate::sink::DestFile>),
-    Streamed(Arc<Announced>),
+    Streamed(Arc<Announced>, Arc<crate::sink::DestFile>),
 }
 
 impl Target<'_> {
     fn dest(&self) -> &crate::sink::DestFile {
         match self {
-            Self::Manifest(_, f) => f,
-            Self::Streamed(a) => &a.dest,
+            Self::Manifest(_, f) | Self::Streamed(_, f) => f,
         }
     }
 
     fn path(&self) -> &[u8] {
         match self {
             Self::Manifest(e, _) => &e.path,
-            Self::Streamed(a) => &a.path,
+            Self::Streamed(a, _) => &a.path,
         }
     }
 
@@ -476,7 +689,7 @@ impl Target<'_> {
 
 /// Reads MANIFEST frames up to MANIFEST_END and checks ids, uniqueness and
 /// that every entry's parent is a directory of the manifest.
-fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>) -> Result<(Vec<Entry>, u64)> {
+fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>, max_entries: u64) -> Result<(Vec<Entry>, u64)> {
     let mut entries: Vec<Entry> = Vec::new();
     let bad = |reason: String| Error::peer(peer, format!("sent a bad manifest: {reason}"));
     loop {
@@ -486,8 +699,10 @@ fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>) -> Resu
                     if e.id as usize != entries.len() {
                         return Err(bad(format!("entry id {} out of sequence", e.id)));
                     }
-                    if entries.len() as u64 >= wire::MAX_ENTRIES {
-                        return Err(bad("too many entries".into()));
+                    if entries.len() as u64 >= max_entries.min(wire::MAX_ENTRIES) {
+                        return Err(bad(format!(
+                            "more than {max_entries} entries (the receiver's limit; raise it on the receiver for a larger tree)"
+                        )));
                     }
                     entries.push(e);
                 }
@@ -621,7 +836,7 @@ impl StreamCtx<'_> {
                     (Target::Manifest(entry, _), Files::Manifest { tally, .. }) => {
                         self.settle(entry, tally.record_block(d.file_id, d.offset, len, sum))?;
                     }
-                    (Target::Streamed(f), Files::Streamed(catalog)) => catalog.record_block(f, d.file_id, d.offset, len, sum)?,
+                    (Target::Streamed(f, _), Files::Streamed(catalog)) => catalog.record_block(f, d.file_id, d.offset, len, sum)?,
                     _ => unreachable!("a target comes from its session's file table"),
                 }
                 continue;
@@ -667,7 +882,8 @@ impl StreamCtx<'_> {
             Files::Streamed(catalog) => {
                 let f = catalog.get(id, peer)?;
                 Catalog::check_range(&f, offset, len)?;
-                Ok(Target::Streamed(f))
+                let dest = catalog.open(&f)?;
+                Ok(Target::Streamed(f, dest))
             }
         }
     }

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver as Rx, bounded};
+use crossbeam_channel::{Receiver as Rx, RecvTimeoutError, bounded, unbounded};
 
 use crate::backend::{self, IoMode, StreamIo};
-use crate::codec::seal::{Direction, SealKey, Sealer, TAG_LEN};
+use crate::codec::seal::{Binding, Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
@@ -106,8 +106,17 @@ struct Session {
     peer: String,
     sealers: Vec<std::sync::Mutex<Option<Sealer>>>,
     abort: Arc<Abort>,
-    verdict: Rx<Result<(bool, String)>>,
+    verdict: Rx<Heard>,
     listener: std::thread::JoinHandle<()>,
+    /// Longest silence after END before the verdict (KEEPALIVEs reset it).
+    verdict_wait: Duration,
+}
+
+/// What the receiver said on stream 0.
+enum Heard {
+    /// KEEPALIVE: still verifying or syncing.
+    Alive,
+    Verdict(Result<(bool, String)>),
 }
 
 impl Session {
@@ -117,41 +126,66 @@ impl Session {
         let tls = if cfg.tls.enabled() { Some((cfg.tls.client_config()?, cfg.tls.server_name(addr)?)) } else { None };
         let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
         let mut socks = Vec::with_capacity(usize::from(cfg.streams));
+        let mut nonce = None;
         for i in 0..cfg.streams {
-            socks.push(Arc::new(handshake(addr, token, salt, i, cfg, streamed, tls.as_ref())?));
+            let (sock, n) = handshake(addr, token, salt, i, cfg, streamed, tls.as_ref())?;
+            if *nonce.get_or_insert(n) != n {
+                return Err(Error::peer(
+                    addr,
+                    "answered with different session nonces on different streams (is more than one receiver behind this address?)",
+                ));
+            }
+            socks.push(Arc::new(sock));
         }
+        let nonce = nonce.expect("at least one stream");
         let peer = net::peer_name(socks[0].tcp());
         // One sealer per stream and direction; stream 0's serves the
-        // manifest, its stream thread and END in turn.
-        let session = cfg.seal_key.as_ref().map(|k| k.session(&salt));
+        // manifest, its stream thread and END in turn. The key is bound to
+        // both ends' randomness, the token and what was agreed.
+        let session = cfg.seal_key.as_ref().map(|k| {
+            k.session(&Binding {
+                sender_salt: &salt,
+                receiver_nonce: &nonce,
+                token: token.as_bytes(),
+                capabilities: capabilities(cfg, streamed),
+                streams: cfg.streams,
+            })
+        });
         let sealers =
             (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect();
         let mut verdict_opener = session.map(|k| Sealer::new(k, Direction::ToSender, 0));
-        // The receiver speaks on stream 0 only: its verdict, possibly early.
-        // A failed verdict stops the streams at once, instead of letting them
-        // send the rest into a receiver that has given up.
+        // The receiver speaks on stream 0 only: KEEPALIVEs after END, and
+        // its verdict, possibly early. A failed verdict stops the streams
+        // at once, instead of letting them send the rest into a receiver
+        // that has given up. (The wait is bounded in `finish`.)
         let abort = Arc::new(Abort::default());
-        let (verdict_tx, verdict) = bounded(1);
+        let (verdict_tx, verdict) = unbounded();
         let (control, all) = (Arc::clone(&socks[0]), socks.clone());
         let (control_peer, stop) = (peer.clone(), Arc::clone(&abort));
         let listener = std::thread::Builder::new()
             .name("sluice-verdict".into())
             .spawn(move || {
                 let _ = control.tcp().set_read_timeout(None);
-                let v = match net::read_frame(&*control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
-                    Ok(Frame::Verdict { ok, reason }) => Ok((ok, reason)),
-                    Ok(other) => Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
-                    Err(e) => Err(e),
+                let v = loop {
+                    match net::read_frame(&*control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
+                        Ok(Frame::Keepalive) => {
+                            let _ = verdict_tx.send(Heard::Alive);
+                        }
+                        Ok(Frame::Verdict { ok, reason }) => break Ok((ok, reason)),
+                        Ok(other) => break Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
+                        Err(e) => break Err(e),
+                    }
                 };
                 if matches!(v, Ok((false, _))) && stop.trip() {
                     for s in &all {
                         s.shutdown(Shutdown::Write);
                     }
                 }
-                let _ = verdict_tx.send(v);
+                let _ = verdict_tx.send(Heard::Verdict(v));
             })
             .map_err(|e| Error::io("spawning a thread", e))?;
-        Ok(Self { socks, peer, sealers, abort, verdict, listener })
+        let verdict_wait = if cfg.idle_timeout.is_zero() { Duration::from_secs(120) } else { cfg.idle_timeout };
+        Ok(Self { socks, peer, sealers, abort, verdict, listener, verdict_wait })
     }
 
     /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
@@ -172,7 +206,8 @@ impl Session {
 
     /// END, the verdict, and teardown; returns the data bytes sent.
     fn close(self, entries: u64, results: Vec<Result<(u64, u64)>>) -> Result<u64> {
-        let outcome = finish(&self.socks, &self.peer, entries, results, &self.verdict, lock(&self.sealers[0]).as_mut());
+        let outcome =
+            finish(&self.socks, &self.peer, entries, results, (&self.verdict, self.verdict_wait), lock(&self.sealers[0]).as_mut());
         if outcome.is_err() {
             for s in &self.socks {
                 s.shutdown(Shutdown::Both);
@@ -423,6 +458,11 @@ fn lock(m: &std::sync::Mutex<Option<Sealer>>) -> std::sync::MutexGuard<'_, Optio
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Connects stream `index` and handshakes it; returns the link and the
+/// receiver's session nonce. A connection that the receiver closes or
+/// resets before WELCOME (its admission evicted us to make room, or it was
+/// still busy) is retried until `connect_timeout` has passed; a REJECT is
+/// final.
 fn handshake(
     addr: &str,
     token: &Token,
@@ -431,17 +471,69 @@ fn handshake(
     cfg: &SendConfig,
     streamed: bool,
     tls: Option<&(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
-) -> Result<Link> {
-    let tcp = net::connect(addr, cfg.connect_timeout, &cfg.sockopt)?;
-    net::configure(&tcp, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
-    let peer = net::peer_name(&tcp);
+) -> Result<(Link, [u8; 16])> {
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let tcp = net::connect(addr, left, &cfg.sockopt)?;
+        net::configure(&tcp, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
+        let peer = net::peer_name(&tcp);
+        match attempt(tcp, &peer, token, salt, index, cfg, streamed, tls) {
+            Ok(done) => return Ok(done),
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Closed(e)) if Instant::now() + pause >= deadline => {
+                let tls_hint = if tls.is_some() { "" } else { ", or a receiver that requires TLS" };
+                return Err(Error::Rejected(format!(
+                    "{peer} kept closing the connection during the handshake for {:?} ({e}); wrong token{tls_hint}, or its session already started?",
+                    cfg.connect_timeout
+                )));
+            }
+            Err(Attempt::Closed(e)) => {
+                tracing::debug!(peer = %peer, stream = index, "handshake cut ({e}); retrying");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// How one handshake attempt failed.
+enum Attempt {
+    /// Closed or reset before WELCOME: worth another try.
+    Closed(std::io::Error),
+    Fatal(Error),
+}
+
+fn closed_early(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
+        && !e.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<rustls::Error>)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt(
+    tcp: std::net::TcpStream,
+    peer: &str,
+    token: &Token,
+    salt: [u8; 16],
+    index: u16,
+    cfg: &SendConfig,
+    streamed: bool,
+    tls: Option<&(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+) -> std::result::Result<(Link, [u8; 16]), Attempt> {
     let sock = match tls {
         None => Link::plain(tcp),
         Some((config, name)) => {
             let conn = rustls::ClientConnection::new(Arc::clone(config), name.clone())
-                .map_err(|e| Error::peer(&peer, format!("TLS setup failed: {e}")))?;
-            Link::tls(tcp, rustls::Connection::Client(conn))
-                .map_err(|e| Error::peer(&peer, format!("TLS handshake failed: {}", net::tls::explain(&e, true))))?
+                .map_err(|e| Attempt::Fatal(Error::peer(peer, format!("TLS setup failed: {e}"))))?;
+            Link::tls(tcp, rustls::Connection::Client(conn)).map_err(|e| {
+                if closed_early(&e) {
+                    Attempt::Closed(e)
+                } else {
+                    Attempt::Fatal(Error::peer(peer, format!("TLS handshake failed: {}", net::tls::explain(&e, true))))
+                }
+            })?
         }
     };
     let mut buf = MAGIC.to_vec();
@@ -455,29 +547,38 @@ fn handshake(
         session_salt: salt,
     })
     .encode(&mut buf);
-    std::io::Write::write_all(&mut &sock, &buf).map_err(|e| Error::peer(&peer, format!("sending HELLO failed: {e}")))?;
-    match net::read_frame(&sock, &peer, "during the handshake", None) {
-        Ok(Frame::Welcome { version, capabilities }) => {
+    std::io::Write::write_all(&mut &sock, &buf).map_err(|e| {
+        if closed_early(&e) { Attempt::Closed(e) } else { Attempt::Fatal(Error::peer(peer, format!("sending HELLO failed: {e}"))) }
+    })?;
+    let mut h = [0u8; wire::FRAME_HEADER_LEN];
+    std::io::Read::read_exact(&mut &sock, &mut h)
+        .map_err(|e| if closed_early(&e) { Attempt::Closed(e) } else { Attempt::Fatal(net::read_err(peer, "during the handshake", &e)) })?;
+    let fatal = Attempt::Fatal;
+    let h = match wire::FrameHeader::decode(&h) {
+        Ok(h) => h,
+        Err(_) if !sock.is_tls() => {
+            return Err(fatal(Error::Rejected(format!("{peer} answered in a foreign protocol: does it require TLS?"))));
+        }
+        Err(source) => return Err(fatal(Error::Wire { peer: peer.into(), source })),
+    };
+    match net::read_body(&sock, peer, h, None).map_err(fatal)? {
+        Frame::Welcome { version, capabilities, nonce } => {
             let wanted = self::capabilities(cfg, streamed);
             if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || capabilities != wanted {
-                return Err(Error::peer(
-                    &peer,
+                return Err(fatal(Error::peer(
+                    peer,
                     format!("chose protocol {version} with capabilities {capabilities:#x}, which this build did not offer"),
-                ));
+                )));
             }
-            Ok(sock)
+            Ok((sock, nonce))
         }
-        Ok(Frame::Reject { reason }) => Err(Error::Rejected(reason)),
-        Ok(other) => Err(Error::peer(&peer, format!("answered HELLO with {:?}", other.kind()))),
-        Err(Error::Peer { .. }) if !sock.is_tls() => Err(Error::Rejected(format!(
-            "{peer} closed the connection during the handshake (wrong token, a receiver that requires TLS (--tls-mode), or its session already started?)"
-        ))),
-        Err(Error::Wire { .. }) if !sock.is_tls() => {
-            Err(Error::Rejected(format!("{peer} answered in a foreign protocol: does it require TLS (--tls-mode)?")))
-        }
-        // Over TLS the error already says what the receiver objected to.
-        Err(e) if sock.is_tls() => Err(e),
-        Err(e) => Err(e),
+        Frame::Reject { reason } if reason.contains("protocol version") => Err(fatal(Error::Rejected(format!(
+            "{reason} (this sender speaks {}..={})",
+            wire::MIN_PROTOCOL_VERSION,
+            wire::PROTOCOL_VERSION
+        )))),
+        Frame::Reject { reason } => Err(fatal(Error::Rejected(reason))),
+        other => Err(fatal(Error::peer(peer, format!("answered HELLO with {:?}", other.kind())))),
     }
 }
 
@@ -542,9 +643,7 @@ impl StreamCtx<'_> {
                 return Err(Abort::error());
             }
             if open.as_ref().is_none_or(|(id, _)| *id != b.file_id) {
-                let path = &tree.paths[b.file_id as usize];
-                let f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-                open = Some((b.file_id, f));
+                open = Some((b.file_id, tree.open(b.file_id)?));
             }
             let file = &open.as_ref().expect("opened above").1;
             // Keep the disk reading ahead of the streams (best effort).
@@ -642,7 +741,7 @@ impl StreamCtx<'_> {
                     let header = DataHeader { file_id: item.file_id, seq, offset, raw_len: len, checksum };
                     let mut filtered = match &self.cfg.filter {
                         Some(cmd) => Some(
-                            crate::codec::external::run_filter(cmd, &data)
+                            crate::codec::external::run_filter(cmd, &data, wire::MAX_PAYLOAD as usize)
                                 .map_err(|e| Error::io(format!("filtering a block of {}", path()), e))?,
                         ),
                         None => None,
@@ -728,14 +827,14 @@ fn finish(
     peer: &str,
     entries: u64,
     results: Vec<Result<(u64, u64)>>,
-    verdict: &Rx<Result<(bool, String)>>,
+    (verdict, wait): (&Rx<Heard>, Duration),
     seal: Option<&mut Sealer>,
 ) -> Result<u64> {
     let per_stream = match pipeline::collect(results) {
         Ok(v) => v,
         // If the receiver said why it hung up, that is the better message.
         Err(e) => {
-            return Err(match verdict.recv_timeout(Duration::from_secs(2)) {
+            return Err(match next_verdict(verdict, Duration::from_secs(2)) {
                 Ok(Ok((false, reason))) => {
                     // Keep the local side of the story too.
                     if !matches!(e, Error::Aborted(_)) {
@@ -749,10 +848,26 @@ fn finish(
     };
     let (frames, bytes) = per_stream.iter().fold((0, 0), |(f, b), (sf, sb)| (f + sf, b + sb));
     net::write_frame(&*socks[0], peer, &Frame::End { entries, data_bytes: bytes, frames }, seal)?;
-    match verdict.recv() {
+    match next_verdict(verdict, wait) {
         Ok(Ok((true, _))) => Ok(bytes),
         Ok(Ok((false, reason))) => Err(Error::ReceiverFailed(reason)),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(Error::peer(peer, "closed the connection without a verdict")),
+        Err(RecvTimeoutError::Timeout) => Err(Error::peer(
+            peer,
+            format!(
+                "sent no verdict and no sign of life for {wait:?} after the end of the data (is the receiver hung, or its host down?); giving up"
+            ),
+        )),
+        Err(RecvTimeoutError::Disconnected) => Err(Error::peer(peer, "closed the connection without a verdict")),
+    }
+}
+
+/// Waits for the verdict; each KEEPALIVE restarts the wait of `silence`.
+fn next_verdict(heard: &Rx<Heard>, silence: Duration) -> std::result::Result<Result<(bool, String)>, RecvTimeoutError> {
+    loop {
+        match heard.recv_timeout(silence)? {
+            Heard::Alive => {}
+            Heard::Verdict(v) => return Ok(v),
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::fs::{self, File, Permissions};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -111,6 +111,74 @@ pub fn create_dirs(root: &File, rel: &[u8], mode: u32) -> std::result::Result<()
     Ok(())
 }
 
+/// Gives every entry under `root` (not `root` itself) to `uid:gid`, walking
+/// by descriptor: each directory is opened relative to its parent with no
+/// symlink followed, each entry is changed through a descriptor of the very
+/// inode that was examined, so an owner of the tree who renames or swaps
+/// entries during the walk cannot redirect root's chown outside it
+/// (SECURITY.md F3). Symlinks get their own ownership changed, never their
+/// targets'. A regular file with several hard links is left alone (it may
+/// be a link to a file outside the tree) and reported. Returns the paths
+/// left alone.
+pub fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<Vec<PathBuf>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let top = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(root)?;
+    let mut skipped = Vec::new();
+    let mut stack = vec![(top, root.to_path_buf())];
+    while let Some((dir, shown)) = stack.pop() {
+        // Listing through /proc/self/fd reads the directory this descriptor
+        // holds, whatever its path has become.
+        let list = fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .map_err(|e| io::Error::new(e.kind(), format!("listing {}: {e}", shown.display())))?;
+        for entry in list {
+            let name = entry?.file_name();
+            let here = shown.join(&name);
+            let cname = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()))
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            let ctx = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", here.display()));
+            let (fd, is_dir) = match sys::openat2(&dir, &cname, libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_CONFINED) {
+                Ok(fd) => (fd, true),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                    (sys::openat2(&dir, &cname, libc::O_PATH | libc::O_NOFOLLOW, 0, RESOLVE_CONFINED).map_err(ctx)?, false)
+                }
+                // Gone meanwhile (the owner removed it): nothing to change.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(ctx(e)),
+            };
+            let f = File::from(fd);
+            let m = f.metadata().map_err(ctx)?;
+            if m.is_file() && m.nlink() > 1 && (m.uid(), m.gid()) != (uid, gid) {
+                skipped.push(here);
+                continue;
+            }
+            if (m.uid(), m.gid()) != (uid, gid) {
+                sys::chown_fd(&f, uid, gid).map_err(ctx)?;
+            }
+            if is_dir {
+                stack.push((f, here));
+            }
+        }
+    }
+    Ok(skipped)
+}
+
+/// Creates the incomplete-marker in `root` fresh (O_EXCL, never through a
+/// symlink: one planted under the marker's name is removed, not followed;
+/// SECURITY.md F4).
+fn write_marker(root: &File) -> io::Result<()> {
+    let name = cpath(INCOMPLETE_MARKER.as_bytes());
+    let open = || create_file(root, INCOMPLETE_MARKER.as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600);
+    let mut f = match open() {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            sys::unlinkat(root, &name)?;
+            open()?
+        }
+        r => r?,
+    };
+    io::Write::write_all(&mut f, b"sluice: a transfer into this directory is in progress or failed; its content is incomplete.\n")
+}
+
 /// Opens (with `flags`, e.g. `O_CREAT | O_EXCL`) the file `rel` under
 /// `root`, never through a symlink and never outside `root`.
 pub fn create_file(root: &File, rel: &[u8], flags: libc::c_int, mode: u32) -> io::Result<File> {
@@ -123,15 +191,18 @@ impl Sink {
     pub fn create(root: &Path, entries: Arc<Vec<Entry>>, opts: SinkOptions) -> Result<Self> {
         let dest_err = |reason: String| Error::Destination { path: root.display().to_string(), reason };
         fs::create_dir_all(root).map_err(|e| dest_err(format!("cannot create the directory: {e}")))?;
-        let root_file = File::open(root).map_err(|e| dest_err(format!("cannot open: {e}")))?;
-        if !root_file.metadata().map_err(|e| dest_err(e.to_string()))?.is_dir() {
-            return Err(dest_err("is not a directory".into()));
-        }
-        fs::write(
-            root.join(INCOMPLETE_MARKER),
-            b"sluice: a transfer into this directory is in progress or failed; its content is incomplete.\n",
-        )
-        .map_err(|e| dest_err(format!("not writable: {e}")))?;
+        // The root itself is never a symlink (someone who can write its
+        // parent could swap it), and everything below is reached from
+        // this descriptor.
+        let root_file =
+            fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(root).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::ELOOP) => dest_err("is a symlink; sluice never writes through one: give the real directory".into()),
+                    Some(libc::ENOTDIR) => dest_err("is not a directory".into()),
+                    _ => dest_err(format!("cannot open: {e}")),
+                }
+            })?;
+        write_marker(&root_file).map_err(|e| dest_err(format!("not writable: {e}")))?;
         let slots = entries.iter().map(|_| Mutex::new(Slot::Closed)).collect();
         let sink = Self { root: root_file, root_path: root.to_path_buf(), entries, slots, opts };
         for e in sink.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
@@ -227,6 +298,18 @@ impl Sink {
         Ok(DestFile { file, direct })
     }
 
+    /// Reopens a streamed file that [`open_streamed`](Self::open_streamed)
+    /// created (its handle was closed to bound descriptors).
+    pub fn reopen_streamed(&self, rel: &[u8]) -> Result<DestFile> {
+        let file = create_file(&self.root, rel, libc::O_RDWR, 0).map_err(|err| self.err(rel, "reopening file", &err))?;
+        let direct = if self.opts.direct_io {
+            sys::openat2(&self.root, &cpath(rel), libc::O_WRONLY | libc::O_DIRECT, 0, RESOLVE_CONFINED).ok().map(File::from)
+        } else {
+            None
+        };
+        Ok(DestFile { file, direct })
+    }
+
     /// Completes a streamed file once all its data is verified: final size
     /// (a hole at its end), mode, early writeback.
     pub fn finish_streamed(&self, rel: &[u8], f: &DestFile, size: u64, mode: u32) -> Result<()> {
@@ -304,7 +387,7 @@ impl Sink {
         // One syncfs makes every file and directory of the session durable
         // (it reports writeback errors since Linux 5.8).
         sys::syncfs(&self.root).map_err(|err| self.err(b".", "syncing the filesystem", &err))?;
-        fs::remove_file(self.root_path.join(INCOMPLETE_MARKER)).map_err(|err| self.err(b".", "removing the marker", &err))?;
+        sys::unlinkat(&self.root, &cpath(INCOMPLETE_MARKER.as_bytes())).map_err(|err| self.err(b".", "removing the marker", &err))?;
         self.root.sync_all().map_err(|err| self.err(b".", "syncing the directory", &err))
     }
 }

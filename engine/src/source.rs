@@ -21,9 +21,40 @@ pub struct SourceTree {
     pub entries: Vec<Entry>,
     /// Local path of each entry, indexed by entry id.
     pub paths: Vec<PathBuf>,
+    /// (device, inode) of each entry as scanned: a file is sent only if
+    /// the path still leads to that very file (SECURITY.md F9).
+    pub inodes: Vec<(u64, u64)>,
+}
+
+/// Opens the regular file at `path` for reading, never through a symlink
+/// in its last component, and only if it is still the file `(dev, ino)`
+/// that was scanned: whoever owns the tree may swap entries between the
+/// scan and the send, and a root sender must not then read a file they
+/// could not (SECURITY.md F9).
+pub fn open_checked(path: &Path, (dev, ino): (u64, u64)) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::Config(format!("{} became a symlink after it was scanned; refusing to follow it", path.display())),
+            _ => Error::io(format!("opening {}", path.display()), e),
+        }
+    })?;
+    let m = f.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if !m.is_file() || (m.dev(), m.ino()) != (dev, ino) {
+        return Err(Error::Config(format!(
+            "{} was replaced by another file after it was scanned; refusing to send it (re-run the transfer)",
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 impl SourceTree {
+    /// Opens entry `id` (a regular file) as scanned; see [`open_checked`].
+    pub fn open(&self, id: u32) -> Result<File> {
+        open_checked(&self.paths[id as usize], self.inodes[id as usize])
+    }
+
     /// Data bytes (holes excluded) of the whole tree.
     pub fn data_bytes(&self) -> u64 {
         self.entries.iter().map(Entry::data_bytes).sum()
@@ -170,6 +201,7 @@ fn add(tree: &mut SourceTree, seen: &mut std::collections::HashSet<Vec<u8>>, pat
         link_target,
     });
     tree.paths.push(path.to_path_buf());
+    tree.inodes.push((meta.dev(), meta.ino()));
     Ok(true)
 }
 
@@ -185,7 +217,7 @@ fn data_extents(path: &Path, meta: &Metadata) -> Result<Vec<Extent>> {
     if meta.blocks() * 512 >= size {
         return Ok(whole);
     }
-    let f = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let f = open_checked(path, (meta.dev(), meta.ino()))?;
     let mut out = Vec::new();
     let mut off = 0u64;
     while off < size {

@@ -1,4 +1,4 @@
-//! Wire protocol (v3): frame layout, encoding and bounded decoding.
+//! Wire protocol (v4): frame layout, encoding and bounded decoding.
 //!
 //! Owns the byte layout of everything that crosses a sluice connection and
 //! the protocol version constants. It does no I/O and never allocates more
@@ -15,9 +15,11 @@ use crate::plan::{Entry, EntryKind, Extent, validate_rel_path};
 pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
-/// The oldest protocol version this build accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 4;
+/// The oldest protocol version this build accepts: version 4 binds the
+/// sealing key to both ends (SECURITY.md F2), so no earlier peer is safe to
+/// talk to.
+pub const MIN_PROTOCOL_VERSION: u16 = 4;
 
 /// Protocol version that introduced each feature (WDT style): code that
 /// depends on a feature checks the negotiated version against its constant.
@@ -37,6 +39,11 @@ pub mod since {
     /// Streamed sessions: files announced while data flows (ANNOUNCE,
     /// FILE_END), for sources such as a backup stream with no file list.
     pub const STREAMED: u16 = 3;
+    /// WELCOME carries the receiver's session nonce; the sealing key is
+    /// derived from both ends' randomness, the token and the negotiated
+    /// parameters. KEEPALIVE frames from the receiver while it verifies and
+    /// syncs.
+    pub const BOUND_SEALING: u16 = 4;
 }
 
 /// Capability bits a sender may request in HELLO; the receiver grants them
@@ -165,6 +172,9 @@ pub enum Kind {
     /// S (streamed sessions, any stream): the sender's source failed; the
     /// reason says why. The receiver fails the session with it.
     Abort = 13,
+    /// R (stream 0): the receiver is alive and still verifying or syncing
+    /// after END; resets the sender's wait for the verdict.
+    Keepalive = 14,
 }
 
 impl Kind {
@@ -183,6 +193,7 @@ impl Kind {
             11 => Self::Announce,
             12 => Self::FileEnd,
             13 => Self::Abort,
+            14 => Self::Keepalive,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -236,6 +247,12 @@ impl FrameHeader {
         Ok(Self { kind, flags, len })
     }
 }
+
+/// Body length of HELLO (the only frame a receiver reads before the token
+/// is checked, so it reads exactly this many bytes).
+pub const HELLO_LEN: u32 = 48;
+/// Body length of WELCOME.
+pub const WELCOME_LEN: u32 = 28;
 
 /// HELLO: who the sender is and what it wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,17 +334,53 @@ impl DataHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Hello(Hello),
-    Welcome { version: u16, capabilities: u64 },
-    Reject { reason: String },
+    /// `nonce`: the receiver's random session nonce (the same on every
+    /// stream of a session), an input of the sealing key.
+    Welcome {
+        version: u16,
+        capabilities: u64,
+        nonce: [u8; 16],
+    },
+    Reject {
+        reason: String,
+    },
     Manifest(Vec<Entry>),
-    ManifestEnd { entries: u64, data_bytes: u64 },
-    FileDone { file_id: u32, digest: u64 },
-    StreamEnd { frames: u64, bytes: u64 },
-    End { entries: u64, data_bytes: u64, frames: u64 },
-    Verdict { ok: bool, reason: String },
-    Announce { file_id: u32, mode: u32, path: Vec<u8> },
-    FileEnd { file_id: u32, size: u64, data_bytes: u64, digest: u64 },
-    Abort { reason: String },
+    ManifestEnd {
+        entries: u64,
+        data_bytes: u64,
+    },
+    FileDone {
+        file_id: u32,
+        digest: u64,
+    },
+    StreamEnd {
+        frames: u64,
+        bytes: u64,
+    },
+    End {
+        entries: u64,
+        data_bytes: u64,
+        frames: u64,
+    },
+    Verdict {
+        ok: bool,
+        reason: String,
+    },
+    Announce {
+        file_id: u32,
+        mode: u32,
+        path: Vec<u8>,
+    },
+    FileEnd {
+        file_id: u32,
+        size: u64,
+        data_bytes: u64,
+        digest: u64,
+    },
+    Abort {
+        reason: String,
+    },
+    Keepalive,
 }
 
 impl Frame {
@@ -345,6 +398,7 @@ impl Frame {
             Self::Announce { .. } => Kind::Announce,
             Self::FileEnd { .. } => Kind::FileEnd,
             Self::Abort { .. } => Kind::Abort,
+            Self::Keepalive => Kind::Keepalive,
         }
     }
 
@@ -362,11 +416,13 @@ impl Frame {
                 out.extend_from_slice(&h.token);
                 out.extend_from_slice(&h.session_salt);
             }
-            Self::Welcome { version, capabilities } => {
+            Self::Welcome { version, capabilities, nonce } => {
                 put16(out, *version);
                 put16(out, 0);
                 put64(out, *capabilities);
+                out.extend_from_slice(nonce);
             }
+            Self::Keepalive => {}
             Self::Reject { reason } | Self::Abort { reason } => put_str(out, reason),
             Self::Manifest(entries) => {
                 put32(out, entries.len() as u32);
@@ -432,6 +488,7 @@ impl Frame {
             Kind::Announce => "ANNOUNCE",
             Kind::FileEnd => "FILE_END",
             Kind::Abort => "ABORT",
+            Kind::Keepalive => "KEEPALIVE",
         };
         let mut r = Reader::new(body, what);
         let frame = match header.kind {
@@ -459,8 +516,9 @@ impl Frame {
             Kind::Welcome => {
                 let version = r.u16()?;
                 let _reserved = r.u16()?;
-                Self::Welcome { version, capabilities: r.u64()? }
+                Self::Welcome { version, capabilities: r.u64()?, nonce: r.array()? }
             }
+            Kind::Keepalive => Self::Keepalive,
             Kind::Reject => Self::Reject { reason: r.string()? },
             Kind::Abort => Self::Abort { reason: r.string()? },
             Kind::Manifest => {
@@ -753,7 +811,8 @@ mod tests {
                 token: [7; 16],
                 session_salt: [9; 16],
             }),
-            Frame::Welcome { version: 1, capabilities: 0 },
+            Frame::Welcome { version: 4, capabilities: caps::STREAMED, nonce: [5; 16] },
+            Frame::Keepalive,
             Frame::Reject { reason: "bad token".into() },
             Frame::Manifest(vec![entry(0, "a/b c"), entry(1, "ünï")]),
             Frame::ManifestEnd { entries: 2, data_bytes: 120 },
@@ -813,8 +872,32 @@ mod tests {
     }
 
     #[test]
-    fn http_request_is_not_magic() {
-        assert_ne!(&b"GET / HTTP/1.1\r\n"[..8], &MAGIC);
+    fn an_http_request_is_refused_as_a_frame() {
+        // What a receiver would do with an HTTP request read as a header: an
+        // unknown kind, before any length is trusted.
+        let h: &[u8; FRAME_HEADER_LEN] = b"GET / HT";
+        assert_eq!(FrameHeader::decode(h), Err(WireError::UnknownKind(b'G')));
+        let h: &[u8; FRAME_HEADER_LEN] = b"\x16\x03\x01\x02\x00\x01\x00\x01";
+        assert!(FrameHeader::decode(h).is_err(), "a TLS ClientHello is not a frame");
+    }
+
+    #[test]
+    fn welcome_has_a_fixed_length_and_hello_too() {
+        let mut out = Vec::new();
+        Frame::Welcome { version: 4, capabilities: 0, nonce: [1; 16] }.encode(&mut out);
+        assert_eq!(out.len() - FRAME_HEADER_LEN, WELCOME_LEN as usize);
+        let mut out = Vec::new();
+        Frame::Hello(Hello {
+            min_version: 4,
+            max_version: 4,
+            stream_index: 0,
+            stream_count: 1,
+            capabilities: 0,
+            token: [0; 16],
+            session_salt: [0; 16],
+        })
+        .encode(&mut out);
+        assert_eq!(out.len() - FRAME_HEADER_LEN, HELLO_LEN as usize);
     }
 
     proptest! {

@@ -79,9 +79,9 @@ pub fn donor(s: &Setup, proto: &mut Protocol<impl Write>, target: &str, token: &
     let locked = Instant::now();
 
     // The state travels as a file of its own.
-    let state_dir = std::env::temp_dir().join(format!("sluice-sst-{}.state", std::process::id()));
-    fs::create_dir_all(&state_dir).map_err(|e| SstError::io(format!("creating {}", state_dir.display()), e))?;
-    let state_file = state_dir.join(STATE_FILE);
+    let state_dir = sluice_engine::cleanup::private_dir(&std::env::temp_dir(), "sluice-sst-state-")
+        .map_err(|e| SstError::io("creating a temporary directory", e))?;
+    let state_file = state_dir.path().join(STATE_FILE);
     fs::write(&state_file, mysqld::coordinates_line(&gtid, domain) + "\n").map_err(|e| SstError::io("writing the state file", e))?;
     let mut maps = vec![Mapping { local: datadir.clone(), name: Vec::new() }, Mapping { local: state_file, name: STATE_FILE.into() }];
     for (kind, dir) in &layout.special {
@@ -109,7 +109,7 @@ pub fn donor(s: &Setup, proto: &mut Protocol<impl Write>, target: &str, token: &
         }
     };
     let summary = scan_mapped(&maps, &skip).and_then(|tree| send_tree(target, token, &tree, cfg));
-    let _ = fs::remove_dir_all(&state_dir);
+    drop(state_dir);
     let summary = summary?;
     tracing::info!("{}; the tables were locked for {:.1} s", crate::report::summary_line("sent", &summary), locked.elapsed().as_secs_f64());
     proto.continue_().map_err(stdout_err)?;

@@ -5,7 +5,6 @@
 //! `--bypass` (IST) only the state and the IST marker travel.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use sluice_engine::Token;
 use sluice_engine::send::{SendConfig, default_streams, send_streamed};
@@ -20,17 +19,6 @@ use crate::session::{IST_MARKER, STATE_FILE, Setup, stdout_err};
 use crate::transport;
 use sluice_engine::progress::Progress;
 use std::sync::Arc;
-
-/// Temporary directories removed when the donor exits.
-struct TempDirs(Vec<PathBuf>);
-
-impl Drop for TempDirs {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
 
 pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     let addr = s.args.address.clone().ok_or(ArgsError::Missing { option: "--address" })?;
@@ -84,12 +72,12 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     }
     let program = find_program("mariadb-backup")?;
     let base = s.opts.tmpdir.clone().unwrap_or_else(std::env::temp_dir);
-    let pid = std::process::id();
-    let (xtmp, itmp) = (base.join(format!("sluice-sst-{pid}.tmp")), base.join(format!("sluice-sst-{pid}.target")));
-    let _cleanup = TempDirs(vec![xtmp.clone(), itmp.clone()]);
-    for d in [&xtmp, &itmp] {
-        std::fs::create_dir_all(d).map_err(|e| SstError::io(format!("creating {}", d.display()), e))?;
-    }
+    // Fresh private directories (random names, 0700, never an existing
+    // one), removed when the donor exits or is signalled.
+    let private =
+        |prefix: &str| sluice_engine::cleanup::private_dir(&base, prefix).map_err(|e| SstError::io("creating a temporary directory", e));
+    let (xtmp_dir, itmp_dir) = (private("sluice-sst-tmp-")?, private("sluice-sst-target-")?);
+    let (xtmp, itmp) = (xtmp_dir.path().to_path_buf(), itmp_dir.path().to_path_buf());
     let ctx = Context { args: &s.args, opts: &s.opts, mysqld: split_mysqld_args(&s.args.mysqld_args), user: s.creds.user.as_deref() };
     let helper = Helper {
         program: &program,

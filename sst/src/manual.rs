@@ -93,8 +93,9 @@ pub fn send_backup_stream(
 /// if any, is read by mariadb-backup from `MYSQL_PWD`.
 pub fn send_backup(target: &str, token: &Token, cfg: &SendConfig, src: &BackupSource) -> Result<Summary> {
     let program = find_program("mariadb-backup")?;
-    let tmp = std::env::temp_dir().join(format!("sluice-backup-{}", std::process::id()));
-    fs::create_dir_all(&tmp).map_err(|e| SstError::io(format!("creating {}", tmp.display()), e))?;
+    let tmp_dir = sluice_engine::cleanup::private_dir(&std::env::temp_dir(), "sluice-backup-")
+        .map_err(|e| SstError::io("creating a temporary directory", e))?;
+    let tmp = tmp_dir.path().to_path_buf();
     let mut args = Vec::new();
     if let Some(f) = &src.defaults_file {
         args.push(format!("--defaults-file={}", f.display()));
@@ -117,9 +118,7 @@ pub fn send_backup(target: &str, token: &Token, cfg: &SendConfig, src: &BackupSo
     let password = std::env::var("MYSQL_PWD").ok();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let helper = Helper { program: &program, args, cwd: &cwd, password: password.as_deref(), what: "mariadb-backup --backup" };
-    let sent = send_backup_stream(target, token, cfg, &helper, &src.log, &Children::default(), &[]);
-    let _ = fs::remove_dir_all(&tmp);
-    sent
+    send_backup_stream(target, token, cfg, &helper, &src.log, &Children::default(), &[])
 }
 
 /// Entries of `datadir` that do not count as content: a staging dir,
@@ -242,7 +241,7 @@ pub fn restore(r: &Restore) -> Result<Option<(Gtid, Option<u64>)>> {
     Helper { program: &program, args, cwd: &r.datadir, password: None, what: "mariadb-backup --move-back" }
         .run_logged(&logs.join("mariabackup.move.log"), &children)?;
     if let Some((gtid, _)) = &position {
-        fs::write(r.datadir.join("grastate.dat"), grastate(&version, gtid)).map_err(|e| SstError::io("writing grastate.dat", e))?;
+        replace_file(&r.datadir, "grastate.dat", grastate(&version, gtid).as_bytes())?;
     }
     if r.backup.starts_with(&r.datadir) {
         let _ = fs::remove_dir_all(&r.backup);
@@ -251,21 +250,36 @@ pub fn restore(r: &Restore) -> Result<Option<(Gtid, Option<u64>)>> {
     Ok(position)
 }
 
-/// Gives every entry under `dir` to `uid:gid` (symlinks themselves, never
-/// their targets).
+/// Gives every entry under `dir` to `uid:gid`, by descriptor (never
+/// through a symlink or a swapped directory: SECURITY.md F3).
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).map_err(|e| SstError::io(format!("listing {}", d.display()), e))?.flatten() {
-            let p = e.path();
-            let m = fs::symlink_metadata(&p).map_err(|err| SstError::io(format!("reading {}", p.display()), err))?;
-            if m.uid() != uid || m.gid() != gid {
-                std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(|err| SstError::io(format!("chown {}", p.display()), err))?;
-            }
-            if m.is_dir() {
-                stack.push(p);
-            }
-        }
+    let skipped =
+        sluice_engine::sink::chown_tree(dir, uid, gid).map_err(|e| SstError::io(format!("giving {} to {uid}:{gid}", dir.display()), e))?;
+    for p in skipped {
+        tracing::warn!("left the owner of {} alone: it has other hard links (to a file outside the datadir?)", p.display());
+    }
+    Ok(())
+}
+
+/// Writes `contents` as `name` in `dir` without following a symlink planted
+/// there: a fresh private temporary file (O_EXCL), synced, then renamed over
+/// `name` (a rename replaces a symlink, never its target: SECURITY.md F4).
+pub fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nonce: [u8; 8] = sluice_engine::net::random_bytes().map_err(|e| SstError::io("reading /dev/urandom", e))?;
+    let tmp = dir.join(format!(".{name}.sluice-{:016x}", u64::from_le_bytes(nonce)));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, dir.join(name)));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(SstError::io(format!("writing {}", dir.join(name).display()), e));
     }
     Ok(())
 }

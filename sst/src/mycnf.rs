@@ -28,8 +28,22 @@ pub trait Files {
 pub struct Disk;
 
 impl Files for Disk {
+    /// Reads an option file as mysys does: a regular file that anyone may
+    /// write is ignored with mysys's warning (SECURITY.md F7), so a value
+    /// such as `compressor` can never come from a file another user could
+    /// have planted.
     fn read(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+        use std::io::Read as _;
+        use std::os::unix::fs::PermissionsExt;
+        let mut f = std::fs::File::open(path)?;
+        let m = f.metadata()?;
+        if m.is_file() && m.permissions().mode() & 0o002 != 0 {
+            tracing::warn!("World-writable config file '{}' is ignored", path.display());
+            return Ok(String::new());
+        }
+        let mut b = Vec::new();
+        f.read_to_end(&mut b)?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
     }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
         std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect()

@@ -27,12 +27,15 @@ pub fn find_program(name: &str) -> Result<PathBuf> {
 pub struct Children(Arc<Mutex<Vec<u32>>>);
 
 impl Children {
+    /// Registers `pid` here and for cleanup on a fatal signal.
     pub fn add(&self, pid: u32) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push(pid);
+        sluice_engine::cleanup::add_child(pid);
     }
 
     pub fn remove(&self, pid: u32) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).retain(|p| *p != pid);
+        sluice_engine::cleanup::remove_child(pid);
     }
 
     fn kill_all(&self) {

@@ -116,7 +116,7 @@ pub fn from_options(o: &SstOptions, role: Role, joiner_host: &str) -> Result<Tra
         1 => {
             let secret = match (&o.encrypt_key, &o.encrypt_key_file) {
                 (Some(k), _) => k.as_bytes().to_vec(),
-                (None, Some(f)) => std::fs::read(f).map_err(|e| SstError::io(format!("reading encrypt-key-file {}", f.display()), e))?,
+                (None, Some(f)) => sluice_engine::secret::read(f, "encrypt-key-file").map_err(|e| SstError::Incompatible(e.to_string()))?,
                 (None, None) => return Err(SstError::Incompatible("encrypt=1 needs encrypt-key or encrypt-key-file".into())),
             };
             let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);

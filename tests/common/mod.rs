@@ -17,6 +17,12 @@ pub const BIG: usize = 3 * 1024 * 1024 + 7;
 /// Block size the matrix uses, so `BIG` is split over many blocks.
 pub const BLOCK: u32 = 64 << 10;
 
+/// Writes a secret file (a private key) with mode 0600, as sluice requires.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    fs::write(path, contents).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Deterministic pseudo-random bytes (xorshift), incompressible.
 pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed | 1;

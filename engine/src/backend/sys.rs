@@ -204,6 +204,12 @@ pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
     cvt(unsafe { libc::syncfs(fd.as_fd().as_raw_fd()) }).map(drop)
 }
 
+/// The effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
 /// Whether the process runs with effective uid 0.
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and touches no memory.
@@ -219,11 +225,65 @@ pub fn cloexec_inherited() -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (as mysqld
+/// does), returning the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads one rlimit from the struct we pass.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const want) })?;
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Sends `signal` to process `pid` (a child this process started).
 pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill takes plain integers.
     if unsafe { libc::kill(pid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Sends `signal` to the process group `pgid` (a child started with
+/// `process_group(0)` and whatever it started).
+pub fn kill_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes plain integers; a negative pid names a group.
+    if unsafe { libc::kill(-pgid, signal) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Waits for the child `pid` to exit and reaps it (no zombie remains).
+pub fn reap(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes one int into `status`, which we own.
+        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `unlinkat(2)` of `name` in `dir` (a symlink is removed, never followed).
+pub fn unlinkat(dir: impl AsFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid C string; the fd is borrowed and open.
+    cvt(unsafe { libc::unlinkat(dir.as_fd().as_raw_fd(), name.as_ptr(), 0) }).map(drop)
+}
+
+/// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: changes the owner of the
+/// very inode `fd` refers to (an `O_PATH` descriptor works), whatever its
+/// name now points at.
+pub fn chown_fd(fd: impl AsFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: the path is a valid empty C string; the fd is borrowed and open.
+    cvt(unsafe { libc::fchownat(fd.as_fd().as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) }).map(drop)
 }
 
 /// Whether `fd` is a pipe or a regular file (not a terminal, socket or

@@ -257,7 +257,7 @@ impl Decoder {
             }
             data_flags::EXTERNAL => {
                 let cmd = self.external.as_deref().ok_or("an external-filter block, but no command to undo it")?;
-                let out = external::run_filter(cmd, src).map_err(|e| e.to_string())?;
+                let out = external::run_filter(cmd, src, dst.len()).map_err(|e| e.to_string())?;
                 if out.len() != dst.len() {
                     return Err(format!("filter {cmd:?} produced {} bytes, the header announced {}", out.len(), dst.len()));
                 }

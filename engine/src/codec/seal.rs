@@ -3,9 +3,14 @@
 //!
 //! Key file: exactly 32 raw bytes, or 64 hex characters (one trailing
 //! newline allowed), e.g. `openssl rand -hex 32 > sst.key`. Each session
-//! derives its own key: HKDF-SHA256(key file, salt = the sender's random
-//! 16-byte session salt, info = "sluice seal v2"), so nonces never repeat
-//! across sessions that share a key file. Nonce (12 bytes): direction (0 =
+//! derives its own key from randomness of *both* ends (protocol v4,
+//! SECURITY.md F2): HKDF-SHA256(ikm = key file, salt = the sender's 16-byte
+//! session salt ‖ the receiver's 16-byte session nonce from WELCOME, info =
+//! "sluice seal v4" ‖ token ‖ capabilities u64 LE ‖ stream count u16 LE). A
+//! recorded session replayed into another receiver therefore fails to open
+//! (that receiver chose another nonce), and no (key, nonce) pair can seal
+//! two plaintexts: every receiver seals under a key no other session uses.
+//! Nonce (12 bytes): direction (0 =
 //! sender → receiver, 1 = back), a zero byte, the stream index (u16 BE) and
 //! a per-stream, per-direction frame counter (u64 BE). The associated data is
 //! the frame header (and, for DATA, the DATA header), so a frame that is
@@ -42,16 +47,10 @@ impl std::fmt::Debug for SealKey {
 }
 
 impl SealKey {
-    /// Reads and validates a key file.
+    /// Reads and validates a key file; one that other users can read or
+    /// that another user owns is refused (as OpenSSH refuses such keys).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading the key file {}", path.display()), e))?;
-        #[cfg(unix)]
-        if let Ok(m) = std::fs::metadata(path) {
-            use std::os::unix::fs::PermissionsExt;
-            if m.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "the key file is readable by other users; chmod 600 it");
-            }
-        }
+        let bytes = crate::secret::read(path, "key file")?;
         Self::parse(&bytes).map_err(|why| Error::Config(format!("key file {}: {why}", path.display())))
     }
 
@@ -90,18 +89,38 @@ impl SealKey {
         Self(k)
     }
 
-    /// The key of one session, derived with the sender's salt.
-    pub fn session(&self, salt: &[u8; 16]) -> SessionKey {
+    /// The key of one session, bound to both ends and what they agreed.
+    pub fn session(&self, b: &Binding<'_>) -> SessionKey {
         let mut k = [0u8; 32];
+        let mut salt = [0u8; 32];
+        salt[..16].copy_from_slice(b.sender_salt);
+        salt[16..].copy_from_slice(b.receiver_nonce);
+        let caps = b.capabilities.to_le_bytes();
+        let streams = b.streams.to_le_bytes();
         // HKDF-SHA256 can always produce 32 bytes; failure here is a bug.
-        Salt::new(HKDF_SHA256, salt)
+        Salt::new(HKDF_SHA256, &salt)
             .extract(&self.0)
-            .expand(&[b"sluice seal v2"], HKDF_SHA256)
+            .expand(&[b"sluice seal v4", b.token, &caps, &streams], HKDF_SHA256)
             .and_then(|okm| okm.fill(&mut k))
             .expect("HKDF-SHA256 yields 32 bytes");
         let key = UnboundKey::new(&AES_256_GCM, &k).expect("AES-256-GCM takes a 32-byte key");
         SessionKey(Arc::new(LessSafeKey::new(key)))
     }
+}
+
+/// Everything a session key is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// HELLO's `session_salt` (the sender's randomness).
+    pub sender_salt: &'a [u8; 16],
+    /// WELCOME's `nonce` (the receiver's randomness).
+    pub receiver_nonce: &'a [u8; 16],
+    /// The receiver's one-time token.
+    pub token: &'a [u8; 16],
+    /// The negotiated capability bits.
+    pub capabilities: u64,
+    /// The session's stream count.
+    pub streams: u16,
 }
 
 /// A session's AEAD key, shared by all streams.
@@ -170,8 +189,13 @@ impl Sealer {
 mod tests {
     use super::*;
 
+    fn bound(key: u8, salt: u8) -> SessionKey {
+        let b = Binding { sender_salt: &[salt; 16], receiver_nonce: &[3; 16], token: &[4; 16], capabilities: 4, streams: 2 };
+        SealKey::parse(&[key; 32]).unwrap().session(&b)
+    }
+
     fn pair(stream: u16) -> (Sealer, Sealer) {
-        let key = SealKey::parse(&[7u8; 32]).unwrap().session(&[1; 16]);
+        let key = bound(7, 1);
         (Sealer::new(key.clone(), Direction::ToReceiver, stream), Sealer::new(key, Direction::ToReceiver, stream))
     }
 
@@ -207,11 +231,34 @@ mod tests {
         }
         assert!(pair(0).1.open(b"AAD", &mut sealed.clone()).is_err(), "other header accepted");
         assert!(pair(1).1.open(b"aad", &mut sealed.clone()).is_err(), "other stream accepted");
-        let other = SealKey::parse(&[8u8; 32]).unwrap().session(&[1; 16]);
+        let other = bound(8, 1);
         assert!(Sealer::new(other, Direction::ToReceiver, 0).open(b"aad", &mut sealed.clone()).is_err(), "other key accepted");
-        let other_session = SealKey::parse(&[7u8; 32]).unwrap().session(&[2; 16]);
+        let other_session = bound(7, 2);
         assert!(Sealer::new(other_session, Direction::ToReceiver, 0).open(b"aad", &mut sealed.clone()).is_err());
         assert!(pair(0).1.open(b"aad", &mut sealed.clone()).is_ok());
+    }
+
+    #[test]
+    fn every_binding_input_changes_the_session_key() {
+        let key = SealKey::parse(&[7u8; 32]).unwrap();
+        let base = Binding { sender_salt: &[1; 16], receiver_nonce: &[3; 16], token: &[4; 16], capabilities: 4, streams: 2 };
+        let seal_with = |b: &Binding<'_>| {
+            let mut m = b"verdict".to_vec();
+            let t = Sealer::new(key.session(b), Direction::ToSender, 0).seal(b"h", &mut m);
+            [m, t.to_vec()].concat()
+        };
+        let reference = seal_with(&base);
+        assert_eq!(seal_with(&base), reference, "the same binding gives the same key");
+        let variants = [
+            Binding { sender_salt: &[2; 16], ..base },
+            Binding { receiver_nonce: &[9; 16], ..base },
+            Binding { token: &[5; 16], ..base },
+            Binding { capabilities: 5, ..base },
+            Binding { streams: 3, ..base },
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(seal_with(v), reference, "binding input {i} does not reach the key");
+        }
     }
 
     #[test]

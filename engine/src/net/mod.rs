@@ -219,7 +219,7 @@ pub fn peer_name(sock: &TcpStream) -> String {
     sock.peer_addr().map_or_else(|_| "peer".to_string(), |a| a.to_string())
 }
 
-fn read_err(peer: &str, what: &str, e: &io::Error) -> Error {
+pub(crate) fn read_err(peer: &str, what: &str, e: &io::Error) -> Error {
     match e.kind() {
         io::ErrorKind::UnexpectedEof => Error::peer(peer, format!("closed the connection {what}")),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {

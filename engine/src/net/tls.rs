@@ -81,7 +81,9 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| bad(path, &format!("holds no usable private key (PKCS#1, PKCS#8 or SEC1 PEM): {e}")))
+    // A private key file must be private (SECURITY.md F15).
+    let pem = crate::secret::read(path, "TLS private key file")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad(path, &format!("holds no usable private key (PKCS#1, PKCS#8 or SEC1 PEM): {e}")))
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore> {
