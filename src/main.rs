@@ -201,9 +201,13 @@ struct RecvArgs {
     prepare: bool,
     #[command(flatten)]
     restore: RestoreOpts,
-    /// Print the address and token as one JSON line on stdout.
+    /// Print the address and token as one JSON line on stdout (and not on
+    /// stderr).
     #[arg(long)]
     json: bool,
+    /// Write the token to this new file (mode 0600) instead of printing it.
+    #[arg(long, conflicts_with = "json")]
+    token_file: Option<PathBuf>,
     /// Replace existing files in the destination instead of refusing.
     #[arg(long)]
     overwrite: bool,
@@ -229,8 +233,8 @@ struct SendArgs {
     to: String,
     /// The token printed by `sluice recv` (better: the SLUICE_TOKEN variable,
     /// which other users cannot read from the process list).
-    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, value_parser = engine_value::<Token>)]
+    token: Token,
     /// Parallel TCP streams (default: CPUs, at least 2).
     #[arg(long)]
     streams: Option<u16>,
@@ -552,7 +556,21 @@ fn recv(a: &RecvArgs) -> Result<()> {
     let progress = cfg.progress.clone().unwrap_or_default();
     let r = Receiver::bind(&a.listen, cfg)?;
     let addr = r.local_addr()?;
-    eprintln!("sluice: listening on {addr}; session token {}", r.token().to_hex());
+    // The token is printed once, where asked: in the JSON line, in a
+    // private file, or else on stderr for the operator to copy.
+    if let Some(f) = &a.token_file {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(f)
+            .with_context(|| format!("creating the token file {} (it must not exist yet)", f.display()))?;
+        writeln!(file, "{}", r.token().to_hex())?;
+        eprintln!("sluice: listening on {addr}; session token in {}", f.display());
+    } else if !a.json {
+        eprintln!("sluice: listening on {addr}; session token {}", r.token().to_hex());
+    }
     if a.json {
         let line = serde_json::json!({ "event": "listening", "addr": addr.to_string(), "token": r.token().to_hex() });
         let mut out = std::io::stdout().lock();
@@ -598,7 +616,7 @@ fn restore(backup: &Path, o: &RestoreOpts) -> Result<()> {
 }
 
 fn send(a: &SendArgs) -> Result<()> {
-    let token: Token = a.token.parse()?;
+    let token = a.token.clone();
     let cfg = SendConfig {
         connect_timeout: Duration::from_secs(a.connect_timeout),
         ..send_config(a.io.io, a.streams, a.block_size, &a.transform, &a.control)?

@@ -133,7 +133,8 @@ fn a_killed_sender_fails_the_receiver_and_leaves_the_marker() {
     let dest = tmp.path().join("dest");
     let mut r = start_recv(&dest, &tmp.path().join("recv.log"), &["--io", "copy"]);
     let mut s = bin()
-        .args(["send", "--streams", "1", "--io", "copy", "--block-size", "64K", "--to", &r.addr])
+        // Rate-limited so it is surely still sending when it is killed.
+        .args(["send", "--streams", "1", "--io", "copy", "--block-size", "64K", "--rate-limit", "20M", "--to", &r.addr])
         .env("SLUICE_TOKEN", &r.token)
         .arg(&src)
         .stderr(Stdio::null())

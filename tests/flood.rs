@@ -185,3 +185,88 @@ fn a_flood_of_strangers_cannot_stop_or_slow_a_tls_session() {
         ["--tls-mode", "required", "--tls-cert", &format!("{d}/cert.pem"), "--tls-key", &format!("{d}/key.pem")].map(String::from).to_vec();
     check(dir, "tls", &tls);
 }
+
+/// The SST joiner (the real binary under its SST name) in IST (bypass)
+/// mode, with or without the flood; returns (donor wall time, joiner peak
+/// RSS in KiB, joiner stderr).
+fn sst_session(dir: &Path, flood: bool) -> (Duration, u64, String) {
+    const UUID: &str = "5ddc2d84-e57f-11f1-bdb1-3269f43d81db";
+    let tag = if flood { "flood" } else { "baseline" };
+    let (jdata, ddata) = (dir.join(format!("joiner-{tag}")), dir.join(format!("donor-{tag}")));
+    std::fs::create_dir_all(&jdata).unwrap();
+    std::fs::create_dir_all(&ddata).unwrap();
+    let script = dir.join("wsrep_sst_sluice");
+    if !script.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sluice"), &script).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut joiner = Command::new(&script)
+        .args(["--role", "joiner", "--address", &format!("127.0.0.1:{port}"), "--datadir"])
+        .arg(format!("{}/", jdata.display()))
+        .args(["--parent", &std::process::id().to_string(), "--progress", "0", "--mysqld-args", "--x"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(joiner.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    let addr = ready.strip_prefix("ready ").unwrap_or_else(|| panic!("first line {ready:?}")).trim().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = flood.then(|| attack(SocketAddr::from(([127, 0, 0, 1], port)), Arc::clone(&stop)));
+    if flood {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let started = Instant::now();
+    let mut donor = Command::new(&script)
+        .args(["--role", "donor", "--address", &addr, "--local-port", "3306", "--socket", "/nonexistent.sock", "--progress", "0"])
+        .arg("--datadir")
+        .arg(&ddata)
+        .args(["--gtid", &format!("{UUID}:16"), "--gtid-domain-id", "0", "--bypass", "--mysqld-args", "--x"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(k) = peak_rss_kib(joiner.id()) {
+            peak = peak.max(k);
+        }
+        if let Some(s) = donor.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the donor hung under the flood");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let mut derr = String::new();
+    std::io::Read::read_to_string(&mut donor.stderr.take().unwrap(), &mut derr).unwrap();
+    assert!(status.success(), "{tag}: the donor failed: {derr}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let jstatus = joiner.wait().unwrap();
+    stop.store(true, Ordering::Release);
+    if let Some(a) = attacker {
+        a.join().unwrap();
+    }
+    let mut jerr = String::new();
+    std::io::Read::read_to_string(&mut joiner.stderr.take().unwrap(), &mut jerr).unwrap();
+    assert!(jstatus.success(), "{tag}: the joiner failed: {jerr}");
+    assert_eq!(rest, format!("{UUID}:16 0\n"), "{tag}: the joiner's final line");
+    (took, peak, jerr)
+}
+
+#[test]
+fn a_flood_of_strangers_cannot_stop_an_sst_joiner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base_t, base_rss, _) = sst_session(tmp.path(), false);
+    let (t, rss, log) = sst_session(tmp.path(), true);
+    eprintln!("sst joiner: baseline {base_t:?} / {base_rss} KiB, under the flood {t:?} / {rss} KiB");
+    assert!(t < base_t + Duration::from_secs(2), "the flood slowed the SST from {base_t:?} to {t:?}");
+    assert!(rss < base_rss + 32 * 1024, "the flood grew the joiner's peak RSS from {base_rss} to {rss} KiB");
+    let lines = log.matches("refused a connection").count();
+    assert!((1..=40).contains(&lines), "{lines} refusal lines in mysqld's error log for {HOSTILE} connections:\n{log}");
+    assert!(log.lines().all(|l| l.starts_with("WSREP_SST: [")), "a peer forged a log line:\n{log}");
+}

@@ -26,16 +26,16 @@ pub enum Error {
         source: WireError,
     },
     /// The peer went away or misbehaved at the session level.
-    #[error("{peer}: {reason}")]
+    #[error("{peer}: {}", printable(.reason))]
     Peer { peer: String, reason: String },
     /// The receiver refused the connection or the session.
-    #[error("the receiver rejected the session: {0}")]
+    #[error("the receiver rejected the session: {}", printable(.0))]
     Rejected(String),
     /// The receiver's final verdict was an error.
-    #[error("the receiver reported a failure: {0}")]
+    #[error("the receiver reported a failure: {}", printable(.0))]
     ReceiverFailed(String),
     /// The sender's source failed mid-session and the sender said why.
-    #[error("the sender gave up: {0}")]
+    #[error("the sender gave up: {}", printable(.0))]
     SenderFailed(String),
     /// Data arrived but does not match what the sender announced.
     #[error("verification failed for {path}: {reason}")]
@@ -80,3 +80,17 @@ pub fn printable(text: &str) -> String {
 
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_supplied_text_cannot_add_log_lines() {
+        let e = Error::ReceiverFailed("disk full\nWSREP_SST: [ERROR] forged (20260101 00:00:00.000)\r".into());
+        let shown = e.to_string();
+        assert!(!shown.contains('\n') && !shown.contains('\r'), "{shown}");
+        assert!(shown.contains("disk full\\nWSREP_SST"), "{shown}");
+        assert_eq!(printable("tab\there é"), "tab\\there é");
+    }
+}

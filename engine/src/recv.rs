@@ -93,10 +93,11 @@ impl Default for ReceiveConfig {
     }
 }
 
-/// Default cap on manifest entries or announced files per session: about
-/// 250 bytes of receiver memory each keeps a hostile manifest under 256 MiB
-/// of RSS (SECURITY.md F12); a datadir of a million files still fits.
-pub const DEFAULT_MAX_ENTRIES: u64 = 1 << 20;
+/// Default cap on manifest entries or announced files per session: at
+/// about 250 bytes of receiver memory each, a hostile manifest stays well
+/// under 256 MiB of RSS (SECURITY.md F12); a datadir of 500,000 files (a
+/// quarter of a million tables) still fits.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1 << 19;
 
 /// How often the receiver tells a waiting sender it is still verifying or
 /// syncing.
@@ -274,7 +275,14 @@ impl Receiver {
                         session_caps = h.capabilities;
                         slots.resize_with(usize::from(h.stream_count), || None);
                         deadline = Some(Instant::now() + self.cfg.assemble_timeout);
-                        tracing::info!(peer = %j.peer, streams = h.stream_count, "session started");
+                        let yes = |b: bool| if b { "yes" } else { "no" };
+                        tracing::info!(
+                            peer = %j.peer,
+                            streams = h.stream_count,
+                            "session started (TLS: {}, sealed: {})",
+                            yes(j.sock.is_tls()),
+                            yes(h.capabilities & caps::SEAL_AES256GCM != 0)
+                        );
                     }
                     Some(s) if s != h.session_salt || usize::from(h.stream_count) != slots.len() || h.capabilities != session_caps => {
                         reject(&j, "a different session is already in progress on this receiver");
@@ -545,7 +553,7 @@ fn first_byte(tcp: &TcpStream) -> Option<u8> {
 }
 
 /// Why an authenticated HELLO cannot join, if it cannot.
-fn hello_refusal(hello: &Hello, sealed: bool, unfilter: bool) -> Option<String> {
+pub fn hello_refusal(hello: &Hello, sealed: bool, unfilter: bool) -> Option<String> {
     if hello.max_version < wire::MIN_PROTOCOL_VERSION || hello.min_version > wire::PROTOCOL_VERSION {
         return Some(format!(
             "the sender speaks protocol versions {}..={} and this receiver {}..={}: run the same sluice release on both ends",

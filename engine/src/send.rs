@@ -832,6 +832,9 @@ fn finish(
 ) -> Result<u64> {
     let per_stream = match pipeline::collect(results) {
         Ok(v) => v,
+        // A failure of this side's own source (a file that changed, a
+        // read error) is the root cause; the receiver only saw its echo.
+        Err(e @ (Error::Config(_) | Error::Io { .. })) => return Err(e),
         // If the receiver said why it hung up, that is the better message.
         Err(e) => {
             return Err(match next_verdict(verdict, Duration::from_secs(2)) {

@@ -197,7 +197,9 @@ impl Sink {
         let root_file =
             fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(root).map_err(|e| {
                 match e.raw_os_error() {
-                    Some(libc::ELOOP) => dest_err("is a symlink; sluice never writes through one: give the real directory".into()),
+                    Some(libc::ELOOP | libc::ENOTDIR) if fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink()) => {
+                        dest_err("is a symlink; sluice never writes through one: give the real directory".into())
+                    }
                     Some(libc::ENOTDIR) => dest_err("is not a directory".into()),
                     _ => dest_err(format!("cannot open: {e}")),
                 }

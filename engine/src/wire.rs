@@ -515,7 +515,7 @@ impl Frame {
             }
             Kind::Welcome => {
                 let version = r.u16()?;
-                let _reserved = r.u16()?;
+                r.zero16("WELCOME reserved field")?;
                 Self::Welcome { version, capabilities: r.u64()?, nonce: r.array()? }
             }
             Kind::Keepalive => Self::Keepalive,
@@ -543,7 +543,7 @@ impl Frame {
             }
             Kind::FileDone => {
                 let file_id = r.u32()?;
-                let _reserved = r.u32()?;
+                r.zero32("FILE_DONE reserved field")?;
                 Self::FileDone { file_id, digest: r.u64()? }
             }
             Kind::StreamEnd => Self::StreamEnd { frames: r.u64()?, bytes: r.u64()? },
@@ -571,7 +571,7 @@ impl Frame {
             }
             Kind::FileEnd => {
                 let file_id = r.u32()?;
-                let _reserved = r.u32()?;
+                r.zero32("FILE_END reserved field")?;
                 let (size, data_bytes, digest) = (r.u64()?, r.u64()?, r.u64()?);
                 if data_bytes > size {
                     return Err(WireError::Invalid { what: "FILE_END data bytes beyond the file size", value: data_bytes });
@@ -620,7 +620,9 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, WireError> {
         3 => EntryKind::Symlink,
         other => return Err(WireError::Invalid { what: "manifest entry kind", value: u64::from(other) }),
     };
-    let _reserved = r.u8()?;
+    if r.u8()? != 0 {
+        return Err(WireError::Invalid { what: "manifest entry reserved byte", value: 1 });
+    }
     let path_len = r.u16()? as usize;
     let mode = r.u32()?;
     let uid = r.u32()?;
@@ -630,7 +632,7 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, WireError> {
     let size = r.u64()?;
     let target_len = r.u16()? as usize;
     let extent_count = r.u32()? as usize;
-    let _pad = r.u16()?;
+    r.zero16("manifest entry padding")?;
     if path_len > MAX_PATH {
         return Err(WireError::TooLarge { what: "manifest path", len: path_len as u64, max: MAX_PATH as u64 });
     }
@@ -706,6 +708,23 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Reads a reserved u16 that must be zero (so every accepted frame has
+    /// exactly one encoding).
+    fn zero16(&mut self, what: &'static str) -> Result<(), WireError> {
+        match self.u16()? {
+            0 => Ok(()),
+            v => Err(WireError::Invalid { what, value: u64::from(v) }),
+        }
+    }
+
+    /// Reads a reserved u32 that must be zero.
+    fn zero32(&mut self, what: &'static str) -> Result<(), WireError> {
+        match self.u32()? {
+            0 => Ok(()),
+            v => Err(WireError::Invalid { what, value: u64::from(v) }),
+        }
+    }
+
     pub fn new(buf: &'a [u8], what: &'static str) -> Self {
         Self { buf, pos: 0, what }
     }
@@ -748,7 +767,8 @@ impl<'a> Reader<'a> {
         if n > MAX_REASON {
             return Err(WireError::TooLarge { what: self.what, len: n as u64, max: MAX_REASON as u64 });
         }
-        Ok(String::from_utf8_lossy(self.bytes(n)?).into_owned())
+        let what = self.what;
+        std::str::from_utf8(self.bytes(n)?).map(str::to_string).map_err(|_| WireError::Invalid { what, value: n as u64 })
     }
 
     pub fn finish(&self) -> Result<(), WireError> {

@@ -149,8 +149,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         std::os::unix::fs::symlink(t, to).map_err(io("creating", to))?;
         fs::remove_file(from).map_err(io("removing", from))
     } else {
-        fs::copy(from, to).map_err(io("copying to", to))?;
-        fs::File::open(to).and_then(|f| f.sync_all()).map_err(io("syncing", to))?;
+        crate::fresh::copy(from, to).map_err(io("copying to", to))?;
         fs::remove_file(from).map_err(io("removing", from))
     }
 }
@@ -193,7 +192,8 @@ pub fn move_into_place(staging: &Path, datadir: &Path, layout: &Layout) -> Resul
                     acc.push('\n');
                     acc
                 });
-                fs::write(&b.index, index).map_err(|err| SstError::io(format!("writing {}", b.index.display()), err))?;
+                crate::fresh::write(&b.index, index.as_bytes(), 0o644)
+                    .map_err(|err| SstError::io(format!("writing {}", b.index.display()), err))?;
             }
         }
         fs::remove_dir(&e).map_err(|err| SstError::io(format!("removing {}", e.display()), err))?;

@@ -45,7 +45,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     if in_progress.exists() {
         tracing::warn!("stale sst_in_progress file in {}", datadir.display());
     }
-    fs::write(&in_progress, b"").map_err(|e| SstError::io(format!("creating {}", in_progress.display()), e))?;
+    crate::fresh::write(&in_progress, b"", 0o644).map_err(|e| SstError::io(format!("creating {}", in_progress.display()), e))?;
     let _marker = Marker(&in_progress);
     let staging = s.args.tmpdir.as_ref().map_or_else(|| datadir.join(".sst"), |t| t.join(".sst"));
     if staging.exists() {
@@ -210,16 +210,12 @@ fn move_binlogs(staging: &Path, b: &Binlog) -> Result<()> {
     if let Some(p) = b.index.parent() {
         fs::create_dir_all(p).map_err(|e| SstError::io(format!("creating {}", p.display()), e))?;
     }
-    let mut index = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&b.index)
-        .map_err(|e| SstError::io(format!("opening {}", b.index.display()), e))?;
+    let mut index = crate::fresh::append(&b.index).map_err(|e| SstError::io(format!("opening {}", b.index.display()), e))?;
     for f in present {
         let (from, to) = (staging.join(&f), b.dir().join(&f));
         if fs::rename(&from, &to).is_err() {
             // Another filesystem: copy, then remove.
-            fs::copy(&from, &to).map_err(|e| SstError::io(format!("copying {} to {}", from.display(), to.display()), e))?;
+            crate::fresh::copy(&from, &to).map_err(|e| SstError::io(format!("copying {} to {}", from.display(), to.display()), e))?;
             fs::remove_file(&from).map_err(|e| SstError::io(format!("removing {}", from.display()), e))?;
         }
         writeln!(index, "{}", to.display()).map_err(|e| SstError::io(format!("writing {}", b.index.display()), e))?;

@@ -21,6 +21,7 @@ pub mod copy;
 pub mod datadir;
 pub mod donor;
 pub mod error;
+pub mod fresh;
 pub mod joiner;
 pub mod layout;
 pub mod logs;

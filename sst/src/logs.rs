@@ -28,7 +28,7 @@ fn stamp(now: SystemTime) -> String {
 
 fn gzip(src: &Path, dest: &Path) -> io::Result<()> {
     let mut input = File::open(src)?;
-    let mut gz = flate2::write::GzEncoder::new(File::create(dest)?, flate2::Compression::default());
+    let mut gz = flate2::write::GzEncoder::new(crate::fresh::create(dest, 0o640)?, flate2::Compression::default());
     io::copy(&mut input, &mut gz)?;
     gz.finish()?.sync_all()?;
     fs::remove_file(src)
@@ -93,7 +93,7 @@ pub fn acquire_pid_file(datadir: &Path, wait: Duration) -> Result<PidFile> {
             Some(_) => std::thread::sleep(Duration::from_secs(1).min(wait)),
         }
     }
-    let mut f = File::create(&path).map_err(|e| SstError::io(format!("writing {}", path.display()), e))?;
+    let mut f = crate::fresh::create(&path, 0o644).map_err(|e| SstError::io(format!("writing {}", path.display()), e))?;
     writeln!(f, "{me}").map_err(|e| SstError::io(format!("writing {}", path.display()), e))?;
     Ok(PidFile(path))
 }

@@ -3,7 +3,6 @@
 //! only in `MYSQL_PWD`, the tail of a log for error messages, and exit 32
 //! with every child killed when mysqld dies.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,8 +44,8 @@ impl Children {
     }
 }
 
-/// A command line for a helper, with the password kept apart.
-#[derive(Debug)]
+/// A command line for a helper, with the password kept apart. `Debug`
+/// never shows the password.
 pub struct Helper<'a> {
     pub program: &'a Path,
     pub args: Vec<String>,
@@ -55,6 +54,18 @@ pub struct Helper<'a> {
     pub password: Option<&'a str>,
     /// What the error message calls it, e.g. "mariadb-backup --prepare".
     pub what: &'a str,
+}
+
+impl std::fmt::Debug for Helper<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Helper")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field("password", &self.password.map(|_| "<redacted>"))
+            .field("what", &self.what)
+            .finish()
+    }
 }
 
 impl Helper<'_> {
@@ -72,7 +83,7 @@ impl Helper<'_> {
 
     /// Spawns with stdout piped and stderr appended to `log`.
     pub fn spawn_streaming(&self, log: &Path, children: &Children) -> Result<Child> {
-        let err = File::create(log).map_err(|e| SstError::io(format!("creating {}", log.display()), e))?;
+        let err = crate::fresh::create(log, 0o644).map_err(|e| SstError::io(format!("creating {}", log.display()), e))?;
         tracing::info!("running {} (log: {})", self.what, log.display());
         let child = self
             .command()
@@ -86,7 +97,7 @@ impl Helper<'_> {
 
     /// Runs to completion with stdout and stderr in `log`.
     pub fn run_logged(&self, log: &Path, children: &Children) -> Result<()> {
-        let out = File::create(log).map_err(|e| SstError::io(format!("creating {}", log.display()), e))?;
+        let out = crate::fresh::create(log, 0o644).map_err(|e| SstError::io(format!("creating {}", log.display()), e))?;
         let err = out.try_clone().map_err(|e| SstError::io("duplicating a log descriptor", e))?;
         tracing::info!("running {} (log: {})", self.what, log.display());
         let mut child =
@@ -142,6 +153,9 @@ pub fn watch_parent(pid: u32, children: Children) {
             std::thread::sleep(Duration::from_millis(100));
             if !alive(pid) {
                 children.kill_all();
+                // Everything else this process started (filters) and its
+                // temporary directories.
+                sluice_engine::cleanup::run();
                 tracing::error!("{}", SstError::ParentGone(pid));
                 std::process::exit(32);
             }
@@ -161,7 +175,12 @@ mod tests {
         assert!(alive(std::process::id()));
         let mut c = Command::new("true").spawn().unwrap();
         let pid = c.id();
-        std::thread::sleep(Duration::from_millis(200));
+        // Poll until it has exited (a zombie): never a guessed delay.
+        let t = std::time::Instant::now();
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+            assert!(t.elapsed() < Duration::from_secs(10), "`true` never exited");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(!alive(pid), "an exited, unreaped child is a zombie, not alive");
         c.wait().unwrap();
         assert!(!alive(pid));

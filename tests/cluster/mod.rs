@@ -15,8 +15,19 @@ use std::time::{Duration, Instant};
 pub const MARIADBD: &str = "/usr/sbin/mariadbd";
 pub const GALERA: &str = "/usr/lib/galera/libgalera_smm.so";
 
-/// Why the cluster tests cannot run here, if they cannot.
+/// Why the cluster tests cannot run here, if they cannot. Under `CI=true`
+/// a missing prerequisite fails the test instead (CI proves it ran
+/// everything); only an explicit `SLUICE_SKIP_CLUSTER` skips there.
 pub fn unavailable() -> Option<String> {
+    let why = missing()?;
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true") || std::env::var_os("SLUICE_SKIP_CLUSTER").is_some(),
+        "a cluster-test prerequisite is missing in CI: {why}"
+    );
+    Some(why)
+}
+
+fn missing() -> Option<String> {
     if std::env::var_os("SLUICE_SKIP_CLUSTER").is_some() {
         return Some("SLUICE_SKIP_CLUSTER is set".into());
     }
@@ -51,6 +62,13 @@ pub struct Node {
     install_args: Vec<String>,
 }
 
+impl Node {
+    /// The pid of this node's mariadbd, if started.
+    pub fn child_id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 /// Options for a cluster. In `mysqld` and `install_args`, `{node}` stands
 /// for the node's directory; in `mysqld`, `{idx}` for its number (1, 2).
 #[derive(Debug, Clone)]
@@ -73,6 +91,9 @@ pub struct Spec {
     /// Run mariadbd as this OS user instead of root (the stock rsync
     /// method needs it: its daemon drops to `nobody` as root).
     pub os_user: Option<String>,
+    /// RLIMIT_NOFILE (soft and hard) for mariadbd and so for its SST
+    /// scripts.
+    pub nofile: Option<u64>,
 }
 
 impl Spec {
@@ -87,6 +108,7 @@ impl Spec {
             install_args: Vec::new(),
             env: Vec::new(),
             os_user: None,
+            nofile: None,
         }
     }
 }
@@ -97,6 +119,7 @@ pub struct Cluster {
     pub root: PathBuf,
     env: Vec<(String, String)>,
     os_user: Option<String>,
+    nofile: Option<u64>,
     pub nodes: Vec<Node>,
     pub bin_dir: PathBuf,
     keep: bool,
@@ -163,6 +186,7 @@ impl Cluster {
             root: root.to_path_buf(),
             env: spec.env.clone(),
             os_user: spec.os_user.clone(),
+            nofile: spec.nofile,
             nodes,
             bin_dir,
             keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some(),
@@ -232,7 +256,15 @@ impl Cluster {
     pub fn start(&mut self, i: usize, bootstrap: bool) -> Instant {
         let n = &mut self.nodes[i];
         let console = fs::File::create(n.dir.join("console.log")).unwrap();
-        let mut c = Command::new(MARIADBD);
+        let mut c = match self.nofile {
+            // prlimit execs mariadbd with the limit set: same pid.
+            Some(n) => {
+                let mut c = Command::new("/usr/bin/prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(MARIADBD);
+                c
+            }
+            None => Command::new(MARIADBD),
+        };
         c.env_clear()
             .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display()))
             .env("HOME", "/root")
@@ -271,6 +303,22 @@ impl Cluster {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
         }
+    }
+
+    /// Runs a script of SQL statements on node `i` through the client's
+    /// standard input (for scripts larger than an argument may be).
+    pub fn sql_script(&self, i: usize, script: &str) -> Result<(), String> {
+        let mut child = Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", self.nodes[i].socket.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut child.stdin.take().expect("piped"), script.as_bytes()).map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string()) }
     }
 
     /// Waits until node `i` reports `Synced`; on failure the error carries

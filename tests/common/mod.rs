@@ -17,6 +17,13 @@ pub const BIG: usize = 3 * 1024 * 1024 + 7;
 /// Block size the matrix uses, so `BIG` is split over many blocks.
 pub const BLOCK: u32 = 64 << 10;
 
+/// Skips a test whose prerequisite is missing, except under `CI=true`,
+/// where it fails: CI proves it ran everything.
+pub fn skip(why: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "prerequisite missing in CI: {why}");
+    eprintln!("SKIPPED: {why}");
+}
+
 /// Writes a secret file (a private key) with mode 0600, as sluice requires.
 pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
     fs::write(path, contents).unwrap();
@@ -102,7 +109,13 @@ pub fn methods() -> Vec<Method> {
     let mut m = vec![Method::Copy, Method::Splice];
     match sluice_engine::backend::uring_available() {
         Ok(()) => m.push(Method::Uring),
-        Err(why) => eprintln!("SKIPPED: io_uring backend unavailable here: {why}"),
+        Err(why) => {
+            assert!(
+                !cfg!(feature = "uring") || std::env::var("CI").as_deref() != Ok("true"),
+                "io_uring is compiled in but unavailable in CI: {why}"
+            );
+            eprintln!("SKIPPED: io_uring backend unavailable here: {why}");
+        }
     }
     m
 }

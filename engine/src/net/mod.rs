@@ -321,7 +321,13 @@ mod tests {
         let parsed: Token = t.to_hex().parse().unwrap();
         assert_eq!(parsed, t);
         assert!(t.matches(parsed.as_bytes()));
-        assert!(!t.matches(&[0; 16]) || t.as_bytes() == &[0; 16]);
+        let fixed = Token::from_bytes([7; 16]);
+        assert!(fixed.matches(&[7; 16]));
+        for i in 0..16 {
+            let mut other = [7u8; 16];
+            other[i] ^= 0x80;
+            assert!(!fixed.matches(&other), "a token differing in byte {i} matched");
+        }
         assert!(!format!("{t:?}").contains(&t.to_hex()));
         assert!("xyz".parse::<Token>().is_err());
         assert!("zz".repeat(16).parse::<Token>().is_err());

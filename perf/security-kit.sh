@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Re-runs the reproductions of shared/reviews/security-kit against a release
+# build, with the kit's wire client updated to protocol v4, and prints what
+# each attack achieved. Needs root, python3 and the PyPI package xxhash (a
+# venv is made under /var/tmp/sluice-rt). Loopback only; every process is
+# stopped by the scripts themselves. Usage (from the repository root):
+#   cargo build --release && perf/security-kit.sh [path/to/sluice]
+# Outputs go to stdout; perf/RESULTS.md keeps the run of record.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+kit=../shared/reviews/security-kit
+rt=/var/tmp/sluice-rt
+bin=${1:-target/release/sluice}
+[ -d "$kit" ] || { echo "no $kit" >&2; exit 2; }
+rm -rf "$rt/e"* "$rt/src"* "$rt"/*.stderr
+mkdir -p "$rt"
+cp "$bin" "$rt/sluice"
+[ -x "$rt/venv/bin/python" ] || { python3 -m venv "$rt/venv" && "$rt/venv/bin/pip" install -q xxhash; }
+cp "$kit"/*.py "$kit"/*.sh "$rt/"
+# The kit speaks protocol v3; v4 peers refuse it on the version alone, which
+# would prove nothing. Speak v4: versions 4..4, WELCOME with its nonce.
+sed -i 's/minv=1, maxv=3/minv=4, maxv=4/' "$rt/sl.py"
+sed -i 's/struct.pack("<HHQ",3,0,caps)/struct.pack("<HHQ",4,0,caps)+bytes(16)/' "$rt/e21.py"
+py="$rt/venv/bin/python"
+
+# Fixtures the scripts name.
+mkdir -p "$rt/src1" "$rt/src_old" "$rt/e11src"
+head -c 3000000 /dev/urandom >"$rt/src1/a.bin"; echo hello >"$rt/src1/b.txt"
+echo "balance=100 (OLD snapshot)" >"$rt/src_old/account.txt"; head -c 2000000 /dev/urandom >"$rt/src_old/big.ibd"
+head -c 41943040 /dev/urandom >"$rt/e11src/big.ibd"; echo "harmless note" >"$rt/e11src/note.txt"
+chown -R 65534:65534 "$rt/e11src"; chmod 755 "$rt"
+mkdir -p "$rt/e9/rootvictim"; echo "root secret shadow" >"$rt/e9/rootvictim/shadow"; chmod 600 "$rt/e9/rootvictim/shadow"
+head -c 32 /dev/urandom >"$rt/seal.key"; chmod 600 "$rt/seal.key"
+# A mariadb-backup stand-in that streams NFILES small files as mbstream.
+mkdir -p "$rt/fakebin" "$rt/fakebin_slow"
+cat >"$rt/fakebin/mariadb-backup" <<'EOF'
+#!/bin/sh
+for a in "$@"; do case "$a" in --tmpdir=*) t="${a#--tmpdir=}";; esac; done
+echo "REDO LOG WITH ROW DATA: card=4111" >"$t/redo.tmp"
+w=$(mktemp -d); cd "$w" || exit 1; mkdir db
+i=0; while [ "$i" -lt "${NFILES:-3}" ]; do echo "row $i" >"db/t$i.ibd"; i=$((i+1)); done
+sleep 0.3; mbstream -c db/* ; rm -rf "$w"
+EOF
+cat >"$rt/fakebin_slow/mariadb-backup" <<'EOF'
+#!/bin/sh
+w=$(mktemp -d); echo x >"$w/ibdata1"; cd "$w" && mbstream -c ibdata1; sleep 15
+EOF
+chmod 755 "$rt/fakebin/mariadb-backup" "$rt/fakebin_slow/mariadb-backup"
+
+run() {
+  echo "=== $1 — $2"
+  shift 2
+  (cd "$rt" && timeout 120 "$@") 2>&1 | tail -12
+}
+run e1 "F1 64 idle connections (expect: send rc 0)" "$py" e1.py
+run e2 "F1 64 trickling connections (expect: legit sends rc 0, tricklers cut)" "$py" e2.py
+run e3 "control: wrong-token/garbage flood (expect: legit rc 0)" "$py" e3.py
+run e5 "F2 replay of a sealed session (expect: receiver 2 rc != 0)" "$py" e5.py
+run e7 "F5 600 files at nofile 1024 (expect: rc 0)" "$py" e7.py 600 1024
+run e7b "F5 3000 files at nofile 256 (expect: rc 0)" "$py" e7.py 3000 256
+run e8 "F4 marker through a symlink (expect: victim unchanged)" bash e8.sh
+run e10 "F8 predictable temp dirs (expect: nothing stolen)" "$py" e10.py
+run e11 "F9 swap after scan (expect: sender rc != 0, no secret received)" "$py" e11.py
+[ -e "$rt/e11/note.txt" ] && echo "e11: received note.txt: $(cat "$rt/e11/note.txt")"
+run e12 "F13 SIGTERM (expect: child dead, no temp dir)" "$py" e12.py
+run e13 "F12 manifest bomb of 2,000,000 entries (expect: refused, bounded RSS)" "$py" e13.py 2000000
+run e15 "F11 64 token-less 4 MiB MANIFEST headers (expect: RSS unchanged)" "$py" e15.py
+run e21 "F10 silent receiver after END (expect: sender gives up)" "$py" e21.py
+run e22 "F7 world-writable option file (expect: ignored by both)" bash e22.sh
