@@ -5,7 +5,10 @@
 //!
 //! Run by perf/sst-compare.sh (needs root, mariadb-server, galera-4,
 //! mariadb-backup, socat). Arguments: `<sluice binary> <MiB> <rounds>
-//! <workdir>`; `METHODS=sluice,sluice-copy` picks the methods.
+//! <workdir>`; `METHODS=sluice,sluice-copy` picks the methods. With
+//! `SLUICE_OLD=<another sluice binary>` (say, the previous main), the
+//! methods `sluice-old` and `sluice-copy-old` run that build in the same
+//! run, for a before/after comparison.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -30,6 +33,14 @@ fn main() {
     // The stock rsync method cannot run as root (GALERA-TESTING.md §4).
     spec.os_user = std::env::var("SST_OS_USER").ok();
     let mut c = Cluster::new(&work, &spec, &sluice.canonicalize().expect("sluice binary"));
+    if let Ok(old) = std::env::var("SLUICE_OLD") {
+        // The old build under another method name (it recognises only its
+        // own name, so a wrapper runs its `sst` subcommand).
+        let old = PathBuf::from(old).canonicalize().expect("SLUICE_OLD binary");
+        let w = c.bin_dir.join("wsrep_sst_sluiceold");
+        std::fs::write(&w, format!("#!/bin/sh\nexec {} sst \"$@\"\n", old.display())).unwrap();
+        std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     c.install(0);
     c.start(0, true);
     c.wait_synced(0, Duration::from_secs(120)).expect("bootstrap");
@@ -54,9 +65,17 @@ fn main() {
         for method in methods.iter().map(String::as_str) {
             c.stop(1);
             c.wipe(1);
-            let copy = method == "sluice-copy";
+            let copy = method.starts_with("sluice-copy");
+            let old = method.ends_with("-old");
             let _ = std::fs::remove_file(c.nodes[1].dir.join("console.log"));
-            c.set_sst_method(1, if copy { "sluice" } else { method });
+            c.set_sst_method(
+                1,
+                match (old, method.starts_with("sluice")) {
+                    (true, _) => "sluiceold",
+                    (false, true) => "sluice",
+                    (false, false) => method,
+                },
+            );
             // The joiner's mode decides; the last `mode=` line of [sst] wins.
             let cnf = std::fs::read_to_string(&c.nodes[1].cnf).unwrap();
             std::fs::write(&c.nodes[1].cnf, format!("{cnf}mode={}\n", if copy { "copy" } else { "backup" })).unwrap();
@@ -69,7 +88,7 @@ fn main() {
                 took.as_secs_f64(),
                 load.split_whitespace().next().unwrap_or("?")
             );
-            if method == "sluice" {
+            if method == "sluice" || method == "sluice-old" {
                 line += &breakdown(&c.error_log(1));
             }
             if copy {

@@ -25,6 +25,8 @@
 #     (mutual TLS with verification on both tools: sluice --tls-mode
 #      verify-identity against socat OPENSSL-LISTEN/OPENSSL with verify=1;
 #      a throwaway CA and certificates are made with openssl in WORKDIR/pki)
+#   before/after: SLUICE_OLD=/path/to/previous/sluice TOOLS="sluice_old sluice"
+#     (the same commands through another build, alternating in one run)
 #   rate accuracy: MODE=rate RATE=200M  (2 GiB to tmpfs through
 #     sluice --rate-limit and through pv -L | socat; reports achieved rates)
 # Needs: socat rsync time pv lz4 zstd (apt-get install -y ...), a release build.
@@ -68,6 +70,7 @@ now() { date +%s.%N; }
 
 settle() { sync; sleep 2; }
 
+run_sluice_old() { local sluice=$SLUICE_OLD; run_sluice "$@"; }
 run_sluice() { # src [extra send flags...]
   local t0 t1 src=$1
   shift

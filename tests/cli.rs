@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,28 +15,7 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
-struct Recv {
-    child: Child,
-    addr: String,
-    token: String,
-    log: PathBuf,
-}
-
-/// Starts `sluice recv --json` and reads its address and token.
-fn start_recv(dest: &Path, log: &Path, extra: &[&str]) -> Recv {
-    let mut child = bin()
-        .args(["recv", "--listen", "127.0.0.1:0", "--json", "--dir"])
-        .arg(dest)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
-    Recv { child, addr: v["addr"].as_str().unwrap().into(), token: v["token"].as_str().unwrap().into(), log: log.into() }
-}
+use common::start_recv;
 
 fn wait(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let end = Instant::now() + limit;

@@ -35,7 +35,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 fn connect_from(src: [u8; 4], to: SocketAddr) -> Option<TcpStream> {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
     s.bind(&SocketAddr::from((src, 0)).into()).ok()?;
-    s.connect_timeout(&to.into(), Duration::from_secs(2)).ok()?;
+    // Patient: under load the listen backlog fills between accept rounds
+    // and the kernel retries the SYN after a second.
+    s.connect_timeout(&to.into(), Duration::from_secs(10)).ok()?;
     Some(s.into())
 }
 
@@ -200,19 +202,7 @@ fn sst_session(dir: &Path, flood: bool) -> (Duration, u64, String) {
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sluice"), &script).unwrap();
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut joiner = Command::new(&script)
-        .args(["--role", "joiner", "--address", &format!("127.0.0.1:{port}"), "--datadir"])
-        .arg(format!("{}/", jdata.display()))
-        .args(["--parent", &std::process::id().to_string(), "--progress", "0", "--mysqld-args", "--x"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(joiner.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
-    let addr = ready.strip_prefix("ready ").unwrap_or_else(|| panic!("first line {ready:?}")).trim().to_string();
+    let (mut joiner, mut out, addr) = common::start_sst_joiner(&script, port, &jdata, "--x");
     let stop = Arc::new(AtomicBool::new(false));
     let attacker = flood.then(|| attack(SocketAddr::from(([127, 0, 0, 1], port)), Arc::clone(&stop)));
     if flood {

@@ -23,17 +23,8 @@ fn bin() -> Command {
 
 /// `sluice recv --json` into `dest`; returns the child, address and token.
 fn recv(dest: &Path, log: &Path) -> (std::process::Child, String, String) {
-    let mut child = bin()
-        .args(["recv", "--listen", "127.0.0.1:0", "--json", "--dir"])
-        .arg(dest)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (child, v["addr"].as_str().unwrap().into(), v["token"].as_str().unwrap().into())
+    let r = common::start_recv(dest, log, &[]);
+    (r.child, r.addr, r.token)
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! pair over a real socket in IST (bypass) mode. The full SST with
 //! mariadb-backup on a real cluster is in tests/galera.rs.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,19 +36,7 @@ fn ist_bypass_runs_end_to_end_with_mysqlds_line_protocol() {
     std::fs::write(jdata.join("ibdata1"), b"keep me: IST must not touch the datadir").unwrap();
     let port = free_port();
     let s = script(dir.path());
-    let mut joiner = Command::new(&s)
-        .args(["--role", "joiner", "--address", &format!("127.0.0.1:{port}"), "--datadir"])
-        .arg(format!("{}/", jdata.display()))
-        .args(["--parent", &std::process::id().to_string(), "--progress", "0", "--mysqld-args", "--wsrep-new-cluster"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(joiner.stdout.take().unwrap());
-    let mut ready = String::new();
-    out.read_line(&mut ready).unwrap();
-    let addr = ready.strip_prefix("ready ").unwrap_or_else(|| panic!("first line {ready:?}")).trim().to_string();
+    let (mut joiner, mut out, addr) = common::start_sst_joiner(&s, port, &jdata, "--wsrep-new-cluster");
     assert!(addr.starts_with(&format!("127.0.0.1:{port}/sluice_")) && addr.ends_with("//1"), "{addr}");
     assert!(addr.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/[]".contains(&b)), "mysqld's address_char set: {addr}");
 

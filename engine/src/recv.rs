@@ -99,6 +99,9 @@ impl Default for ReceiveConfig {
 /// quarter of a million tables) still fits.
 pub const DEFAULT_MAX_ENTRIES: u64 = 1 << 19;
 
+/// Accept backlog of the listener (the kernel caps it at somaxconn).
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// How often the receiver tells a waiting sender it is still verifying or
 /// syncing.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
@@ -173,6 +176,9 @@ impl Receiver {
         let listener = TcpListener::bind(&targets[..])
             .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e} (is the port in use, or the address not local?)")))?;
         cfg.sockopt.apply(&listener).map_err(|e| Error::io(format!("applying socket options to {addr}"), e))?;
+        // A deep accept queue: a burst of strangers must not fill it, or a
+        // real sender's SYN would wait for the kernel's 1 s retry.
+        crate::backend::sys::listen_backlog(&listener, LISTEN_BACKLOG).map_err(|e| Error::io(format!("listening on {addr}"), e))?;
         // Certificate problems surface now, before anyone connects.
         let tls = if cfg.tls.enabled() { Some(cfg.tls.server_config()?) } else { None };
         let nonce = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom for a session nonce", e))?;

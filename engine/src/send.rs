@@ -128,7 +128,7 @@ impl Session {
         let mut socks = Vec::with_capacity(usize::from(cfg.streams));
         let mut nonce = None;
         for i in 0..cfg.streams {
-            let (sock, n) = handshake(addr, token, salt, i, cfg, streamed, tls.as_ref())?;
+            let (sock, n) = handshake(addr, &Hail { token, salt, index: i, cfg, streamed, tls: tls.as_ref() })?;
             if *nonce.get_or_insert(n) != n {
                 return Err(Error::peer(
                     addr,
@@ -463,15 +463,8 @@ fn lock(m: &std::sync::Mutex<Option<Sealer>>) -> std::sync::MutexGuard<'_, Optio
 /// resets before WELCOME (its admission evicted us to make room, or it was
 /// still busy) is retried until `connect_timeout` has passed; a REJECT is
 /// final.
-fn handshake(
-    addr: &str,
-    token: &Token,
-    salt: [u8; 16],
-    index: u16,
-    cfg: &SendConfig,
-    streamed: bool,
-    tls: Option<&(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
-) -> Result<(Link, [u8; 16])> {
+fn handshake(addr: &str, h: &Hail<'_>) -> Result<(Link, [u8; 16])> {
+    let (cfg, tls, index) = (h.cfg, h.tls, h.index);
     let deadline = Instant::now() + cfg.connect_timeout;
     let mut pause = Duration::from_millis(20);
     loop {
@@ -479,7 +472,7 @@ fn handshake(
         let tcp = net::connect(addr, left, &cfg.sockopt)?;
         net::configure(&tcp, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
         let peer = net::peer_name(&tcp);
-        match attempt(tcp, &peer, token, salt, index, cfg, streamed, tls) {
+        match attempt(tcp, &peer, h) {
             Ok(done) => return Ok(done),
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Closed(e)) if Instant::now() + pause >= deadline => {
@@ -498,6 +491,17 @@ fn handshake(
     }
 }
 
+/// What a stream says in its HELLO, and how it connects.
+#[derive(Clone, Copy)]
+struct Hail<'a> {
+    token: &'a Token,
+    salt: [u8; 16],
+    index: u16,
+    cfg: &'a SendConfig,
+    streamed: bool,
+    tls: Option<&'a (Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+}
+
 /// How one handshake attempt failed.
 enum Attempt {
     /// Closed or reset before WELCOME: worth another try.
@@ -511,17 +515,8 @@ fn closed_early(e: &std::io::Error) -> bool {
         && !e.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<rustls::Error>)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attempt(
-    tcp: std::net::TcpStream,
-    peer: &str,
-    token: &Token,
-    salt: [u8; 16],
-    index: u16,
-    cfg: &SendConfig,
-    streamed: bool,
-    tls: Option<&(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
-) -> std::result::Result<(Link, [u8; 16]), Attempt> {
+fn attempt(tcp: std::net::TcpStream, peer: &str, h: &Hail<'_>) -> std::result::Result<(Link, [u8; 16]), Attempt> {
+    let Hail { token, salt, index, cfg, streamed, tls } = *h;
     let sock = match tls {
         None => Link::plain(tcp),
         Some((config, name)) => {

@@ -309,10 +309,21 @@ mod tests {
         fs::create_dir(dir.path().join("db")).unwrap();
         fs::write(dir.path().join("db/t.ibd"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        // A directory swapped for a symlink to a root-owned directory, and
+        // a hard link to a root-owned file (what the datadir's owner can
+        // plant, SECURITY.md F3).
+        let rootdir = tempfile::tempdir().unwrap();
+        fs::write(rootdir.path().join("shadow"), b"x").unwrap();
+        std::os::unix::fs::symlink(rootdir.path(), dir.path().join("swapped")).unwrap();
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        fs::hard_link(secret.path(), dir.path().join("db/hard")).unwrap();
         chown_tree(dir.path(), 65534, 65534).unwrap();
         assert_eq!(fs::metadata(dir.path().join("db/t.ibd")).unwrap().uid(), 65534);
         assert_eq!(fs::symlink_metadata(dir.path().join("link")).unwrap().uid(), 65534);
         assert_eq!(fs::metadata(outside.path()).unwrap().uid(), 0, "a symlink's target is never chowned");
+        assert_eq!(fs::metadata(rootdir.path().join("shadow")).unwrap().uid(), 0, "the walk followed a symlinked directory");
+        assert_eq!(fs::metadata(rootdir.path()).unwrap().uid(), 0);
+        assert_eq!(fs::metadata(secret.path()).unwrap().uid(), 0, "a hard link to a file outside was chowned");
     }
 
     #[test]

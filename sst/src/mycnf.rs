@@ -135,10 +135,22 @@ pub enum MycnfError {
     BadGroup { file: PathBuf, line: usize },
     #[error("cannot read directory {dir} (named by !includedir in {file}): {reason}")]
     IncludeDir { dir: PathBuf, file: PathBuf, reason: String },
+    #[error(
+        "option files include one another more than {MAX_INCLUDED_FILES} times or hold more than {MAX_OPTIONS} options (last: {file}); look for an include loop"
+    )]
+    TooManyIncludes { file: PathBuf },
 }
 
 /// Includes nested deeper than this are ignored, as mysys does.
 const MAX_INCLUDE_DEPTH: usize = 10;
+/// Most files read through includes in one load. mysys has no such cap,
+/// but without one files that include each other several times grow
+/// exponentially up to the depth limit (found by fuzzing); a real
+/// configuration reads a handful.
+const MAX_INCLUDED_FILES: usize = 4096;
+/// Most options one load collects through includes (a real configuration
+/// has hundreds).
+const MAX_OPTIONS: usize = 100_000;
 
 /// Reads the options of `groups` (and their suffixed variants) from the
 /// files `sources` names, in file order.
@@ -148,9 +160,10 @@ pub fn load(files: &dyn Files, sources: &Sources, groups: &[&str]) -> Result<Vec
         wanted.extend(groups.iter().map(|g| format!("{g}{s}").to_ascii_lowercase()));
     }
     let mut out = Vec::new();
+    let cx = Cx { wanted: &wanted, reads: std::cell::Cell::new(0) };
     for (path, required) in sources.files() {
         match files.read(&path) {
-            Ok(text) => parse(files, &path, &text, &wanted, 0, &mut out)?,
+            Ok(text) => parse(files, &path, &text, &cx, 0, &mut out)?,
             Err(_) if required => return Err(MycnfError::Required(path)),
             Err(_) => {}
         }
@@ -158,7 +171,13 @@ pub fn load(files: &dyn Files, sources: &Sources, groups: &[&str]) -> Result<Vec
     Ok(out)
 }
 
-fn parse(files: &dyn Files, path: &Path, text: &str, wanted: &[String], depth: usize, out: &mut Vec<OptionLine>) -> Result<(), MycnfError> {
+/// What one load looks for, and how many files its includes read so far.
+struct Cx<'a> {
+    wanted: &'a [String],
+    reads: std::cell::Cell<usize>,
+}
+
+fn parse(files: &dyn Files, path: &Path, text: &str, cx: &Cx<'_>, depth: usize, out: &mut Vec<OptionLine>) -> Result<(), MycnfError> {
     let mut group: Option<(String, bool)> = None;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -167,13 +186,13 @@ fn parse(files: &dyn Files, path: &Path, text: &str, wanted: &[String], depth: u
             continue;
         }
         if let Some(rest) = s.strip_prefix('!') {
-            include(files, path, rest, wanted, depth, out)?;
+            include(files, path, rest, cx, depth, out)?;
             continue;
         }
         if let Some(rest) = s.strip_prefix('[') {
             let end = rest.find(']').ok_or_else(|| MycnfError::BadGroup { file: path.into(), line })?;
             let name = rest[..end].trim_end();
-            let on = wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
+            let on = cx.wanted.iter().any(|w| w.eq_ignore_ascii_case(name));
             group = Some((name.to_string(), on));
             continue;
         }
@@ -193,14 +212,7 @@ fn parse(files: &dyn Files, path: &Path, text: &str, wanted: &[String], depth: u
     Ok(())
 }
 
-fn include(
-    files: &dyn Files,
-    from: &Path,
-    rest: &str,
-    wanted: &[String],
-    depth: usize,
-    out: &mut Vec<OptionLine>,
-) -> Result<(), MycnfError> {
+fn include(files: &dyn Files, from: &Path, rest: &str, cx: &Cx<'_>, depth: usize, out: &mut Vec<OptionLine>) -> Result<(), MycnfError> {
     if depth >= MAX_INCLUDE_DEPTH {
         return Ok(());
     }
@@ -224,14 +236,23 @@ fn include(
         names.sort();
         for n in names {
             let p = target.join(n);
-            if let Ok(text) = files.read(&p) {
-                parse(files, &p, &text, wanted, depth + 1, out)?;
+            if let Ok(text) = read_counted(files, &p, cx, out.len())? {
+                parse(files, &p, &text, cx, depth + 1, out)?;
             }
         }
-    } else if let Ok(text) = files.read(&target) {
-        parse(files, &target, &text, wanted, depth + 1, out)?;
+    } else if let Ok(text) = read_counted(files, &target, cx, out.len())? {
+        parse(files, &target, &text, cx, depth + 1, out)?;
     }
     Ok(())
+}
+
+/// Reads an included file, within the load's budget of reads and options.
+fn read_counted(files: &dyn Files, p: &Path, cx: &Cx<'_>, options: usize) -> Result<std::io::Result<String>, MycnfError> {
+    cx.reads.set(cx.reads.get() + 1);
+    if cx.reads.get() > MAX_INCLUDED_FILES || options > MAX_OPTIONS {
+        return Err(MycnfError::TooManyIncludes { file: p.to_path_buf() });
+    }
+    Ok(files.read(p))
 }
 
 /// Cuts a `#` comment that is outside quotes.
@@ -316,6 +337,17 @@ mod tests {
         let cnf = "[SST]\nk = v # c\nq=\"a # b\"\ne=a\\tb\\\\c\\x\nbare\nmixed=\"a\" b\nsemi=b ;c\n[other]\nno=1\n[sst]\nlast=1\n";
         let out = run(&[("/a.cnf", cnf)], &file("/a.cnf"), &["sst"]).unwrap();
         assert_eq!(out, ["--k=v", "--q=a # b", "--e=a\tb\\c\\x", "--bare", "--mixed=\"a\" b", "--semi=b ;c", "--last=1"]);
+    }
+
+    #[test]
+    fn mutual_includes_are_cut_off_with_a_named_error() {
+        let files = MemFiles::new(&[
+            ("/a.cnf", "[sst]\nk=1\n!include /b.cnf\n!include /b.cnf\n!include /b.cnf\n"),
+            ("/b.cnf", "[sst]\nj=2\n!include /a.cnf\n!include /a.cnf\n!include /a.cnf\n"),
+        ]);
+        let e = load(&files, &Sources { defaults_file: Some("/a.cnf".into()), ..Sources::default() }, &["sst"]).unwrap_err();
+        assert!(matches!(e, MycnfError::TooManyIncludes { .. }), "{e}");
+        assert!(e.to_string().contains("include loop"), "{e}");
     }
 
     #[test]

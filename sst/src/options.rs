@@ -241,7 +241,21 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
                 ["openssl", "xbcrypt"].contains(&v.to_ascii_lowercase().as_str()).then(|| v.to_ascii_lowercase())
             })?
             .unwrap_or_else(|| "openssl".into()),
-        encrypt_key: l.string("encrypt-key", ENC),
+        encrypt_key: {
+            // A secret inline in a file others can read is not secret
+            // (SECURITY.md F15): say so, with the fix.
+            if let Some(o) = l.get("encrypt-key", ENC) {
+                use std::os::unix::fs::PermissionsExt;
+                if std::fs::metadata(&o.file).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+                    tracing::warn!(
+                        "encrypt-key is set in {} (line {}), which every user can read: move the key to a file only the SST user can read and set encrypt-key-file instead",
+                        o.file.display(),
+                        o.line
+                    );
+                }
+            }
+            l.string("encrypt-key", ENC)
+        },
         encrypt_key_file: l.path("encrypt-key-file", ENC),
         encrypt_threads: l.number("encrypt-threads", ENC, "a whole number")?,
         encrypt_chunk_size: l.string("encrypt-chunk-size", ENC),

@@ -139,3 +139,56 @@ pub fn transfer_with(src: &Path, dest: &Path, recv: ReceiveConfig, send: &SendCo
     let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], send);
     (sent, h.join().unwrap())
 }
+
+/// A running `sluice recv --json` and what it printed.
+pub struct Recv {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub token: String,
+    pub log: PathBuf,
+}
+
+/// Starts `sluice recv --listen 127.0.0.1:0 --json --dir DEST EXTRA…` with
+/// stderr in `log` and reads its address and token.
+pub fn start_recv(dest: &Path, log: &Path, extra: &[&str]) -> Recv {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["recv", "--listen", "127.0.0.1:0", "--json", "--dir"])
+        .arg(dest)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+    Recv { child, addr: v["addr"].as_str().unwrap().into(), token: v["token"].as_str().unwrap().into(), log: log.into() }
+}
+
+/// The SST joiner as mysqld runs it (`script` is the binary under its SST
+/// name) on 127.0.0.1:`port` for `datadir`; returns it, its stdout after the
+/// `ready` line, and the address that line advertised.
+pub fn start_sst_joiner(
+    script: &Path,
+    port: u16,
+    datadir: &Path,
+    mysqld_args: &str,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    let mut joiner = std::process::Command::new(script)
+        .args(["--role", "joiner", "--address", &format!("127.0.0.1:{port}"), "--datadir"])
+        .arg(format!("{}/", datadir.display()))
+        .args(["--parent", &std::process::id().to_string(), "--progress", "0", "--mysqld-args", mysqld_args])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(joiner.stdout.take().unwrap());
+    let mut ready = String::new();
+    out.read_line(&mut ready).unwrap();
+    let addr = ready.strip_prefix("ready ").unwrap_or_else(|| panic!("first line {ready:?}")).trim().to_string();
+    (joiner, out, addr)
+}

@@ -225,6 +225,12 @@ pub fn cloexec_inherited() -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// `listen(2)` again on a listening socket: sets its accept backlog.
+pub fn listen_backlog(sock: impl AsFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen takes an fd we borrow and an integer.
+    cvt(unsafe { libc::listen(sock.as_fd().as_raw_fd(), backlog) }).map(drop)
+}
+
 /// Raises the soft limit on open descriptors to the hard limit (as mysqld
 /// does), returning the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
