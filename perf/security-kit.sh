@@ -15,7 +15,9 @@ bin=${1:-target/release/sluice}
 [ -d "$kit" ] || { echo "no $kit" >&2; exit 2; }
 rm -rf "$rt/e"* "$rt/src"* "$rt"/*.stderr
 mkdir -p "$rt"
-cp "$bin" "$rt/sluice"
+# (Replace by rename: a receiver a crashed script left behind may still run
+# the old copy.)
+cp "$bin" "$rt/sluice.new" && mv -f "$rt/sluice.new" "$rt/sluice"
 [ -x "$rt/venv/bin/python" ] || { python3 -m venv "$rt/venv" && "$rt/venv/bin/pip" install -q xxhash; }
 cp "$kit"/*.py "$kit"/*.sh "$rt/"
 # The kit speaks protocol v3; v4 peers refuse it on the version alone, which
@@ -57,6 +59,9 @@ run() {
   # Tracebacks are the scripts' own (they expected the old failures); the
   # lines they print say what happened.
   (cd "$rt" && timeout 120 "$@") 2>&1 | grep -vE '^\s|^Traceback|^  File' | head -12
+  # A script that crashed (it expected the old behaviour) may leave its
+  # receiver waiting: stop what it started, by PID.
+  for pid in $(pgrep -f "^$rt/sluice " || true); do kill "$pid" 2>/dev/null || true; done
 }
 # e1/e2: the first legitimate send now succeeds, so the receiver (one
 # session) is gone when the script tries again: its later attempts time out.

@@ -273,3 +273,48 @@ fn f14_recv_prints_the_token_only_where_asked() {
     assert!(!line.contains(written.trim()), "{line}");
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
 }
+
+#[test]
+fn f12_a_manifest_beyond_the_receivers_limit_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("f{i}")), b"x").unwrap();
+    }
+    let cfg = ReceiveConfig { max_entries: 25, ..ReceiveConfig::default() };
+    let (sent, received) = common::transfer_with(&src, &tmp.path().join("dest"), cfg, &SendConfig::default());
+    let e = received.unwrap_err().to_string();
+    assert!(e.contains("more than 25 entries"), "{e}");
+    assert!(sent.is_err());
+    assert!(!tmp.path().join("dest").exists(), "a refused manifest created the destination");
+}
+
+#[test]
+fn f17_the_listener_closes_once_every_stream_has_joined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("big"), common::pattern(6 << 20, 5)).unwrap();
+    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig::default()).unwrap();
+    let (addr, token) = (r.local_addr().unwrap(), r.token().clone());
+    let dest = tmp.path().join("dest");
+    let d = dest.clone();
+    let h = std::thread::spawn(move || r.run(&d));
+    // Slow enough (about 3 s) that the session is surely still running.
+    let cfg = SendConfig { streams: 2, rate_limit: Some(2 << 20), block_size: 256 << 10, ..SendConfig::default() };
+    let a = addr.to_string();
+    let s = std::thread::spawn(move || sluice_engine::send(&a, &token, &[src], &cfg));
+    let t = Instant::now();
+    while !dest.join("big").exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the session never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let late = std::net::TcpStream::connect(addr);
+    assert!(
+        matches!(&late, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "a late connection reached the receiver mid-session: {late:?}"
+    );
+    s.join().unwrap().unwrap();
+    h.join().unwrap().unwrap();
+}

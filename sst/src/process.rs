@@ -192,6 +192,13 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_shows_the_password() {
+        let h = Helper { program: Path::new("/bin/true"), args: vec![], cwd: Path::new("/"), password: Some("s3cr3t"), what: "x" };
+        let shown = format!("{h:?}");
+        assert!(!shown.contains("s3cr3t") && shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
     fn helpers_get_the_password_only_in_the_environment() {
         let dir = tempfile::tempdir().unwrap();
         let sh = find_program("sh").unwrap();
