@@ -1,11 +1,15 @@
 //! The joiner: listen, print `ready`, receive the donor's backup straight
-//! into `<datadir>/.sst`, clean the datadir by `cpat`, `--prepare`,
-//! `--move-back`, print the coordinates (shared/SST-PROTOCOL.md §3.4).
+//! into `<datadir>/.sst`, `--prepare` it there, set the old datadir content
+//! (what `cpat` selects) aside, `--move-back`, sync, delete the old content,
+//! print the coordinates (shared/SST-PROTOCOL.md §3.4).
 //!
-//! Until the very end nothing marks the datadir complete: a failed receive
-//! leaves the staging directory with the engine's incomplete-marker, a
-//! failed prepare or move-back keeps it for diagnosis, and mysqld gets a
-//! non-zero exit with no coordinates line.
+//! The old data is never lost to a failed SST: nothing is touched before
+//! the new backup is received and prepared, and if placing it fails the
+//! old content is put back exactly as it was ([`crate::aside`]). Until the
+//! very end nothing marks the datadir complete: a failed receive leaves the
+//! staging directory with the engine's incomplete-marker, a failed prepare
+//! or move-back keeps it for diagnosis, and mysqld gets a non-zero exit
+//! with no coordinates line.
 
 use std::fs;
 use std::io::Write;
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use sluice_engine::{ReceiveConfig, Receiver};
 
 use crate::args::{ArgsError, Role};
+use crate::aside::{self, ASIDE_DIR, Aside};
 use crate::backup::{Context, split_mysqld_args};
 use crate::copy;
 use crate::datadir::{self, KeepPattern};
@@ -69,6 +74,21 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     for w in keep.check(datadir) {
         tracing::warn!("{w}");
     }
+    let mysqld_args = split_mysqld_args(&s.args.mysqld_args);
+    let layout = layout::resolve(&s.args, &mysqld_args, &s.opts);
+    let mut dirs = vec![datadir.clone()];
+    for (_, d) in &layout.special {
+        fs::create_dir_all(d).map_err(|e| SstError::io(format!("creating {}", d.display()), e))?;
+        dirs.push(d.clone());
+    }
+    // An SST killed while the old data was set aside left it in .sst-old:
+    // put it back before anything else.
+    let recovered =
+        aside::recover(&aside_dirs(&dirs, layout.binlog.as_ref()), |d| placed_in(d, &dirs, &keep, datadir, layout.binlog.as_ref()))
+            .map_err(|e| SstError::io("putting back the old data an interrupted SST had set aside", e))?;
+    if recovered > 0 {
+        tracing::warn!("an earlier SST was interrupted with the old data set aside: put {recovered} old entries back");
+    }
     let port = addr.port_or_default();
     let timeout = s.opts.sst_initial_timeout;
     let t = transport::logged(&s.opts, Role::Joiner, addr.host_unbracketed())?;
@@ -116,77 +136,134 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         )));
     }
 
-    let mysqld_args = split_mysqld_args(&s.args.mysqld_args);
-    let layout = layout::resolve(&s.args, &mysqld_args, &s.opts);
-    let mut dirs = vec![datadir.clone()];
-    for (_, d) in &layout.special {
-        fs::create_dir_all(d).map_err(|e| SstError::io(format!("creating {}", d.display()), e))?;
-        dirs.push(d.clone());
-    }
-    let removed = datadir::clean(&dirs, &keep).map_err(|e| SstError::io("cleaning the datadir", e))?;
-    tracing::info!(
-        "removed {} old entries from {}",
-        removed.len(),
-        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-    );
-    if let Some(b) = &layout.binlog {
-        clean_binlogs(datadir, b)?;
+    let program = if copy_mode { None } else { Some(find_program("mariadb-backup")?) };
+    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: mysqld_args, user: None };
+    if let Some(program) = &program {
+        // Prepared in staging while the old data is still in place: a
+        // failed prepare (a redo format this mariadb-backup cannot read, a
+        // missing encryption key) costs nothing but time.
+        let prepare = Helper { program, args: ctx.prepare(&staging), cwd: &staging, password: None, what: "mariadb-backup --prepare" };
+        let t = Instant::now();
+        if let Err(e) = prepare.run_logged(&datadir.join("mariabackup.prepare.log"), &s.children) {
+            tracing::error!("the old data is intact: {} was not touched", datadir.display());
+            return Err(e);
+        }
+        tracing::info!("mariadb-backup --prepare took {:.1} s", t.elapsed().as_secs_f64());
+        report::note_time(&s.opts, "mariadb-backup --prepare", t.elapsed());
     }
 
-    if copy_mode {
-        let t = Instant::now();
-        let moved = copy::move_into_place(&staging, datadir, &layout)?;
-        fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
-        tracing::info!("moved {moved} entries into place in {:.1} s", t.elapsed().as_secs_f64());
-        return proto.coordinates(&gtid, domain).map_err(stdout_err);
-    }
-    let program = find_program("mariadb-backup")?;
-    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: mysqld_args, user: None };
-    let prepare =
-        Helper { program: &program, args: ctx.prepare(&staging), cwd: &staging, password: None, what: "mariadb-backup --prepare" };
-    let t = Instant::now();
-    prepare.run_logged(&datadir.join("mariabackup.prepare.log"), &s.children)?;
-    tracing::info!("mariadb-backup --prepare took {:.1} s", t.elapsed().as_secs_f64());
-    report::note_time(&s.opts, "mariadb-backup --prepare", t.elapsed());
+    // Set the old content aside (renames on its own filesystem) rather than
+    // deleting it, until the new content is in place and synced.
+    let mut victims = datadir::doomed(&dirs, &keep).map_err(|e| SstError::io("listing the datadir", e))?;
+    victims.retain(|v| v.file_name().is_none_or(|n| n != ASIDE_DIR));
     if let Some(b) = &layout.binlog {
-        move_binlogs(&staging, b)?;
+        victims.extend(binlog_files(datadir, b));
     }
-    let move_back =
-        Helper { program: &program, args: ctx.move_back(&staging), cwd: datadir, password: None, what: "mariadb-backup --move-back" };
-    let t = Instant::now();
-    move_back.run_logged(&datadir.join("mariabackup.move.log"), &s.children)?;
-    tracing::info!("mariadb-backup --move-back took {:.1} s", t.elapsed().as_secs_f64());
-    report::note_time(&s.opts, "mariadb-backup --move-back", t.elapsed());
+    victims.sort();
+    victims.dedup();
+    let mut old = Aside::set(&victims).map_err(|e| SstError::io("setting the old datadir content aside (nothing was lost)", e))?;
+    tracing::info!(
+        "set {} old entries aside in {}",
+        old.len(),
+        aside_dirs(&dirs, layout.binlog.as_ref()).iter().map(|d| d.join(ASIDE_DIR).display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let placed = place_new(s, &staging, datadir, &layout, program.as_deref(), &ctx, copy_mode).and_then(|()| sync_dirs(&dirs));
+    if let Err(e) = placed {
+        let new = dirs.iter().map(|d| placed_in(d, &dirs, &keep, datadir, layout.binlog.as_ref())).collect::<std::io::Result<Vec<_>>>();
+        let back = new.and_then(|n| old.put_back(&n.concat()));
+        match back {
+            Ok(()) => tracing::error!("the old data was put back: {} is as it was before this SST", datadir.display()),
+            Err(b) => {
+                tracing::error!("could not put all the old data back ({b}); what remains of it is in {}/{ASIDE_DIR}", datadir.display());
+            }
+        }
+        return Err(e);
+    }
+    old.discard().map_err(|e| SstError::io("removing the old data set aside", e))?;
     fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
     proto.coordinates(&gtid, domain).map_err(stdout_err)
 }
 
-/// Removes the previous binary logs before new ones arrive: `<base>.state`,
-/// every file the index lists, the index, and `<base>.NNNNNN` files.
-fn clean_binlogs(datadir: &Path, b: &Binlog) -> Result<()> {
-    let io = |what: String| move |e| SstError::io(what, e);
+/// Puts the received (and, in backup mode, prepared) data in place.
+fn place_new(
+    s: &Setup,
+    staging: &Path,
+    datadir: &Path,
+    layout: &layout::Layout,
+    program: Option<&Path>,
+    ctx: &Context<'_>,
+    copy_mode: bool,
+) -> Result<()> {
+    if copy_mode {
+        let t = Instant::now();
+        let moved = copy::move_into_place(staging, datadir, layout)?;
+        tracing::info!("moved {moved} entries into place in {:.1} s", t.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    let program = program.expect("backup mode found mariadb-backup");
+    if let Some(b) = &layout.binlog {
+        move_binlogs(staging, b)?;
+    }
+    let move_back = Helper { program, args: ctx.move_back(staging), cwd: datadir, password: None, what: "mariadb-backup --move-back" };
+    let t = Instant::now();
+    move_back.run_logged(&datadir.join("mariabackup.move.log"), &s.children)?;
+    tracing::info!("mariadb-backup --move-back took {:.1} s", t.elapsed().as_secs_f64());
+    report::note_time(&s.opts, "mariadb-backup --move-back", t.elapsed());
+    Ok(())
+}
+
+/// Makes everything placed in `dirs` durable before the old data goes.
+fn sync_dirs(dirs: &[PathBuf]) -> Result<()> {
+    for d in dirs {
+        let f = fs::File::open(d).map_err(|e| SstError::io(format!("opening {}", d.display()), e))?;
+        sluice_engine::backend::sys::syncfs(&f).map_err(|e| SstError::io(format!("syncing {}", d.display()), e))?;
+    }
+    Ok(())
+}
+
+/// The directories that may hold a `.sst-old`: the datadir, the special
+/// directories and the binary log directory.
+fn aside_dirs(dirs: &[PathBuf], binlog: Option<&Binlog>) -> Vec<PathBuf> {
+    let mut out = dirs.to_vec();
+    if let Some(b) = binlog {
+        out.push(b.dir().to_path_buf());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What an SST placed in `dir` (everything the cleanup would select there,
+/// and the binary logs), to remove before the old data comes back.
+fn placed_in(dir: &Path, dirs: &[PathBuf], keep: &KeepPattern, datadir: &Path, binlog: Option<&Binlog>) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = if dirs.iter().any(|d| d == dir) { datadir::doomed(&[dir.to_path_buf()], keep)? } else { Vec::new() };
+    if let Some(b) = binlog {
+        out.extend(binlog_files(datadir, b).into_iter().filter(|f| f.parent() == Some(dir)));
+    }
+    out.retain(|p| p.file_name().is_none_or(|n| n != ASIDE_DIR));
+    Ok(out)
+}
+
+/// The binary log files of `b` that exist: `<base>.state`, every file the
+/// index lists, the index, and `<base>.NNNNNN` files.
+fn binlog_files(datadir: &Path, b: &Binlog) -> Vec<PathBuf> {
     let mut state = b.base.clone().into_os_string();
     state.push(".state");
-    let mut victims = vec![PathBuf::from(state)];
+    let mut files = vec![PathBuf::from(state)];
     if let Ok(index) = fs::read_to_string(&b.index) {
-        victims.extend(index.lines().filter(|l| !l.trim().is_empty()).map(|l| {
+        files.extend(index.lines().filter(|l| !l.trim().is_empty()).map(|l| {
             let p = Path::new(l.trim());
             if p.is_absolute() { p.to_path_buf() } else { datadir.join(p) }
         }));
     }
-    victims.push(b.index.clone());
+    files.push(b.index.clone());
     if let Ok(rd) = fs::read_dir(b.dir()) {
-        victims.extend(rd.flatten().filter(|e| b.is_log_file(&e.file_name().to_string_lossy())).map(|e| e.path()));
+        files.extend(rd.flatten().filter(|e| b.is_log_file(&e.file_name().to_string_lossy())).map(|e| e.path()));
     }
-    for v in victims {
-        match fs::remove_file(&v) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("removing the old binary log {}", v.display()))(e));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    files.retain(|f| fs::symlink_metadata(f).is_ok());
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Moves the binary logs that came with the backup to the binlog directory

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod aside;
 pub mod auth;
 pub mod backup;
 pub mod copy;
