@@ -213,6 +213,12 @@ fn tls_failures_are_named_and_never_fall_back_to_plaintext() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("ca.pem") && err.contains("do not match"), "{err}");
+    // A key file others can read is refused with the chmod that fixes it
+    // (SECURITY.md F15); a private file without a key says so.
     let err = TlsOptions { key: Some(pki.p("ca.pem")), ..pki.receiver("server", None) }.server_config().unwrap_err().to_string();
-    assert!(err.contains("ca.pem") && err.contains("private key"), "{err}");
+    assert!(err.contains(&format!("chmod 600 {}", pki.p("ca.pem").display())), "{err}");
+    let not_a_key = pki.p("not-a-key.pem");
+    common::write_private(&not_a_key, std::fs::read(pki.p("ca.pem")).unwrap());
+    let err = TlsOptions { key: Some(not_a_key), ..pki.receiver("server", None) }.server_config().unwrap_err().to_string();
+    assert!(err.contains("not-a-key.pem") && err.contains("holds no usable private key"), "{err}");
 }
