@@ -672,11 +672,13 @@ fn copy(src: &Path, dest: &Path, send: &SendConfig, recv: ReceiveConfig, mode: r
 }
 
 fn demo(a: &DemoArgs) -> Result<()> {
+    // Without --dir: a fresh private directory (random name, 0700), removed
+    // at the end or on a signal.
     let (work, _guard) = if let Some(d) = &a.dir {
         (d.clone(), None)
     } else {
-        let d = std::env::temp_dir().join(format!("sluice-demo-{}", std::process::id()));
-        (d.clone(), Some(RemoveOnDrop(d)))
+        let d = sluice_engine::cleanup::private_dir(&std::env::temp_dir(), "sluice-demo-").context("creating the demo directory")?;
+        (d.path().to_path_buf(), Some(d))
     };
     let src = work.join("datadir");
     let dest = work.join("copy");
@@ -700,14 +702,6 @@ fn demo(a: &DemoArgs) -> Result<()> {
         s.mib_per_sec()
     );
     Ok(())
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]
