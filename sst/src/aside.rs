@@ -39,7 +39,10 @@ impl Aside {
     pub fn set(victims: &[PathBuf]) -> io::Result<Self> {
         let mut a = Self::default();
         for v in victims {
-            if v.file_name().is_some_and(|n| n == ASIDE_DIR) {
+            // A special directory inside the datadir is listed both as an
+            // entry of the datadir and through its own entries: moving the
+            // directory moves them.
+            if v.file_name().is_some_and(|n| n == ASIDE_DIR) || a.moved.iter().any(|(from, _)| v.starts_with(from)) {
                 continue;
             }
             if let Err(e) = a.move_one(v) {
@@ -189,6 +192,22 @@ mod tests {
         a.put_back(&[d.join("ibdata1"), d.join("newdb")]).unwrap();
         assert_eq!(tree(&d), before, "the old datadir must come back byte-identical");
         assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("/etc/passwd"));
+    }
+
+    #[test]
+    fn a_directory_and_its_own_entries_are_set_aside_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        old_datadir(&d);
+        fs::create_dir(d.join("undo")).unwrap();
+        fs::write(d.join("undo/undo001"), b"undo").unwrap();
+        let before = tree(&d);
+        let mut victims = vec![d.join("ibdata1"), d.join("undo"), d.join("undo/undo001")];
+        victims.sort();
+        let mut a = Aside::set(&victims).unwrap();
+        assert_eq!(a.len(), 2);
+        a.put_back(&[]).unwrap();
+        assert_eq!(tree(&d), before);
     }
 
     #[test]
