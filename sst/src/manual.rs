@@ -241,7 +241,8 @@ pub fn restore(r: &Restore) -> Result<Option<(Gtid, Option<u64>)>> {
     Helper { program: &program, args, cwd: &r.datadir, password: None, what: "mariadb-backup --move-back" }
         .run_logged(&logs.join("mariabackup.move.log"), &children)?;
     if let Some((gtid, _)) = &position {
-        replace_file(&r.datadir, "grastate.dat", grastate(&version, gtid).as_bytes())?;
+        crate::fresh::replace(&r.datadir.join("grastate.dat"), grastate(&version, gtid).as_bytes())
+            .map_err(|e| SstError::io(format!("writing {}", r.datadir.join("grastate.dat").display()), e))?;
     }
     if r.backup.starts_with(&r.datadir) {
         let _ = fs::remove_dir_all(&r.backup);
@@ -257,29 +258,6 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
         sluice_engine::sink::chown_tree(dir, uid, gid).map_err(|e| SstError::io(format!("giving {} to {uid}:{gid}", dir.display()), e))?;
     for p in skipped {
         tracing::warn!("left the owner of {} alone: it has other hard links (to a file outside the datadir?)", p.display());
-    }
-    Ok(())
-}
-
-/// Writes `contents` as `name` in `dir` without following a symlink planted
-/// there: a fresh private temporary file (O_EXCL), synced, then renamed over
-/// `name` (a rename replaces a symlink, never its target: SECURITY.md F4).
-pub fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let nonce: [u8; 8] = sluice_engine::net::random_bytes().map_err(|e| SstError::io("reading /dev/urandom", e))?;
-    let tmp = dir.join(format!(".{name}.sluice-{:016x}", u64::from_le_bytes(nonce)));
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, dir.join(name)));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(SstError::io(format!("writing {}", dir.join(name).display()), e));
     }
     Ok(())
 }
