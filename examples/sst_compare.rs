@@ -8,7 +8,10 @@
 //! <workdir>`; `METHODS=sluice,sluice-copy` picks the methods. With
 //! `SLUICE_OLD=<another sluice binary>` (say, the previous main), the
 //! methods `sluice-old` and `sluice-copy-old` run that build in the same
-//! run, for a before/after comparison.
+//! run, for a before/after comparison. With `OLD_DATADIR=1` the joiner
+//! is not wiped between SSTs: each SST (after the first) replaces a full
+//! old datadir, whose Galera position is reset to force a full SST — what
+//! a joiner that keeps its old data aside pays for.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -64,7 +67,15 @@ fn main() {
         );
         for method in methods.iter().map(String::as_str) {
             c.stop(1);
-            c.wipe(1);
+            let grastate = c.nodes[1].datadir.join("grastate.dat");
+            if std::env::var_os("OLD_DATADIR").is_some() && grastate.exists() {
+                let g = std::fs::read_to_string(&grastate).unwrap();
+                let reset: String =
+                    g.lines().map(|l| if l.starts_with("seqno:") { "seqno:   -1\n".to_string() } else { format!("{l}\n") }).collect();
+                std::fs::write(&grastate, reset).unwrap();
+            } else {
+                c.wipe(1);
+            }
             let copy = method.starts_with("sluice-copy");
             let old = method.ends_with("-old");
             let _ = std::fs::remove_file(c.nodes[1].dir.join("console.log"));

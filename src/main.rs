@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::sync::Arc;
 
 use sluice_engine::codec::Compression;
@@ -62,6 +62,33 @@ enum Command {
     /// Manual SST, second half on its own: prepare a received backup, write
     /// grastate.dat, move it into an empty datadir.
     Restore(RestoreArgs),
+    /// Check this node for everything that would make an SST fail
+    /// (mariadb-backup, credentials, TLS, SST port, disk, encryption), each
+    /// with its fix; exits 1 if anything fails.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// Read only this option file (and what it includes), as mysqld's
+    /// `--defaults-file`.
+    #[arg(long)]
+    defaults_file: Option<PathBuf>,
+    /// Read this file after the global ones.
+    #[arg(long)]
+    defaults_extra_file: Option<PathBuf>,
+    /// Also read GROUP<suffix> for every group.
+    #[arg(long)]
+    defaults_group_suffix: Option<String>,
+    /// The datadir (default: `datadir` from the option files).
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// The server's socket (default: `socket` from the option files).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// One JSON object on stdout instead of the human report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -396,7 +423,9 @@ fn main() {
         on_fatal_signals(true);
         std::process::exit(sluice_sst::session::main(&argv[1..]));
     }
-    let cli = Cli::parse();
+    // `--version` says the protocol versions and features of this build.
+    let version: &'static str = Box::leak(sluice_engine::build_info().trim_start_matches("sluice ").to_string().into_boxed_str());
+    let cli = Cli::from_arg_matches(&Cli::command().version(version).get_matches()).unwrap_or_else(|e| e.exit());
     if let Command::Sst(a) = &cli.command {
         sstlog::init();
         on_fatal_signals(true);
@@ -469,6 +498,7 @@ fn run(cmd: Command) -> Result<()> {
         }
         Command::Demo(a) => demo(&a),
         Command::PrintDefaults(a) => print_defaults(&a),
+        Command::Check(a) => check(&a),
         Command::Sst(_) => unreachable!("handled in main before logging is set up"),
         Command::Restore(a) => restore(&a.backup_dir, &a.restore),
         Command::GenSample(a) => {
@@ -486,6 +516,18 @@ fn run(cmd: Command) -> Result<()> {
 
 /// `my_print_defaults`, reimplemented: stdout gets the options, a fatal
 /// error exits 2 as the original does.
+fn check(a: &CheckArgs) -> Result<()> {
+    let sources = mycnf::Sources::from_env(a.defaults_file.clone(), a.defaults_extra_file.clone(), a.defaults_group_suffix.clone());
+    let opts = sluice_sst::options::load(&mycnf::Disk, &sources).context("reading the option files")?;
+    let findings = sluice_sst::check::run(&opts, &sluice_sst::check::Inputs { datadir: a.datadir.clone(), socket: a.socket.clone() });
+    let (text, ok) = sluice_sst::check::report(&findings, a.json);
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn print_defaults(a: &PrintDefaultsArgs) -> Result<()> {
     if a.no_defaults {
         return Ok(());

@@ -548,10 +548,21 @@ fn fifty_thousand_files_join_under_a_1024_descriptor_limit_in_both_modes() {
 /// modes, contents) that an SST may replace: everything but what the
 /// stock keep-list (`cpat`) keeps — Galera's own state files, which mysqld
 /// itself rewrites at every start, logs, TLS files — and the SST's staging
-/// directory and markers.
+/// directory, markers and status file.
 fn tree_digest(root: &Path) -> Vec<(String, u32, Vec<u8>)> {
     use std::os::unix::fs::PermissionsExt;
-    let kept = [".pem", "galera.cache", "sst_in_progress", ".sst", "gvwstate.dat", "grastate.dat", ".err", ".log", "wsrep_sst.pid"];
+    let kept = [
+        ".pem",
+        "galera.cache",
+        "sst_in_progress",
+        ".sst",
+        "gvwstate.dat",
+        "grastate.dat",
+        ".err",
+        ".log",
+        "wsrep_sst.pid",
+        "sluice_sst_status.json",
+    ];
     let skip = |name: &str| kept.iter().any(|k| name.ends_with(k));
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -646,4 +657,322 @@ fn a_failed_prepare_leaves_the_joiners_old_datadir_byte_identical() {
     c.wait_synced(1, Duration::from_secs(300)).unwrap();
     assert_eq!(c.checksums(0), c.checksums(1));
     assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE a = 888888").unwrap(), "1");
+}
+
+/// Makes node `i`'s next start ask for a full SST (unknown position).
+fn force_sst(c: &Cluster, i: usize) {
+    let grastate = c.nodes[i].datadir.join("grastate.dat");
+    let old = std::fs::read_to_string(&grastate).unwrap();
+    let reset: String = old.lines().map(|l| if l.starts_with("seqno:") { "seqno:   -1\n".to_string() } else { format!("{l}\n") }).collect();
+    std::fs::write(&grastate, reset).unwrap();
+}
+
+/// Starts node 2, whose SST must fail before it touches anything; returns
+/// the joiner's log of that attempt and the donor's, and checks that the
+/// old datadir is byte-identical and the status file says `failed`.
+fn refused_sst(c: &mut Cluster, what: &str, before: &[(String, u32, Vec<u8>)], by_preflight: bool) -> (String, String) {
+    let donor_len = c.error_log(0).len();
+    c.start(1, false);
+    let exited = c.wait_exit(1, Duration::from_secs(300));
+    c.keep_logs(&workdir(&format!("galera-preflight-{what}-logs")));
+    assert!(exited, "{what}: the joiner should abort:\n{}", c.log_tail(1, 40));
+    let log = c.error_log(1);
+    let last = log[log.rfind("sluice SST started on joiner").unwrap()..].to_string();
+    let after = tree_digest(&c.nodes[1].datadir);
+    let gone: Vec<_> = before.iter().filter(|e| !after.contains(e)).map(|e| &e.0).collect();
+    let new: Vec<_> = after.iter().filter(|e| !before.contains(e)).map(|e| &e.0).collect();
+    assert!(gone.is_empty() && new.is_empty(), "{what}: the old datadir changed: lost or altered {gone:?}, new or altered {new:?}\n{last}");
+    let status = std::fs::read_to_string(c.nodes[1].datadir.join("sluice_sst_status.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap_or_else(|e| panic!("{what}: status file {status:?}: {e}"));
+    assert_eq!(v["stage"], "failed", "{what}: {status}");
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{what}: {status}");
+    // The donor waits for the joiner's verdict; give its log a moment.
+    let t = std::time::Instant::now();
+    while by_preflight && !c.error_log(0)[donor_len..].contains("refused this SST") && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (last, c.error_log(0)[donor_len..].to_string())
+}
+
+/// Reads the joiner's status file in a tight loop while an SST runs: every
+/// read is one whole JSON object; returns the stages seen in order.
+fn watch_status(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<(Vec<String>, u64)> {
+    std::thread::spawn(move || {
+        let mut stages: Vec<String> = Vec::new();
+        let mut reads = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("a torn status file {text:?}: {e}"));
+                let s = v["stage"].as_str().unwrap().to_string();
+                if stages.last() != Some(&s) {
+                    stages.push(s);
+                }
+                reads += 1;
+            }
+        }
+        (stages, reads)
+    })
+}
+
+/// Issue 11: a cluster that encrypts data at rest (file_key_management,
+/// innodb_encrypt_tables, innodb_encrypt_log) provisions a joiner, with the
+/// status file valid JSON at every read; then each preflight refuses a
+/// full SST before anything is touched — a mariadb-backup of another redo
+/// format, the wrong key file, a filesystem too small for old and new side
+/// by side — and an idle watchdog stops a stuck prepare: every time the old
+/// datadir is byte-identical, and the node starts again on its old data.
+#[test]
+fn preflight_refusals_keep_the_old_datadir_and_an_encrypted_cluster_joins() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let name = "galera-preflight";
+    let mut spec = Spec::new(26_400);
+    spec.mysqld = "plugin_load_add=file_key_management\nfile_key_management_filename={node}/keys.txt\n\
+                   innodb_encrypt_tables=ON\ninnodb_encrypt_log=ON\ninnodb_encrypt_temporary_tables=ON\n"
+        .into();
+    let mut c = Cluster::new(&workdir(name), &spec, sluice());
+    let key = "1;6f9a40c2cf1f8fc6e55b14e87e8f0c4d3c2ba8e51cd7b4e08b08e1ac4e6d4e3a\n2;00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n";
+    for n in &c.nodes {
+        std::fs::write(n.dir.join("keys.txt"), key).unwrap();
+    }
+    donor(&mut c, 16);
+    assert_eq!(
+        c.sql(0, "SELECT COUNT(*) FROM information_schema.INNODB_TABLESPACES_ENCRYPTION WHERE NAME LIKE 'sb/%' AND ENCRYPTION_SCHEME = 1")
+            .map(|n| n != "0"),
+        Ok(true)
+    );
+    let status = c.nodes[1].datadir.join("sluice_sst_status.json");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_status(status.clone(), std::sync::Arc::clone(&stop));
+    c.start(1, false);
+    let synced = c.wait_synced(1, Duration::from_secs(600));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (stages, reads) = watcher.join().unwrap();
+    c.keep_logs(&workdir(&format!("{name}-logs")));
+    synced.unwrap_or_else(|e| panic!("the encrypted cluster's joiner failed: {e}\n{}", c.log_tail(1, 40)));
+    assert_eq!(c.checksums(0), c.checksums(1), "CHECKSUM TABLE differs");
+    assert!(reads > 100 && stages.last().map(String::as_str) == Some("done"), "stages {stages:?} in {reads} reads");
+    for s in ["receiving", "preparing", "moving"] {
+        assert!(stages.iter().any(|x| x == s), "stage {s} never seen: {stages:?}");
+    }
+    let log = c.error_log(1);
+    assert!(log.contains("the donor runs sluice") && log.contains("space on the staging directory"), "{}", c.log_tail(1, 40));
+
+    c.sql(0, "INSERT INTO sb.small (a, s) VALUES (777777, 'before the refusals')").unwrap();
+    poll_sql(&c, 1, "SELECT COUNT(*) FROM sb.small WHERE a = 777777", "1");
+    let rows_before = c.sql(1, "SELECT COUNT(*) FROM sb.small").unwrap();
+    c.stop(1);
+    c.sql(0, "INSERT INTO sb.small (a, s) VALUES (888888, 'after node 2 stopped')").unwrap();
+    let cnf = std::fs::read_to_string(&c.nodes[1].cnf).unwrap();
+    force_sst(&c, 1);
+    let before = tree_digest(&c.nodes[1].datadir);
+    assert!(before.len() > 100, "the digest covers the datadir ({} entries)", before.len());
+
+    // 1. A mariadb-backup that reports another redo format (10.6).
+    let wrapper = c.nodes[1].dir.join("mariadb-backup-10.6");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'mariadb-backup based on MariaDB server 10.6.21-MariaDB debian-linux-gnu (x86_64)' >&2; exit 0; fi\nexec mariadb-backup \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(&c.nodes[1].cnf, format!("{cnf}prepare-binary={}\n", wrapper.display())).unwrap();
+    let (j, d) = refused_sst(&mut c, "version", &before, true);
+    assert!(j.contains("10.6.21") && j.contains("10.11.") && j.contains("redo log format") && j.contains("mode=copy"), "{j}");
+    assert!(d.contains("refused this SST") && d.contains("redo log format"), "the donor names the joiner's reason:\n{d}");
+
+    // 2. The wrong key file (key id 2 differs).
+    std::fs::write(&c.nodes[1].cnf, &cnf).unwrap();
+    force_sst(&c, 1);
+    let wrong = key.replace("2;0011", "2;ff11");
+    std::fs::write(c.nodes[1].dir.join("keys.txt"), &wrong).unwrap();
+    let (j, _) = refused_sst(&mut c, "keys", &before, true);
+    assert!(j.contains("encryption keys do not match") && j.contains("key id(s) 2 differ") && !j.contains("ff11"), "{j}");
+    std::fs::write(c.nodes[1].dir.join("keys.txt"), key).unwrap();
+
+    // 3. A prepare that hangs: the idle watchdog stops it.
+    let stuck = c.nodes[1].dir.join("mariadb-backup-stuck");
+    std::fs::write(&stuck, "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = --prepare ] && exec sleep 1000; done\nexec mariadb-backup \"$@\"\n")
+        .unwrap();
+    std::fs::set_permissions(&stuck, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(&c.nodes[1].cnf, format!("{cnf}prepare-binary={}\nsst-idle-timeout=5\n", stuck.display())).unwrap();
+    force_sst(&c, 1);
+    let (j, _) = refused_sst(&mut c, "watchdog", &before, false);
+    assert!(j.contains("no progress for 5 s while preparing") && j.contains("the old data is intact"), "{j}");
+
+    // 4. A datadir on a filesystem that cannot hold old and new side by side.
+    std::fs::write(&c.nodes[1].cnf, &cnf).unwrap();
+    force_sst(&c, 1);
+    let data = c.nodes[1].datadir.clone();
+    let shadow = c.nodes[1].dir.join("data-shadow");
+    let _ = std::fs::remove_dir_all(&shadow);
+    // Allocated bytes (what the copy takes on tmpfs), not apparent sizes.
+    let used = cmd_out("du", &["-sB1", &data.to_string_lossy()]).split_whitespace().next().unwrap().parse::<u64>().unwrap();
+    assert!(std::process::Command::new("cp").args(["-a", &data.to_string_lossy(), &shadow.to_string_lossy()]).status().unwrap().success());
+    let size = format!("size={}k", (used + (6 << 20)) / 1024);
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &size, "sluice-small", &data.to_string_lossy()]).status().unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs on the joiner's datadir (needs root)");
+    let copied =
+        std::process::Command::new("cp").args(["-a", &format!("{}/.", shadow.display()), &data.to_string_lossy()]).status().unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(copied.success());
+        refused_sst(&mut c, "space", &before, true)
+    }));
+    if outcome.is_err() {
+        c.stop(1);
+    }
+    let unmounted = std::process::Command::new("umount").arg(&data).status().unwrap();
+    let (j, d) = outcome.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    assert!(unmounted.success());
+    let _ = std::fs::remove_dir_all(&shadow);
+    // Old and new do not fit side by side (or not even after cleaning):
+    // refused either way, with the bytes needed and free.
+    assert!((j.contains("do not fit side by side") && j.contains("low-space=clean")) || j.contains("not enough disk space"), "{j}");
+    assert!(j.contains("free but the new data needs") && j.contains("Nothing was touched"), "{j}");
+    assert!(j.contains(&data.display().to_string()), "the filesystem is named: {j}");
+    assert!(d.contains("refused this SST"), "{d}");
+    assert!(c.error_log(1).matches("sluice SST failed on joiner").count() >= 4);
+
+    // The node starts again on its old data (standalone: its Galera
+    // position was reset to force the SSTs).
+    std::fs::write(&c.nodes[1].cnf, format!("{cnf}[mysqld]\nwsrep_on=OFF\n")).unwrap();
+    c.start(1, false);
+    let t = std::time::Instant::now();
+    while c.sql(1, "SELECT 1").is_err() {
+        assert!(c.running(1) && t.elapsed() < Duration::from_secs(120), "mariadbd did not start on the old data:\n{}", c.log_tail(1, 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small").unwrap(), rows_before, "the old rows");
+    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE a = 888888").unwrap(), "0");
+    c.stop(1);
+}
+
+fn cmd_out(program: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(program).args(args).output().unwrap();
+    assert!(o.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `sluice check --json` on `cnf`; returns whether it passed and the
+/// findings by check name.
+fn run_check(cnf: &Path, extra: &[&str]) -> (bool, serde_json::Value) {
+    let out = std::process::Command::new(sluice())
+        .args(["check", "--json", &format!("--defaults-file={}", cnf.display())])
+        .args(extra)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("sluice check printed no JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(out.status.success(), v["ok"] == true, "exit code and verdict agree: {v}");
+    (out.status.success(), v)
+}
+
+/// The finding `check` of a report, asserting it failed with a fix.
+fn failed(v: &serde_json::Value, check: &str) -> String {
+    let f = v["checks"].as_array().unwrap().iter().find(|f| f["check"] == check).unwrap_or_else(|| panic!("no {check} in {v}"));
+    assert_eq!(f["ok"], false, "{check} should fail: {v}");
+    assert!(f["fix"].as_str().is_some_and(|s| !s.is_empty()), "{check} names a fix: {v}");
+    f["detail"].as_str().unwrap().to_string()
+}
+
+/// Issue 11: `sluice check` passes on a good node (a running donor with
+/// TLS, encryption at rest and SST credentials) and finds each
+/// misconfiguration, with its fix and a non-zero exit.
+#[test]
+fn sluice_check_finds_each_misconfiguration_and_passes_on_a_good_node() {
+    if let Some(why) = cluster::unavailable() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let certs = workdir("galera-check-certs");
+    pki(&certs);
+    let d = certs.display();
+    let mut spec = Spec::new(26_500);
+    spec.nodes = 1;
+    spec.auth = vec!["sstuser:sstpass".into()];
+    spec.sst = format!("encrypt=3\ntca={d}/ca.pem\ntcert={d}/node.pem\ntkey={d}/node.key\n");
+    spec.mysqld = "plugin_load_add=file_key_management\nfile_key_management_filename={node}/keys.txt\ninnodb_encrypt_tables=ON\n".into();
+    let mut c = Cluster::new(&workdir("galera-check"), &spec, sluice());
+    let keys = c.nodes[0].dir.join("keys.txt");
+    std::fs::write(&keys, "1;6f9a40c2cf1f8fc6e55b14e87e8f0c4d3c2ba8e51cd7b4e08b08e1ac4e6d4e3a\n").unwrap();
+    donor(&mut c, 1);
+    let cnf = c.nodes[0].cnf.clone();
+    let base = std::fs::read_to_string(&cnf).unwrap();
+    let (ok, v) = run_check(&cnf, &[]);
+    assert!(ok, "a good node passes: {v}");
+    for name in ["mariadb-backup", "credentials", "tls", "sst port", "disk", "encryption"] {
+        let f = v["checks"].as_array().unwrap().iter().find(|f| f["check"] == name).unwrap_or_else(|| panic!("{name}: {v}"));
+        assert_eq!(f["ok"], true, "{name} ran and passed on the good node: {v}");
+    }
+    let human = std::process::Command::new(sluice()).args(["check", &format!("--defaults-file={}", cnf.display())]).output().unwrap();
+    assert!(human.status.success() && String::from_utf8_lossy(&human.stdout).contains("no problem found"));
+
+    let bad = c.nodes[0].dir.join("check.cnf");
+    let with = |text: &str| {
+        std::fs::write(&bad, text).unwrap();
+        run_check(&bad, &[])
+    };
+    // Credentials that cannot log in, and a user without the privileges.
+    let (ok, v) = with(&base.replace("wsrep_sst_auth=sstuser:sstpass", "wsrep_sst_auth=sstuser:wrong"));
+    assert!(!ok && failed(&v, "credentials").contains("cannot log in"), "{v}");
+    assert!(!v.to_string().contains("wrong\""), "the password is not echoed: {v}");
+    c.sql(0, "CREATE USER 'weak'@'localhost' IDENTIFIED BY 'weakpw'").unwrap();
+    let (ok, v) = with(&base.replace("wsrep_sst_auth=sstuser:sstpass", "wsrep_sst_auth=weak:weakpw"));
+    assert!(!ok && failed(&v, "credentials").contains("lacks RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR"), "{v}");
+    // A key that is not the certificate's, and a certificate for another name.
+    let other = KeyPair::generate().unwrap();
+    std::fs::write(certs.join("other.key"), other.serialize_pem()).unwrap();
+    std::fs::set_permissions(certs.join("other.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (ok, v) = with(&base.replace("node.key", "other.key"));
+    assert!(!ok, "{v}");
+    failed(&v, "tls");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(certs.join("ca2.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut p = CertificateParams::new(vec!["db9.example".into()]).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "db9.example");
+    std::fs::write(certs.join("db9.pem"), p.signed_by(&other, &issuer).unwrap().pem()).unwrap();
+    let (ok, v) = with(&base.replace("node.pem", "db9.pem").replace("node.key", "other.key").replace("/ca.pem", "/ca2.pem"));
+    assert!(!ok && failed(&v, "tls").contains("fails"), "a certificate that does not name this node: {v}");
+    // The SST port taken by another process.
+    let port = c.nodes[0].sst_port;
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (ok, v) = run_check(&cnf, &[]);
+    drop(squatter);
+    assert!(!ok && failed(&v, "sst port").contains("in use"), "{v}");
+    // A datadir on a filesystem with too little room for a second copy.
+    let small = c.nodes[0].dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    assert!(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=24m", "sluice-check", &small.to_string_lossy()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(small.join("ibdata1"), vec![7u8; 16 << 20]).unwrap();
+    let r = run_check(&cnf, &["--datadir", &small.to_string_lossy()]);
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    let (ok, v) = r;
+    assert!(!ok && failed(&v, "disk").contains("needs about"), "{v}");
+    // Encryption switched on without a key plugin, and a garbled key file.
+    let (ok, v) = with(&base.replace("plugin_load_add=file_key_management\n", "").replace("file_key_management_filename", "loose_unused"));
+    assert!(!ok && failed(&v, "encryption").contains("no key management plugin"), "{v}");
+    let garbled = c.nodes[0].dir.join("garbled-keys.txt");
+    std::fs::write(&garbled, "1;not-hex\n").unwrap();
+    let (ok, v) = with(&base.replace(&keys.display().to_string(), &garbled.display().to_string()));
+    assert!(!ok && failed(&v, "encryption").contains("line 1"), "{v}");
+    // A mariadb-backup of another major version than the server.
+    let wrapper = c.nodes[0].dir.join("mariadb-backup-10.6");
+    std::fs::write(&wrapper, "#!/bin/sh\necho 'mariadb-backup based on MariaDB server 10.6.21-MariaDB' >&2\n").unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ok, v) = with(&format!("{base}prepare-binary={}\n", wrapper.display()));
+    assert!(!ok && failed(&v, "mariadb-backup").contains("10.6.21"), "{v}");
+    c.stop(0);
 }

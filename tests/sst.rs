@@ -37,7 +37,7 @@ fn ist_bypass_runs_end_to_end_with_mysqlds_line_protocol() {
     let port = free_port();
     let s = script(dir.path());
     let (mut joiner, mut out, addr) = common::start_sst_joiner(&s, port, &jdata, "--wsrep-new-cluster");
-    assert!(addr.starts_with(&format!("127.0.0.1:{port}/sluice_")) && addr.ends_with("//1"), "{addr}");
+    assert!(addr.starts_with(&format!("127.0.0.1:{port}/sluice2_")) && addr.ends_with("//1"), "{addr}");
     assert!(addr.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:/[]".contains(&b)), "mysqld's address_char set: {addr}");
 
     let mut donor = Command::new(&s)

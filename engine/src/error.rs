@@ -49,6 +49,10 @@ pub enum Error {
     /// A forced I/O backend cannot run here.
     #[error("I/O backend {backend} is unavailable: {reason} (use --io auto, splice or copy)")]
     BackendUnavailable { backend: &'static str, reason: String },
+    /// This receiver examined what arrived and refused it (the reason
+    /// is also the sender's error).
+    #[error("{}", printable(.0))]
+    Refused(String),
     /// The session was aborted because another stream failed first.
     #[error("aborted: {0}")]
     Aborted(String),

@@ -67,3 +67,16 @@ impl Summary {
         if self.wire_bytes == 0 { 1.0 } else { self.bytes as f64 / self.wire_bytes as f64 }
     }
 }
+
+/// What this build is: version, the protocol versions it speaks, and the
+/// features compiled in (for `--version`, the SST log's first line and
+/// support requests).
+pub fn build_info() -> String {
+    let versions = if wire::MIN_PROTOCOL_VERSION == wire::PROTOCOL_VERSION {
+        format!("protocol {}", wire::PROTOCOL_VERSION)
+    } else {
+        format!("protocol {}-{}", wire::MIN_PROTOCOL_VERSION, wire::PROTOCOL_VERSION)
+    };
+    let uring = if cfg!(feature = "uring") { "io_uring" } else { "no io_uring" };
+    format!("sluice {} ({versions}; {uring}; zstd, lz4, AES-256-GCM, TLS via rustls/aws-lc-rs)", env!("CARGO_PKG_VERSION"))
+}

@@ -70,6 +70,22 @@ pub struct ReceiveConfig {
     /// TLS (the receiver is the server).
     pub tls: TlsOptions,
     pub progress: Option<Arc<Progress>>,
+    /// Examines what a session delivered before the verdict: an `Err`
+    /// (its reason) fails the session on both ends.
+    pub vet: Option<Vet>,
+}
+
+/// The function of a [`Vet`]: `Err` carries the reason of a refusal.
+pub type VetFn = dyn Fn(&Path) -> std::result::Result<(), String> + Send + Sync;
+
+/// A check of a received destination, run before the verdict is sent.
+#[derive(Clone)]
+pub struct Vet(pub Arc<VetFn>);
+
+impl std::fmt::Debug for Vet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vet(..)")
+    }
 }
 
 impl Default for ReceiveConfig {
@@ -89,6 +105,7 @@ impl Default for ReceiveConfig {
             unfilter: None,
             tls: TlsOptions::default(),
             progress: None,
+            vet: None,
         }
     }
 }
@@ -203,13 +220,32 @@ impl Receiver {
     /// verified and synced; on error the destination keeps its
     /// `.sluice-incomplete` marker.
     pub fn run(self, dest: &Path) -> Result<Summary> {
+        self.session(dest, false).map(|(s, _)| s)
+    }
+
+    /// Receives one session into `dest`, like [`run`](Self::run), and
+    /// returns a receiver for the next session on the same listener with the
+    /// same token (a fresh nonce) and `next`'s configuration. Connections
+    /// that arrive meanwhile wait in the listen queue. For a short first
+    /// session (an announcement) that decides how the second runs.
+    pub fn run_then(self, dest: &Path, next: ReceiveConfig) -> Result<(Summary, Self)> {
+        let token = self.token.clone();
+        let (summary, listener) = self.session(dest, true)?;
+        let listener = listener.expect("the listener was kept");
+        let tls = if next.tls.enabled() { Some(next.tls.server_config()?) } else { None };
+        let nonce = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom for a session nonce", e))?;
+        Ok((summary, Self { listener, tls, token, nonce, cfg: next, cancel: Arc::new(AtomicBool::new(false)) }))
+    }
+
+    fn session(self, dest: &Path, keep: bool) -> Result<(Summary, Option<TcpListener>)> {
         let started = Instant::now();
         let method = backend::select(self.cfg.io, false)?;
         tracing::info!(backend = %method, dest = %dest.display(), "receiving");
         let streams = self.assemble()?;
-        // The token is spent: no further connection is answered.
+        // The token is spent: no further connection is answered (unless
+        // the caller keeps the listener for a next session).
         let Self { listener, token, nonce, cfg, .. } = self;
-        drop(listener);
+        let listener = keep.then_some(listener);
         let peer = streams[0].peer.clone();
         let h0 = &streams[0].hello;
         let session = cfg.seal_key.as_ref().map(|k| {
@@ -226,7 +262,12 @@ impl Receiver {
             peer: &peer,
             sealer: Mutex::new(VerdictState::Pending(session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0)))),
         };
-        let result = receive_session(&streams, &cfg, method, dest, session.as_ref(), &verdict);
+        let mut result = receive_session(&streams, &cfg, method, dest, session.as_ref(), &verdict);
+        if let (Ok(_), Some(vet)) = (&result, &cfg.vet) {
+            if let Err(reason) = (vet.0)(dest) {
+                result = Err(Error::Refused(reason));
+            }
+        }
         match &result {
             Ok(_) => verdict.send(true, "")?,
             Err(e) => {
@@ -236,7 +277,7 @@ impl Receiver {
             }
         }
         let (entries, files, bytes, wire_bytes) = result?;
-        Ok(Summary { entries, files, bytes, wire_bytes, elapsed: started.elapsed() })
+        Ok((Summary { entries, files, bytes, wire_bytes, elapsed: started.elapsed() }, listener))
     }
 
     /// Accepts connections until every stream of one session has joined.

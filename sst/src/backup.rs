@@ -1,13 +1,22 @@
-//! mariadb-backup command lines, built as the stock script builds them
-//! (shared/SST-PROTOCOL.md §1.4, §3.2, §3.4), without running anything.
+//! mariadb-backup: its command lines, built as the stock script builds them
+//! (shared/SST-PROTOCOL.md §1.4, §3.2, §3.4), and the streaming of its
+//! `--backup --stream=mbstream` output into a streamed session (used by the
+//! SST donor and by `sluice send --backup`).
 //!
 //! The defaults-file options come first, right after the binary; the
 //! password never appears here (it travels in `MYSQL_PWD`).
 
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+use sluice_engine::send::{Feeder, SendConfig, send_streamed};
+use sluice_engine::{Error as EngineError, Summary, Token};
+
 use crate::args::SstArgs;
+use crate::error::{Result, SstError};
+use crate::mbstream::{Chunk, Reader};
 use crate::options::SstOptions;
+use crate::process::{Children, Helper};
 
 /// What `--mysqld-args` carried, split as the stock common script splits it:
 /// server options sluice hands to mariadb-backup explicitly, options that
@@ -250,6 +259,64 @@ impl Context<'_> {
         v.push(format!("--datadir={}", self.args.datadir.display()));
         v
     }
+}
+
+// ------------------------------------------------- streaming a backup
+
+/// Runs mariadb-backup and feeds its mbstream, chunk by chunk, to `f`.
+/// Succeeds only if the stream ended cleanly and mariadb-backup exited 0.
+pub fn stream_backup(helper: &Helper<'_>, log: &Path, children: &Children, f: &mut Feeder) -> Result<()> {
+    let mut child = helper.spawn_streaming(log, children)?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut reader = Reader::new(BufReader::with_capacity(1 << 20, stdout));
+    let fed: Result<()> = (|| {
+        while let Some(chunk) = reader.next_chunk().map_err(|e| SstError::BadBackup(format!("mariadb-backup's stream is garbled: {e}")))? {
+            match chunk {
+                Chunk::Payload { path, offset, data } => f.data(strip(&path), offset, &data)?,
+                Chunk::Eof { path } => f.end(strip(&path))?,
+            }
+        }
+        Ok(())
+    })();
+    if fed.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| SstError::io("waiting for mariadb-backup", e));
+    children.remove(child.id());
+    crate::syslog::forward_log("backup", log);
+    // mariadb-backup's own failure explains a truncated stream best.
+    helper.check(status?, log)?;
+    fed
+}
+
+fn strip(path: &str) -> &[u8] {
+    path.strip_prefix("./").unwrap_or(path).as_bytes()
+}
+
+/// Sends `first` files (name, content), then the backup `helper` streams,
+/// in one streamed session. A failure of mariadb-backup or of its stream is
+/// returned as that error, not as the engine's summary of it.
+pub fn send_backup_stream(
+    target: &str,
+    token: &Token,
+    cfg: &SendConfig,
+    helper: &Helper<'_>,
+    log: &Path,
+    children: &Children,
+    first: &[(&str, &[u8])],
+) -> Result<Summary> {
+    let failure = std::sync::Mutex::new(None);
+    let sent = send_streamed(target, token, cfg, |f| {
+        for (name, content) in first {
+            f.file_bytes(name.as_bytes(), content)?;
+        }
+        stream_backup(helper, log, children, f).map_err(|e| {
+            let msg = e.to_string();
+            *failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            EngineError::Config(msg)
+        })
+    });
+    sent.map_err(|e| failure.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).unwrap_or(SstError::Transfer(e)))
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ use sluice_engine::source::{Mapping, scan_mapped};
 use crate::error::{Result, SstError};
 use crate::layout::{Layout, Special};
 use crate::mysqld::{self, Gtid, Protocol};
+use crate::plan::{Plan, STATE_FILE};
 use crate::process;
-use crate::session::{STATE_FILE, Setup, stdout_err};
 
 /// Name prefix of a special directory in the staging tree.
 const DIR_PREFIX: &str = "sluice-dir-";
@@ -36,11 +36,25 @@ const BINLOG_DIR: &str = "sluice-dir-binlog";
 /// donor only): Galera state and cache, markers, pid and socket files, SST
 /// and error logs, TLS files, the staging directory.
 pub fn skipped_at_top(name: &str) -> bool {
-    const NAMES: &[&str] =
-        &["grastate.dat", "gvwstate.dat", "galera.cache", "sst_in_progress", "wsrep_sst.pid", "tables_flushed", "sst_error", ".sst"];
+    const NAMES: &[&str] = &[
+        "grastate.dat",
+        "gvwstate.dat",
+        "galera.cache",
+        "sst_in_progress",
+        "wsrep_sst.pid",
+        "tables_flushed",
+        "sst_error",
+        ".sst",
+        ".sst-old",
+    ];
     const ENDINGS: &[&str] = &[".pid", ".sock", ".err", ".log", ".pem", ".sock.lock"];
+    // The SST's own status file (rewritten every second) and its
+    // temporary names.
+    let status = crate::status::DEFAULT_FILE;
+    let own = name == status || name.strip_prefix('.').is_some_and(|n| n.starts_with(status));
     // ddl_recovery.log is InnoDB/DDL state, not a text log: it travels.
-    name != "ddl_recovery.log" && (NAMES.contains(&name) || ENDINGS.iter().any(|e| name.ends_with(e)) || name.starts_with("galera.page."))
+    name != "ddl_recovery.log"
+        && (own || NAMES.contains(&name) || ENDINGS.iter().any(|e| name.ends_with(e)) || name.starts_with("galera.page."))
 }
 
 /// What mysqld writes after `flush tables`: `<uuid>:<seqno> <domain>`.
@@ -67,13 +81,13 @@ fn wait_flushed(datadir: &Path, parent: Option<u32>) -> Result<(Gtid, Option<u64
 }
 
 /// The donor's side of a copy-mode SST.
-pub fn donor(s: &Setup, proto: &mut Protocol<impl Write>, target: &str, token: &Token, cfg: &SendConfig, layout: &Layout) -> Result<()> {
+pub fn donor(s: &Plan, proto: &mut Protocol<impl Write>, target: &str, token: &Token, cfg: &SendConfig, layout: &Layout) -> Result<()> {
     let datadir = &s.args.datadir;
     for stale in ["tables_flushed", "sst_error"] {
         let _ = fs::remove_file(datadir.join(stale));
     }
     let asked = Instant::now();
-    proto.flush_tables().map_err(stdout_err)?;
+    proto.flush_tables()?;
     let (gtid, domain) = wait_flushed(datadir, s.args.parent)?;
     tracing::info!("tables flushed and locked after {:.2} s; state {gtid}", asked.elapsed().as_secs_f64());
     let locked = Instant::now();
@@ -112,8 +126,8 @@ pub fn donor(s: &Setup, proto: &mut Protocol<impl Write>, target: &str, token: &
     drop(state_dir);
     let summary = summary?;
     tracing::info!("{}; the tables were locked for {:.1} s", crate::report::summary_line("sent", &summary), locked.elapsed().as_secs_f64());
-    proto.continue_().map_err(stdout_err)?;
-    proto.done(&gtid).map_err(stdout_err)
+    proto.continue_()?;
+    proto.done(&gtid)
 }
 
 /// Renames `from` to `to`, copying when they are on different filesystems;

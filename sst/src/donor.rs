@@ -1,31 +1,44 @@
 //! The donor: check that the joiner runs sluice, stream `mariadb-backup
 //! --backup --stream=mbstream` to it over N streams as it is produced, and
 //! print `done` only once the joiner has verified and synced everything
-//! (shared/SST-PROTOCOL.md §3.2, without the stock 10 s sleep). With
-//! `--bypass` (IST) only the state and the IST marker travel.
+//! (shared/SST-PROTOCOL.md §3.2, without the stock 10 s sleep). Before any
+//! data, the donor announces sizes, versions and key fingerprints
+//! ([`crate::preflight`]) in a session of its own; a joiner that cannot
+//! take the SST refuses it there, and this donor fails with its reason.
+//! With `--bypass` (IST) only the state and the IST marker travel.
 
 use std::io::Write;
-
-use sluice_engine::Token;
-use sluice_engine::send::{SendConfig, default_streams, send_streamed};
-
-use crate::args::{ArgsError, Role};
-use crate::backup::{Context, split_mysqld_args};
-use crate::error::{Result, SstError};
-use crate::mysqld::{self, Gtid, Protocol};
-use crate::process::{Helper, find_program};
-use crate::report::{self, Reporter};
-use crate::session::{IST_MARKER, STATE_FILE, Setup, stdout_err};
-use crate::transport;
-use sluice_engine::progress::Progress;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
+use sluice_engine::progress::Progress;
+use sluice_engine::send::{SendConfig, default_streams, send_streamed};
+use sluice_engine::{Error as EngineError, Token};
+
+use crate::args::{ArgsError, Role};
+use crate::backup::Context;
+use crate::error::{Result, SstError};
+use crate::mysqld::{self, Gtid, Protocol};
+use crate::plan::{IST_MARKER, Mode, PREAMBLE_FILE, Plan, STATE_FILE};
+use crate::preflight::{self, Preamble};
+use crate::process::{Helper, find_program};
+use crate::report;
+use crate::status::Stage;
+use crate::transport;
+
+pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     let addr = s.args.address.clone().ok_or(ArgsError::Missing { option: "--address" })?;
     let module = addr.module.clone().unwrap_or_default();
     let (copy_mode, token) = match (mysqld::token_in(&module), mysqld::copy_token_in(&module)) {
         (Some(t), _) => (false, t),
         (None, Some(t)) => (true, t),
+        (None, None) if mysqld::legacy_token_in(&module) => {
+            return Err(SstError::Incompatible(format!(
+                "the joiner at {} runs an older sluice that does not take this donor's announcement of sizes, versions and keys; \
+                 upgrade sluice on the joiner (every node should run the same sluice)",
+                addr.host
+            )));
+        }
         (None, None) => {
             return Err(SstError::Incompatible(format!(
                 "the joiner at {} asked for SST module '{module}', which is not sluice's: the joiner runs a different SST method; set wsrep_sst_method=sluice on every node",
@@ -34,9 +47,9 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         }
     };
     let token: Token = token.parse()?;
-    let joiner_mode = if copy_mode { "copy" } else { "backup" };
-    if s.opts.mode != joiner_mode {
-        tracing::warn!("the joiner runs [sst] mode={joiner_mode} and this donor mode={}; following the joiner", s.opts.mode);
+    let mode = if copy_mode { Mode::Copy } else { Mode::Backup };
+    if s.mode != mode {
+        tracing::warn!("the joiner runs [sst] mode={} and this donor mode={}; following the joiner", mode.name(), s.mode.name());
     }
     let gtid_text = s.args.gtid.clone().ok_or(ArgsError::Missing { option: "--gtid" })?;
     let gtid: Gtid = gtid_text.parse().map_err(|_| ArgsError::Invalid { option: "--gtid", value: gtid_text.clone() })?;
@@ -58,17 +71,21 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
 
     if s.args.bypass {
         tracing::info!("IST: sending only the state to {target}");
-        proto.continue_().map_err(stdout_err)?;
+        let p = Preamble { sluice: crate::version_line(), mode: mode.name().to_string(), ist: true, ..Preamble::default() };
+        send_announcement(&target, &token, &cfg, &p)?;
+        proto.continue_()?;
         send_streamed(&target, &token, &cfg, |f| {
             f.file_bytes(STATE_FILE.as_bytes(), state.as_bytes())?;
             f.file_bytes(IST_MARKER.as_bytes(), b"1\n")
         })?;
-        return proto.done(&gtid).map_err(stdout_err);
+        return proto.done(&gtid);
     }
 
+    let estimate = announce(s, &target, &token, &cfg, mode)?;
     if copy_mode {
-        let layout = crate::layout::resolve(&s.args, &split_mysqld_args(&s.args.mysqld_args), &s.opts);
-        return crate::copy::donor(s, proto, &target, &token, &cfg, &layout);
+        progress.set_total(estimate);
+        s.monitor.stage(Stage::Sending, Some(Arc::clone(&progress)), estimate);
+        return crate::copy::donor(s, proto, &target, &token, &cfg, &s.layout);
     }
     let program = find_program("mariadb-backup")?;
     let base = s.opts.tmpdir.clone().unwrap_or_else(std::env::temp_dir);
@@ -78,7 +95,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         |prefix: &str| sluice_engine::cleanup::private_dir(&base, prefix).map_err(|e| SstError::io("creating a temporary directory", e));
     let (xtmp_dir, itmp_dir) = (private("sluice-sst-tmp-")?, private("sluice-sst-target-")?);
     let (xtmp, itmp) = (xtmp_dir.path().to_path_buf(), itmp_dir.path().to_path_buf());
-    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: split_mysqld_args(&s.args.mysqld_args), user: s.creds.user.as_deref() };
+    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: s.mysqld.clone(), user: s.creds.user.as_deref() };
     let helper = Helper {
         program: &program,
         args: ctx.backup(&xtmp, &itmp),
@@ -87,17 +104,72 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         what: "mariadb-backup --backup",
     };
     let log = s.args.datadir.join("mariabackup.backup.log");
-    let estimate = report::footprint(&s.args.datadir);
     progress.set_total(estimate);
-    if s.progress == report::Sink::Mysqld {
-        proto.total(estimate).map_err(stdout_err)?;
-    }
-    let reporter = Reporter::start(s.progress.clone(), "donor", Arc::clone(&progress));
+    s.monitor.stage(Stage::Sending, Some(Arc::clone(&progress)), estimate);
     tracing::info!("streaming a backup to {target} over {} streams", cfg.streams);
-    let sent = crate::manual::send_backup_stream(&target, &token, &cfg, &helper, &log, &s.children, &[(STATE_FILE, state.as_bytes())]);
-    reporter.stop();
-    let summary = sent?;
+    let summary = crate::backup::send_backup_stream(&target, &token, &cfg, &helper, &log, &s.children, &[(STATE_FILE, state.as_bytes())])?;
     report::note_time(&s.opts, "streaming the backup", summary.elapsed);
     tracing::info!("{}", report::summary_line("sent", &summary));
-    proto.done(&gtid).map_err(stdout_err)
+    proto.done(&gtid)
+}
+
+/// Sends `p` in a session of its own; the joiner's refusal is this
+/// donor's error.
+fn send_announcement(target: &str, token: &Token, cfg: &SendConfig, p: &Preamble) -> Result<()> {
+    let one = SendConfig { streams: 1, progress: None, ..cfg.clone() };
+    send_streamed(target, token, &one, |f| f.file_bytes(PREAMBLE_FILE.as_bytes(), p.to_text().as_bytes())).map_err(|e| match e {
+        EngineError::ReceiverFailed(why) => SstError::Incompatible(format!("the joiner refused this SST before any data was sent: {why}")),
+        e => SstError::Transfer(e),
+    })?;
+    Ok(())
+}
+
+/// The donor's directories: the datadir, then its special directories.
+fn donor_dirs(s: &Plan) -> Vec<PathBuf> {
+    let mut dirs = vec![s.args.datadir.clone()];
+    dirs.extend(s.layout.special.iter().map(|(_, d)| d.clone()));
+    dirs
+}
+
+/// The server's version, from the running mysqld's own binary (only when
+/// the parent is one: a test harness's parent must not be run).
+fn server_version(parent: Option<u32>) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{}/exe", parent?)).ok()?;
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    if !(name.starts_with("mariadbd") || name.starts_with("mysqld")) {
+        return None;
+    }
+    preflight::program_version(&exe)
+}
+
+/// Sends the announcement and waits for the joiner's answer; returns the
+/// payload estimate.
+fn announce(s: &Plan, target: &str, token: &Token, cfg: &SendConfig, mode: Mode) -> Result<u64> {
+    let (bytes, parts) = preflight::payload(&donor_dirs(s));
+    let context = [preflight::KEY_CONTEXT, token.as_bytes()].concat();
+    let keys = match preflight::gather_keyring(&s.opts, &context) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("the joiner cannot check its encryption keys against this donor's: {e}");
+            None
+        }
+    };
+    let backup = if mode == Mode::Backup { find_program("mariadb-backup").ok().and_then(|p| preflight::program_version(&p)) } else { None };
+    let p = Preamble {
+        sluice: crate::version_line(),
+        mode: mode.name().to_string(),
+        bytes,
+        parts,
+        server: server_version(s.args.parent),
+        backup,
+        keys,
+        ist: false,
+    };
+    send_announcement(target, token, cfg, &p)?;
+    tracing::info!(
+        "the joiner accepted the SST: about {:.1} MiB to send{}",
+        bytes as f64 / 1_048_576.0,
+        p.server.as_deref().map(|v| format!(" from {}", v.trim())).unwrap_or_default()
+    );
+    Ok(bytes)
 }

@@ -37,6 +37,13 @@ pub enum SstError {
     /// Another SST still runs on this datadir.
     #[error("{0}")]
     Busy(String),
+    /// A target filesystem cannot take the new data (exit 28, ENOSPC).
+    #[error("{0}")]
+    NoSpace(String),
+    /// The idle watchdog (`[sst] sst-idle-timeout`) saw no progress (exit
+    /// 110, ETIMEDOUT).
+    #[error("{0}")]
+    Stalled(String),
     /// mysqld went away while the SST ran.
     #[error("parent mysqld process (pid {0}) terminated unexpectedly")]
     ParentGone(u32),
@@ -57,6 +64,8 @@ impl SstError {
             Self::Missing(_) => 42,
             Self::Io { .. } | Self::BadBackup(_) => 2,
             Self::Busy(_) => 114,
+            Self::NoSpace(_) => 28,
+            Self::Stalled(_) => 110,
         }
     }
 }

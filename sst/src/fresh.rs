@@ -38,11 +38,22 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// fresh temporary name beside it (see [`create`]), then renamed over it (a
 /// rename replaces a planted symlink, never its target).
 pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace_with(path, contents, true)
+}
+
+/// [`replace`] without the sync (a status file rewritten every second
+/// needs atomicity, not durability).
+pub fn replace_unsynced(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace_with(path, contents, false)
+}
+
+fn replace_with(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
     let nonce: [u8; 8] = sluice_engine::net::random_bytes()?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.sluice-{:016x}", u64::from_le_bytes(nonce)));
-    let written =
-        create(&tmp, 0o644).and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_all())).and_then(|()| fs::rename(&tmp, path));
+    let written = create(&tmp, 0o644)
+        .and_then(|mut f| f.write_all(contents).and_then(|()| if sync { f.sync_all() } else { Ok(()) }))
+        .and_then(|()| fs::rename(&tmp, path));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }

@@ -11,27 +11,31 @@
 //! or move-back keeps it for diagnosis, and mysqld gets a non-zero exit
 //! with no coordinates line.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use sluice_engine::{ReceiveConfig, Receiver};
+use sluice_engine::progress::Progress;
+use sluice_engine::recv::Vet;
+use sluice_engine::{Error as EngineError, ReceiveConfig, Receiver};
 
 use crate::args::{ArgsError, Role};
 use crate::aside::{self, ASIDE_DIR, Aside};
-use crate::backup::{Context, split_mysqld_args};
+use crate::backup::Context;
 use crate::copy;
 use crate::datadir::{self, KeepPattern};
 use crate::error::{Result, SstError};
 use crate::layout::{self, Binlog};
 use crate::mysqld::{self, Protocol};
-use crate::process::{Helper, find_program};
-use crate::report::{self, Reporter};
-use crate::session::{IST_MARKER, STATE_FILE, Setup, stdout_err};
+use crate::plan::{IST_MARKER, Mode, PREAMBLE_FILE, Plan, STATE_FILE};
+use crate::preflight::{self, Preamble, Space, Target};
+use crate::process::Helper;
+use crate::report;
+use crate::status::Stage;
 use crate::transport;
-use sluice_engine::progress::Progress;
-use std::sync::Arc;
 
 /// Removes a marker file when the joiner exits, however it exits.
 struct Marker<'a>(&'a Path);
@@ -42,7 +46,137 @@ impl Drop for Marker<'_> {
     }
 }
 
-pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
+/// Files of this SST's own in a cleaned directory, never set aside or
+/// removed as old data: the aside directory, the status file, the
+/// announcement's directory.
+struct Ours {
+    status: Option<PathBuf>,
+}
+
+impl Ours {
+    fn keeps(&self, p: &Path) -> bool {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        name == ASIDE_DIR || name.starts_with(PREAMBLE_DIR_PREFIX) || self.status.as_deref() == Some(p)
+    }
+}
+
+const PREAMBLE_DIR_PREFIX: &str = ".sluice-preamble-";
+
+/// What the joiner decided from the donor's announcement.
+#[derive(Debug)]
+struct Decision {
+    preamble: Preamble,
+    clean_first: Option<String>,
+}
+
+/// Why the announcement was refused, typed for the exit code.
+#[derive(Debug, Clone)]
+enum Refusal {
+    Space(String),
+    Other(String),
+}
+
+/// The facts the joiner checks an announcement against, gathered before
+/// it listens.
+struct Facts {
+    mode: Mode,
+    staging: PathBuf,
+    datadir: PathBuf,
+    layout: layout::Layout,
+    /// The old data, with the bytes each entry holds and its device.
+    old: Vec<(u64, u64)>,
+    low_space: crate::plan::LowSpace,
+    backup: Option<(PathBuf, String)>,
+    opts: crate::options::SstOptions,
+    token: Arc<OnceLock<Vec<u8>>>,
+}
+
+impl Facts {
+    fn targets(&self, p: &Preamble) -> std::io::Result<Vec<Target>> {
+        let mut by_dev: BTreeMap<u64, Target> = BTreeMap::new();
+        let mut add = |path: &Path, label: String, need: u64| -> std::io::Result<u64> {
+            let (dev, avail) = preflight::fs_facts(path)?;
+            by_dev.entry(dev).or_insert(Target { label, dev, avail, need: 0, old: 0 }).need += need;
+            Ok(dev)
+        };
+        let sdev = add(&self.staging, format!("the staging directory {}", self.staging.display()), p.bytes)?;
+        let mut rest = p.bytes;
+        for (kind, dir) in &self.layout.special {
+            let part = p.parts.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
+            rest = rest.saturating_sub(part);
+            if preflight::fs_facts(dir)?.0 != sdev {
+                add(dir, format!("the {} directory {}", kind.name(), dir.display()), part)?;
+            }
+        }
+        if preflight::fs_facts(&self.datadir)?.0 != sdev {
+            add(&self.datadir, format!("the datadir {}", self.datadir.display()), rest)?;
+        }
+        for (bytes, dev) in &self.old {
+            if let Some(t) = by_dev.get_mut(dev) {
+                t.old += bytes;
+            }
+        }
+        Ok(by_dev.into_values().collect())
+    }
+
+    /// Examines the announcement in `dir`.
+    fn examine(&self, dir: &Path) -> std::result::Result<Decision, Refusal> {
+        let other = Refusal::Other;
+        let entries: Vec<_> = fs::read_dir(dir).map_err(|e| other(format!("reading the announcement: {e}")))?.flatten().collect();
+        if entries.len() != 1 || entries[0].file_name() != PREAMBLE_FILE {
+            return Err(other(
+                "the donor sent no announcement (sizes, versions, keys) before its data: it runs an older sluice; upgrade sluice on the donor".into(),
+            ));
+        }
+        let path = entries[0].path();
+        if fs::symlink_metadata(&path).map_or(true, |m| !m.is_file() || m.len() > preflight::MAX_PREAMBLE) {
+            return Err(other(format!("the donor's announcement is not a file of at most {} bytes", preflight::MAX_PREAMBLE)));
+        }
+        let text = fs::read_to_string(&path).map_err(|e| other(format!("reading the donor's announcement: {e}")))?;
+        let p = Preamble::parse(&text).map_err(other)?;
+        tracing::info!(
+            "the donor runs {}; it announces {:.1} MiB in {} mode{}",
+            p.sluice,
+            p.bytes as f64 / 1_048_576.0,
+            p.mode,
+            p.server.as_deref().map(|v| format!(" from {}", v.trim())).unwrap_or_default()
+        );
+        if p.ist {
+            return Ok(Decision { preamble: p, clean_first: None });
+        }
+        if p.mode != self.mode.name() {
+            return Err(other(format!("the donor announces {} mode but this joiner asked for {} mode", p.mode, self.mode.name())));
+        }
+        if let Some((path, version)) = &self.backup {
+            if let Some(w) = preflight::check_versions(&p, version, path).map_err(other)? {
+                tracing::warn!("{w}");
+            }
+        }
+        let token = self.token.get().map(Vec::as_slice).unwrap_or_default();
+        let context = [preflight::KEY_CONTEXT, token].concat();
+        let mine = preflight::gather_keyring(&self.opts, &context);
+        if let Some(w) = preflight::check_keys(p.keys.as_ref(), mine, self.opts.file_key_management_filename.as_deref()).map_err(other)? {
+            tracing::warn!("{w}");
+        }
+        let targets = self.targets(&p).map_err(|e| Refusal::Space(format!("cannot tell the free space of a target filesystem: {e}")))?;
+        for t in &targets {
+            tracing::info!(
+                "space on {}: {:.1} MiB free, {:.1} MiB needed, {:.1} MiB of old data",
+                t.label,
+                t.avail as f64 / 1_048_576.0,
+                t.need as f64 / 1_048_576.0,
+                t.old as f64 / 1_048_576.0
+            );
+        }
+        let clean_first = match preflight::decide_space(&targets, self.low_space).map_err(Refusal::Space)? {
+            Space::Fits => None,
+            Space::CleanFirst(w) => Some(w),
+        };
+        Ok(Decision { preamble: p, clean_first })
+    }
+}
+
+pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     let datadir = &s.args.datadir;
     fs::create_dir_all(datadir).map_err(|e| SstError::io(format!("creating the datadir {}", datadir.display()), e))?;
     let addr = s.args.address.clone().ok_or(ArgsError::Missing { option: "--address" })?;
@@ -52,7 +186,8 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     }
     crate::fresh::write(&in_progress, b"", 0o644).map_err(|e| SstError::io(format!("creating {}", in_progress.display()), e))?;
     let _marker = Marker(&in_progress);
-    let staging = s.args.tmpdir.as_ref().map_or_else(|| datadir.join(".sst"), |t| t.join(".sst"));
+    let staging_base = s.args.tmpdir.clone().unwrap_or_else(|| datadir.clone());
+    let staging = staging_base.join(".sst");
     if staging.exists() {
         tracing::warn!("removing the stale staging directory {}", staging.display());
         fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
@@ -74,27 +209,52 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     for w in keep.check(datadir) {
         tracing::warn!("{w}");
     }
-    let mysqld_args = split_mysqld_args(&s.args.mysqld_args);
-    let layout = layout::resolve(&s.args, &mysqld_args, &s.opts);
+    let layout = &s.layout;
     let mut dirs = vec![datadir.clone()];
     for (_, d) in &layout.special {
         fs::create_dir_all(d).map_err(|e| SstError::io(format!("creating {}", d.display()), e))?;
         dirs.push(d.clone());
     }
+    let ours = Ours { status: s.monitor.path().map(Path::to_path_buf) };
     // An SST killed while the old data was set aside left it in .sst-old:
     // put it back before anything else.
     let recovered =
-        aside::recover(&aside_dirs(&dirs, layout.binlog.as_ref()), |d| placed_in(d, &dirs, &keep, datadir, layout.binlog.as_ref()))
+        aside::recover(&aside_dirs(&dirs, layout.binlog.as_ref()), |d| placed_in(d, &dirs, &keep, datadir, layout.binlog.as_ref(), &ours))
             .map_err(|e| SstError::io("putting back the old data an interrupted SST had set aside", e))?;
     if recovered > 0 {
         tracing::warn!("an earlier SST was interrupted with the old data set aside: put {recovered} old entries back");
     }
+    let copy_mode = s.mode == Mode::Copy;
+    let program = if copy_mode { None } else { Some(s.prepare_program()?) };
+    let old = old_data(&dirs, &keep, datadir, layout.binlog.as_ref(), &ours)?;
+
     let port = addr.port_or_default();
     let timeout = s.opts.sst_initial_timeout;
     let t = transport::logged(&s.opts, Role::Joiner, addr.host_unbracketed())?;
-    let progress = Arc::new(Progress::default());
-    let cfg = ReceiveConfig {
-        progress: Some(Arc::clone(&progress)),
+    let token_slot = Arc::new(OnceLock::new());
+    let facts = Facts {
+        mode: s.mode,
+        staging: staging.clone(),
+        datadir: datadir.clone(),
+        layout: layout.clone(),
+        old: old.iter().map(|p| preflight::allocated(p)).collect(),
+        low_space: s.low_space,
+        backup: program.as_ref().map(|p| (p.clone(), preflight::program_version(p).unwrap_or_default())),
+        opts: s.opts.clone(),
+        token: Arc::clone(&token_slot),
+    };
+    let decided: Arc<Mutex<Option<std::result::Result<Decision, Refusal>>>> = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&decided);
+    let vet = Vet(Arc::new(move |dir: &Path| {
+        let d = facts.examine(dir);
+        let answer = match &d {
+            Ok(_) => Ok(()),
+            Err(Refusal::Space(why) | Refusal::Other(why)) => Err(why.clone()),
+        };
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(d);
+        answer
+    }));
+    let base = ReceiveConfig {
         first_connect_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
         seal_key: t.seal_key,
         unfilter: t.unfilter,
@@ -102,16 +262,39 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         sockopt: t.sockopt,
         ..ReceiveConfig::default()
     };
-    let receiver = Receiver::bind(&format!("{}:{port}", addr.host), cfg)?;
-    let copy_mode = s.opts.mode == "copy";
+    // The announcement: one small file, examined before the verdict.
+    let announce_cfg = ReceiveConfig { max_entries: 4, vet: Some(vet), ..base.clone() };
+    let receiver = Receiver::bind(&format!("{}:{port}", addr.host), announce_cfg)?;
+    let _ = token_slot.set(receiver.token().as_bytes().to_vec());
     let token = receiver.token().to_hex();
     let module = if copy_mode { mysqld::copy_module_for(&token) } else { mysqld::module_for(&token) };
-    proto.ready(&addr.host, port, &module).map_err(stdout_err)?;
+    proto.ready(&addr.host, port, &module)?;
     tracing::info!("listening on {}:{port}; waiting for the donor", addr.host);
-    let reporter = Reporter::start(s.progress.clone(), "joiner", progress);
-    let summary = receiver.run(&staging);
-    reporter.stop();
-    let summary = summary?;
+
+    let progress = Arc::new(Progress::default());
+    let data_cfg = ReceiveConfig { progress: Some(Arc::clone(&progress)), ..base };
+    let announce_dir = sluice_engine::cleanup::private_dir(&staging_base, PREAMBLE_DIR_PREFIX)
+        .map_err(|e| SstError::io(format!("creating a private directory in {}", staging_base.display()), e))?;
+    let first = receiver.run_then(announce_dir.path(), data_cfg);
+    drop(announce_dir);
+    let decision = decided.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let receiver = match (first, decision) {
+        (Ok((_, r)), Some(Ok(d))) => {
+            if let Some(w) = &d.clean_first {
+                tracing::warn!("{w}");
+                let removed = clean_old(&old)?;
+                tracing::warn!("deleted {removed} old entries before receiving");
+            }
+            s.monitor.stage(Stage::Receiving, Some(Arc::clone(&progress)), d.preamble.bytes);
+            progress.set_total(d.preamble.bytes);
+            r
+        }
+        (_, Some(Err(Refusal::Space(why)))) => return Err(SstError::NoSpace(why)),
+        (_, Some(Err(Refusal::Other(why)))) | (Err(EngineError::Refused(why)), _) => return Err(SstError::Incompatible(why)),
+        (Err(e), _) => return Err(e.into()),
+        (Ok(_), None) => unreachable!("the vet runs on every successful session"),
+    };
+    let summary = receiver.run(&staging)?;
     report::note_time(&s.opts, "receiving the backup", summary.elapsed);
     tracing::info!("{}", report::summary_line("received", &summary));
 
@@ -125,7 +308,7 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
     if staging.join(IST_MARKER).exists() {
         tracing::info!("'{IST_MARKER}' received from donor: running IST");
         fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
-        return proto.coordinates(&gtid, domain).map_err(stdout_err);
+        return proto.coordinates(&gtid, domain);
     }
     let checkpoints =
         ["mariadb_backup_checkpoints", "xtrabackup_checkpoints"].iter().any(|n| fs::metadata(staging.join(n)).is_ok_and(|m| m.len() > 0));
@@ -136,40 +319,37 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         )));
     }
 
-    let program = if copy_mode { None } else { Some(find_program("mariadb-backup")?) };
-    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: mysqld_args, user: None };
+    let ctx = Context { args: &s.args, opts: &s.opts, mysqld: s.mysqld.clone(), user: None };
     if let Some(program) = &program {
         // Prepared in staging while the old data is still in place: a
         // failed prepare (a redo format this mariadb-backup cannot read, a
         // missing encryption key) costs nothing but time.
+        s.monitor.stage(Stage::Preparing, None, 0);
         let prepare = Helper { program, args: ctx.prepare(&staging), cwd: &staging, password: None, what: "mariadb-backup --prepare" };
         let t = Instant::now();
         if let Err(e) = prepare.run_logged(&datadir.join("mariabackup.prepare.log"), &s.children) {
             tracing::error!("the old data is intact: {} was not touched", datadir.display());
             return Err(e);
         }
+        s.monitor.helper_done();
         tracing::info!("mariadb-backup --prepare took {:.1} s", t.elapsed().as_secs_f64());
         report::note_time(&s.opts, "mariadb-backup --prepare", t.elapsed());
     }
 
     // Set the old content aside (renames on its own filesystem) rather than
     // deleting it, until the new content is in place and synced.
-    let mut victims = datadir::doomed(&dirs, &keep).map_err(|e| SstError::io("listing the datadir", e))?;
-    victims.retain(|v| v.file_name().is_none_or(|n| n != ASIDE_DIR));
-    if let Some(b) = &layout.binlog {
-        victims.extend(binlog_files(datadir, b));
-    }
-    victims.sort();
-    victims.dedup();
+    s.monitor.stage(Stage::Moving, None, 0);
+    let victims = old_data(&dirs, &keep, datadir, layout.binlog.as_ref(), &ours)?;
     let mut old = Aside::set(&victims).map_err(|e| SstError::io("setting the old datadir content aside (nothing was lost)", e))?;
     tracing::info!(
         "set {} old entries aside in {}",
         old.len(),
         aside_dirs(&dirs, layout.binlog.as_ref()).iter().map(|d| d.join(ASIDE_DIR).display().to_string()).collect::<Vec<_>>().join(", ")
     );
-    let placed = place_new(s, &staging, datadir, &layout, program.as_deref(), &ctx, copy_mode).and_then(|()| sync_dirs(&dirs));
+    let placed = place_new(s, &staging, datadir, layout, program.as_deref(), &ctx, copy_mode).and_then(|()| sync_dirs(&dirs));
     if let Err(e) = placed {
-        let new = dirs.iter().map(|d| placed_in(d, &dirs, &keep, datadir, layout.binlog.as_ref())).collect::<std::io::Result<Vec<_>>>();
+        let new =
+            dirs.iter().map(|d| placed_in(d, &dirs, &keep, datadir, layout.binlog.as_ref(), &ours)).collect::<std::io::Result<Vec<_>>>();
         let back = new.and_then(|n| old.put_back(&n.concat()));
         match back {
             Ok(()) => tracing::error!("the old data was put back: {} is as it was before this SST", datadir.display()),
@@ -179,14 +359,41 @@ pub fn run(s: &Setup, proto: &mut Protocol<impl Write>) -> Result<()> {
         }
         return Err(e);
     }
+    s.monitor.helper_done();
     old.discard().map_err(|e| SstError::io("removing the old data set aside", e))?;
     fs::remove_dir_all(&staging).map_err(|e| SstError::io(format!("removing {}", staging.display()), e))?;
-    proto.coordinates(&gtid, domain).map_err(stdout_err)
+    proto.coordinates(&gtid, domain)
+}
+
+/// The old data: what the cleanup selects in `dirs` and the binary logs,
+/// without this SST's own files.
+fn old_data(dirs: &[PathBuf], keep: &KeepPattern, datadir: &Path, binlog: Option<&Binlog>, ours: &Ours) -> Result<Vec<PathBuf>> {
+    let mut victims = datadir::doomed(dirs, keep).map_err(|e| SstError::io("listing the datadir", e))?;
+    if let Some(b) = binlog {
+        victims.extend(binlog_files(datadir, b));
+    }
+    victims.retain(|v| !ours.keeps(v));
+    victims.sort();
+    victims.dedup();
+    Ok(victims)
+}
+
+/// Deletes the old data (`[sst] low-space=clean`), as the stock joiner does.
+fn clean_old(old: &[PathBuf]) -> Result<usize> {
+    for p in old {
+        let r = match fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+            Ok(_) => fs::remove_file(p),
+            Err(_) => continue,
+        };
+        r.map_err(|e| SstError::io(format!("removing {}", p.display()), e))?;
+    }
+    Ok(old.len())
 }
 
 /// Puts the received (and, in backup mode, prepared) data in place.
 fn place_new(
-    s: &Setup,
+    s: &Plan,
     staging: &Path,
     datadir: &Path,
     layout: &layout::Layout,
@@ -235,12 +442,19 @@ fn aside_dirs(dirs: &[PathBuf], binlog: Option<&Binlog>) -> Vec<PathBuf> {
 
 /// What an SST placed in `dir` (everything the cleanup would select there,
 /// and the binary logs), to remove before the old data comes back.
-fn placed_in(dir: &Path, dirs: &[PathBuf], keep: &KeepPattern, datadir: &Path, binlog: Option<&Binlog>) -> std::io::Result<Vec<PathBuf>> {
+fn placed_in(
+    dir: &Path,
+    dirs: &[PathBuf],
+    keep: &KeepPattern,
+    datadir: &Path,
+    binlog: Option<&Binlog>,
+    ours: &Ours,
+) -> std::io::Result<Vec<PathBuf>> {
     let mut out = if dirs.iter().any(|d| d == dir) { datadir::doomed(&[dir.to_path_buf()], keep)? } else { Vec::new() };
     if let Some(b) = binlog {
         out.extend(binlog_files(datadir, b).into_iter().filter(|f| f.parent() == Some(dir)));
     }
-    out.retain(|p| p.file_name().is_none_or(|n| n != ASIDE_DIR));
+    out.retain(|p| !ours.keeps(p));
     Ok(out)
 }
 

@@ -8,9 +8,11 @@
 //! backup stream format), [`backup`] (mariadb-backup command lines),
 //! [`layout`] (special directories, binary logs), [`datadir`] (the joiner's
 //! cleanup), [`process`] (helpers and the parent watch), [`report`]
-//! (progress), [`logs`] (log archive, pid file), [`syslog`]; the flows:
-//! [`session`] (one run), [`donor`] and [`joiner`] (backup mode), [`copy`]
-//! (copy mode), [`manual`] (manual SST). Errors: [`error`].
+//! (progress), [`check`] (`sluice check`), [`status`] (status file, watchdog), [`logs`] (log archive,
+//! pid file), [`syslog`], [`preflight`] (the donor's announcement and the
+//! joiner's checks); [`plan`] resolves one SST once; the flows: [`session`]
+//! (entry point), [`donor`] and [`joiner`] (backup mode), [`copy`] (copy
+//! mode), [`manual`] (manual SST). Errors: [`error`].
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +20,7 @@ pub mod args;
 pub mod aside;
 pub mod auth;
 pub mod backup;
+pub mod check;
 pub mod copy;
 pub mod datadir;
 pub mod donor;
@@ -31,11 +34,19 @@ pub mod mbstream;
 pub mod mycnf;
 pub mod mysqld;
 pub mod options;
+pub mod plan;
+pub mod preflight;
 pub mod process;
 pub mod report;
 pub mod session;
+pub mod status;
 pub mod syslog;
 pub mod transport;
 
 /// The engine this front-end drives, re-exported for the binary.
 pub use sluice_engine as engine;
+
+/// The build, as the SST log's first line says it.
+pub fn version_line() -> String {
+    sluice_engine::build_info()
+}

@@ -5,12 +5,16 @@
 //! mode belongs to mysqld: nothing but these lines may reach it, each
 //! terminated by a newline and flushed at once ([`Protocol`]).
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Prefix of the module sluice advertises in its `ready` line; the session
 /// token follows as 32 hex characters.
-pub const MODULE_PREFIX: &str = "sluice_";
+pub const MODULE_PREFIX: &str = "sluice2_";
+
+/// The module prefixes of sluice before the donor's announcement (0.1):
+/// recognised only to say that the joiner must be upgraded.
+const LEGACY_PREFIXES: [&str; 2] = ["sluice_", "sluice-copy_"];
 
 /// A cluster state position: `<uuid>:<seqno>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +57,7 @@ pub fn parse_galera_info(text: &str) -> Result<(Gtid, Option<u64>), String> {
 }
 
 /// Prefix of the module a joiner in copy mode advertises.
-pub const COPY_MODULE_PREFIX: &str = "sluice-copy_";
+pub const COPY_MODULE_PREFIX: &str = "sluice2-copy_";
 
 /// The module for a one-time session token (only `[A-Za-z0-9._-]`: mysqld
 /// rejects other characters in the address).
@@ -74,6 +78,11 @@ fn hex32(t: &str) -> Option<&str> {
 /// `xtrabackup_sst`).
 pub fn token_in(module: &str) -> Option<&str> {
     module.strip_prefix(MODULE_PREFIX).and_then(hex32)
+}
+
+/// Whether `module` is an older sluice joiner's.
+pub fn legacy_token_in(module: &str) -> bool {
+    LEGACY_PREFIXES.iter().any(|p| module.strip_prefix(p).and_then(hex32).is_some())
 }
 
 /// The token in a copy-mode module.
@@ -111,33 +120,32 @@ impl<W: Write> Protocol<W> {
         Self { out }
     }
 
-    fn line(&mut self, l: &str) -> io::Result<()> {
+    fn line(&mut self, l: &str) -> crate::error::Result<()> {
         debug_assert!(!l.contains('\n'), "one protocol line at a time");
-        writeln!(self.out, "{l}")?;
-        self.out.flush()
+        writeln!(self.out, "{l}").and_then(|()| self.out.flush()).map_err(|e| crate::error::SstError::io("writing to mysqld (stdout)", e))
     }
 
-    pub fn ready(&mut self, host: &str, port: u16, module: &str) -> io::Result<()> {
+    pub fn ready(&mut self, host: &str, port: u16, module: &str) -> crate::error::Result<()> {
         self.line(&ready_line(host, port, module))
     }
-    pub fn coordinates(&mut self, gtid: &Gtid, domain: Option<u64>) -> io::Result<()> {
+    pub fn coordinates(&mut self, gtid: &Gtid, domain: Option<u64>) -> crate::error::Result<()> {
         self.line(&coordinates_line(gtid, domain))
     }
-    pub fn done(&mut self, gtid: &Gtid) -> io::Result<()> {
+    pub fn done(&mut self, gtid: &Gtid) -> crate::error::Result<()> {
         self.line(&done_line(gtid))
     }
-    pub fn flush_tables(&mut self) -> io::Result<()> {
+    pub fn flush_tables(&mut self) -> crate::error::Result<()> {
         self.line("flush tables")
     }
-    pub fn continue_(&mut self) -> io::Result<()> {
+    pub fn continue_(&mut self) -> crate::error::Result<()> {
         self.line("continue")
     }
     /// `total <N>`: a new progress stage of N bytes (only with `--progress 1`).
-    pub fn total(&mut self, bytes: u64) -> io::Result<()> {
+    pub fn total(&mut self, bytes: u64) -> crate::error::Result<()> {
         self.line(&format!("total {bytes}"))
     }
     /// `complete <N>`: bytes done in the current stage.
-    pub fn complete(&mut self, bytes: u64) -> io::Result<()> {
+    pub fn complete(&mut self, bytes: u64) -> crate::error::Result<()> {
         self.line(&format!("complete {bytes}"))
     }
 }
@@ -206,7 +214,7 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "ready 127.0.0.1:14445/sluice_{token}//1\nready [::1]:4444/m//1\ntotal 100\ncomplete 50\n{UUID}:16 0\ndone {UUID}:16\n"
+                "ready 127.0.0.1:14445/sluice2_{token}//1\nready [::1]:4444/m//1\ntotal 100\ncomplete 50\n{UUID}:16 0\ndone {UUID}:16\n"
             )
         );
         let module = module_for(token);
@@ -217,6 +225,8 @@ mod tests {
         let copy = copy_module_for(token);
         assert!(copy.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
         assert_eq!((copy_token_in(&copy), token_in(&copy), copy_token_in(&module)), (Some(token), None, None));
+        assert!(legacy_token_in(&format!("sluice_{token}")) && legacy_token_in(&format!("sluice-copy_{token}")));
+        assert!(!legacy_token_in(&module) && !legacy_token_in(&copy));
     }
 
     #[test]

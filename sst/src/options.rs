@@ -107,6 +107,30 @@ pub struct SstOptions {
     pub streams: Option<u16>,
     /// sluice: `backup` (mariadb-backup, the default) or `copy`.
     pub mode: String,
+    /// sluice: `refuse` (default) or `clean` when old and new data do not
+    /// fit side by side.
+    pub low_space: String,
+    /// sluice: the mariadb-backup binary that runs `--prepare` and
+    /// `--move-back` on the joiner.
+    pub prepare_binary: Option<PathBuf>,
+    /// sluice: the JSON status file (default `<datadir>/sluice_sst_status.json`).
+    pub status_file: Option<PathBuf>,
+    /// Seconds without progress in any stage before the SST gives up
+    /// (`sst-idle-timeout`, as PXC names it; 0 = never).
+    pub sst_idle_timeout: u64,
+    /// Every `plugin-load`/`plugin-load-add` value of the server groups.
+    pub plugin_load: Vec<String>,
+    pub file_key_management_filename: Option<PathBuf>,
+    pub file_key_management_filekey: Option<String>,
+    pub innodb_encrypt_tables: Option<String>,
+    pub innodb_encrypt_log: Option<String>,
+    /// The server's own settings, for `sluice check`: `wsrep_sst_auth`,
+    /// `socket`, `datadir`, `wsrep_sst_receive_address`, `wsrep_node_address`.
+    pub server_sst_auth: Option<String>,
+    pub server_socket: Option<PathBuf>,
+    pub server_datadir: Option<PathBuf>,
+    pub wsrep_sst_receive_address: Option<String>,
+    pub wsrep_node_address: Option<String>,
 }
 
 impl std::fmt::Debug for SstOptions {
@@ -118,6 +142,7 @@ impl std::fmt::Debug for SstOptions {
             .field("rlimit", &self.rlimit)
             .field("encrypt_key", &self.encrypt_key.as_ref().map(|_| "<redacted>"))
             .field("wsrep_sst_auth", &self.wsrep_sst_auth.as_ref().map(|_| "<redacted>"))
+            .field("server_sst_auth", &self.server_sst_auth.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +168,15 @@ impl Lookup {
                 .rev()
                 .find(|o| self.in_set(&o.group, set) && o.name() == key && o.value.as_deref().is_some_and(|v| !v.is_empty()))
         })
+    }
+
+    /// Every non-empty value of `key` in `groups`, in file order.
+    fn all(&self, key: &str, groups: GroupList) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter(|o| groups.iter().any(|set| self.in_set(&o.group, set)) && o.name() == key)
+            .filter_map(|o| o.value.clone().filter(|v| !v.is_empty()))
+            .collect()
     }
 
     fn present(&self, key: &str, groups: GroupList) -> bool {
@@ -306,6 +340,24 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
                 ["backup", "copy"].contains(&v.to_ascii_lowercase().as_str()).then(|| v.to_ascii_lowercase())
             })?
             .unwrap_or_else(|| "backup".into()),
+        low_space: l
+            .parsed("low-space", SST, "refuse or clean", |v| {
+                ["refuse", "clean"].contains(&v.to_ascii_lowercase().as_str()).then(|| v.to_ascii_lowercase())
+            })?
+            .unwrap_or_else(|| "refuse".into()),
+        prepare_binary: l.path("prepare-binary", SST),
+        status_file: l.path("status-file", SST),
+        sst_idle_timeout: l.number("sst-idle-timeout", SST, "seconds (0 = never)")?.unwrap_or(120),
+        plugin_load: [l.all("plugin-load", MYSQLD), l.all("plugin-load-add", MYSQLD)].concat(),
+        file_key_management_filename: l.path("file-key-management-filename", MYSQLD),
+        file_key_management_filekey: l.string("file-key-management-filekey", MYSQLD),
+        innodb_encrypt_tables: l.string("innodb-encrypt-tables", MYSQLD),
+        innodb_encrypt_log: l.string("innodb-encrypt-log", MYSQLD),
+        server_sst_auth: l.string("wsrep-sst-auth", MYSQLD),
+        server_socket: l.path("socket", MYSQLD),
+        server_datadir: l.path("datadir", MYSQLD),
+        wsrep_sst_receive_address: l.string("wsrep-sst-receive-address", MYSQLD),
+        wsrep_node_address: l.string("wsrep-node-address", MYSQLD),
     })
 }
 
@@ -323,6 +375,23 @@ mod tests {
         assert_eq!((o.encrypt, o.ssl_mode, o.sst_initial_timeout, o.sst_log_archive), (0, TlsMode::Disabled, 300, true));
         assert_eq!((o.streamfmt.as_str(), o.transferfmt.as_str(), o.mode.as_str()), ("mbstream", "socat", "backup"));
         assert_eq!(o.sst_log_archive_dir, PathBuf::from("/tmp/sst_log_archive"));
+        assert_eq!((o.low_space.as_str(), o.sst_idle_timeout, o.status_file.as_ref()), ("refuse", 120, None));
+    }
+
+    #[test]
+    fn sluice_keys_and_encryption_settings_are_read() {
+        let o = opts(
+            "[mysqld]\nplugin_load_add=file_key_management\nloose-file-key-management-filename=/etc/mysql/keys.txt\n\
+             innodb_encrypt_tables=ON\n[galera]\nplugin-load-add=auth_pam\n\
+             [sst]\nlow-space=clean\nsst-idle-timeout=0\nstatus-file=/run/sst.json\nprepare-binary=/opt/mb/bin/mariadb-backup\n",
+        )
+        .unwrap();
+        assert_eq!(o.plugin_load, ["file_key_management", "auth_pam"]);
+        assert_eq!(o.file_key_management_filename, Some(PathBuf::from("/etc/mysql/keys.txt")));
+        assert_eq!((o.low_space.as_str(), o.sst_idle_timeout), ("clean", 0));
+        assert_eq!(o.status_file, Some(PathBuf::from("/run/sst.json")));
+        assert_eq!(o.prepare_binary, Some(PathBuf::from("/opt/mb/bin/mariadb-backup")));
+        assert!(opts("[sst]\nlow-space=maybe\n").unwrap_err().to_string().contains("refuse or clean"));
     }
 
     #[test]

@@ -37,7 +37,12 @@ impl Children {
         sluice_engine::cleanup::remove_child(pid);
     }
 
-    fn kill_all(&self) {
+    /// The helpers running now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn kill_all(&self) {
         for pid in self.0.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
             let _ = sys::kill(pid, libc::SIGKILL);
         }

@@ -9,34 +9,15 @@ use std::time::{Duration, Instant};
 
 use sluice_engine::backend::sys;
 
-use crate::args::{self, Role, SstArgs};
-use crate::auth::{self, Credentials};
+use crate::args::{self, Role};
+use crate::auth;
 use crate::error::{Result, SstError};
 use crate::mycnf::{Disk, Sources};
 use crate::mysqld::Protocol;
-use crate::options::{self, SstOptions};
-use crate::process::{self, Children};
+use crate::options;
+use crate::plan::Plan;
+use crate::process;
 use crate::{donor, joiner, logs, report};
-
-/// The file in which the donor sends its state (`<uuid>:<seqno> <domain>`)
-/// along with the backup; the joiner reads it and removes it before
-/// `--prepare`.
-pub const STATE_FILE: &str = "sluice_sst_state";
-
-/// The marker the donor sends instead of a backup when Galera chose IST.
-pub const IST_MARKER: &str = "xtrabackup_ist";
-
-/// Everything a flow needs.
-#[derive(Debug)]
-pub struct Setup {
-    pub args: SstArgs,
-    pub opts: SstOptions,
-    pub creds: Credentials,
-    /// Helper processes to kill if mysqld dies.
-    pub children: Children,
-    /// Where transfer progress goes.
-    pub progress: report::Sink,
-}
 
 /// Runs an SST as mysqld invoked it (`argv` without the program name) and
 /// returns the exit status.
@@ -90,22 +71,28 @@ fn run(argv: &[String]) -> Result<()> {
     for a in logs::archive(&args.datadir, &opts) {
         tracing::info!("archived the previous SST log as {}", a.display());
     }
-    let progress = report::Sink::choose(&opts, args.progress);
-    let setup = Setup { args, opts, creds, children: Children::default(), progress };
-    if let Some(pid) = setup.args.parent {
-        process::watch_parent(pid, setup.children.clone());
+    let plan = Plan::new(args, opts, creds)?;
+    tracing::info!("{}", crate::version_line());
+    if let Some(pid) = plan.args.parent {
+        process::watch_parent(pid, plan.children.clone());
     }
-    // Not a held lock: the progress reporter writes `complete` lines from
-    // its own thread, and each line is written (and flushed) under the
-    // stdout lock on its own.
+    // Not a held lock: the monitor writes `complete` lines from its own
+    // thread, and each line is written (and flushed) under the stdout lock
+    // on its own.
     let mut proto = Protocol::new(std::io::stdout());
     let t = Instant::now();
     let r = match role {
-        Role::Joiner => joiner::run(&setup, &mut proto),
-        Role::Donor => donor::run(&setup, &mut proto),
+        Role::Joiner => joiner::run(&plan, &mut proto),
+        Role::Donor => donor::run(&plan, &mut proto),
     };
-    report::remove_fifo(&setup.progress);
-    report::note_time(&setup.opts, "the SST", t.elapsed());
+    // The watchdog's reason beats the error it caused (a killed helper).
+    let r = match (r, plan.monitor.expiry()) {
+        (Err(_), Some(why)) => Err(SstError::Stalled(why)),
+        (r, _) => r,
+    };
+    plan.monitor.finish(r.as_ref().err().map(ToString::to_string).as_deref());
+    report::remove_fifo(&plan.progress);
+    report::note_time(&plan.opts, "the SST", t.elapsed());
     r
 }
 
@@ -127,9 +114,4 @@ fn read_stdin() -> Option<String> {
         tracing::warn!("stdin stayed open for 10 s; continuing without credentials from it");
     }
     got
-}
-
-/// The error for a protocol line mysqld could not be given.
-pub fn stdout_err(e: std::io::Error) -> SstError {
-    SstError::io("writing to mysqld (stdout)", e)
 }

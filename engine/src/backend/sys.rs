@@ -204,6 +204,19 @@ pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
     cvt(unsafe { libc::syncfs(fd.as_fd().as_raw_fd()) }).map(drop)
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding
+/// `fd` (`fstatvfs(2)`: `f_bavail × f_frsize`).
+pub fn available_bytes(fd: impl AsFd) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` is valid for writes of one statvfs; the fd is open.
+    cvt(unsafe { libc::fstatvfs(fd.as_fd().as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+}
+
 /// The effective uid.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.
