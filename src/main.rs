@@ -70,16 +70,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct CheckArgs {
-    /// Read only this option file (and what it includes), as mysqld's
-    /// `--defaults-file`.
-    #[arg(long)]
-    defaults_file: Option<PathBuf>,
-    /// Read this file after the global ones.
-    #[arg(long)]
-    defaults_extra_file: Option<PathBuf>,
-    /// Also read GROUP<suffix> for every group.
-    #[arg(long)]
-    defaults_group_suffix: Option<String>,
+    #[command(flatten)]
+    files: OptionFiles,
     /// The datadir (default: `datadir` from the option files).
     #[arg(long)]
     datadir: Option<PathBuf>,
@@ -91,6 +83,28 @@ struct CheckArgs {
     json: bool,
 }
 
+/// Which MariaDB option files to read, as the server's tools take them
+/// (the field names are the tools' option names).
+#[derive(Args, Debug)]
+#[allow(clippy::struct_field_names)]
+struct OptionFiles {
+    /// Read only this file (and what it includes), as mysqld's `--defaults-file`.
+    #[arg(long)]
+    defaults_file: Option<PathBuf>,
+    /// Read this file after the global ones.
+    #[arg(long)]
+    defaults_extra_file: Option<PathBuf>,
+    /// Also read GROUP<suffix> for every group.
+    #[arg(long)]
+    defaults_group_suffix: Option<String>,
+}
+
+impl OptionFiles {
+    fn sources(&self) -> mycnf::Sources {
+        mycnf::Sources::from_env(self.defaults_file.clone(), self.defaults_extra_file.clone(), self.defaults_group_suffix.clone())
+    }
+}
+
 #[derive(Args, Debug)]
 struct SstArgs {
     /// mysqld's SST arguments, passed through unchanged.
@@ -100,15 +114,8 @@ struct SstArgs {
 
 #[derive(Args, Debug)]
 struct PrintDefaultsArgs {
-    /// Read only this file (and what it includes).
-    #[arg(long)]
-    defaults_file: Option<PathBuf>,
-    /// Read this file after the global ones.
-    #[arg(long)]
-    defaults_extra_file: Option<PathBuf>,
-    /// Also read GROUP<suffix> for every group.
-    #[arg(long)]
-    defaults_group_suffix: Option<String>,
+    #[command(flatten)]
+    files: OptionFiles,
     /// Read nothing.
     #[arg(short, long)]
     no_defaults: bool,
@@ -517,8 +524,7 @@ fn run(cmd: Command) -> Result<()> {
 /// `my_print_defaults`, reimplemented: stdout gets the options, a fatal
 /// error exits 2 as the original does.
 fn check(a: &CheckArgs) -> Result<()> {
-    let sources = mycnf::Sources::from_env(a.defaults_file.clone(), a.defaults_extra_file.clone(), a.defaults_group_suffix.clone());
-    let opts = sluice_sst::options::load(&mycnf::Disk, &sources).context("reading the option files")?;
+    let opts = sluice_sst::options::load(&mycnf::Disk, &a.files.sources()).context("reading the option files")?;
     let findings = sluice_sst::check::run(&opts, &sluice_sst::check::Inputs { datadir: a.datadir.clone(), socket: a.socket.clone() });
     let (text, ok) = sluice_sst::check::report(&findings, a.json);
     std::io::stdout().lock().write_all(text.as_bytes())?;
@@ -532,7 +538,7 @@ fn print_defaults(a: &PrintDefaultsArgs) -> Result<()> {
     if a.no_defaults {
         return Ok(());
     }
-    let sources = mycnf::Sources::from_env(a.defaults_file.clone(), a.defaults_extra_file.clone(), a.defaults_group_suffix.clone());
+    let sources = a.files.sources();
     let groups: Vec<&str> = a.groups.iter().map(String::as_str).collect();
     match mycnf::load(&mycnf::Disk, &sources, &groups) {
         Ok(options) => {

@@ -602,10 +602,7 @@ fn a_failed_prepare_leaves_the_joiners_old_datadir_byte_identical() {
     let rows_before = c.sql(1, "SELECT COUNT(*) FROM sb.small").unwrap();
     c.stop(1);
     // Force a full SST (unknown position), and make its prepare fail.
-    let grastate = c.nodes[1].datadir.join("grastate.dat");
-    let old = std::fs::read_to_string(&grastate).unwrap();
-    let reset: String = old.lines().map(|l| if l.starts_with("seqno:") { "seqno:   -1\n".to_string() } else { format!("{l}\n") }).collect();
-    std::fs::write(&grastate, reset).unwrap();
+    force_sst(&c, 1);
     // (mysqld puts its own bin directory first on the SST's PATH, so a
     // wrapper cannot stand in; an option the real prepare refuses can.)
     let cnf = std::fs::read_to_string(&c.nodes[1].cnf).unwrap();
@@ -639,8 +636,19 @@ fn a_failed_prepare_leaves_the_joiners_old_datadir_byte_identical() {
     assert_eq!(tree_digest(&c.nodes[1].datadir), before, "the old datadir was not put back exactly");
     assert!(!c.nodes[1].datadir.join(".sst-old").exists(), "the set-aside directory was left behind");
 
-    // The node starts again on its old data (standalone: its Galera
-    // position was reset to force the SST).
+    starts_on_old_data(&mut c, &cnf, &rows_before);
+    // And with a working mariadb-backup it joins by SST again.
+    std::fs::write(&c.nodes[1].cnf, cnf).unwrap();
+    c.start(1, false);
+    c.wait_synced(1, Duration::from_secs(300)).unwrap();
+    assert_eq!(c.checksums(0), c.checksums(1));
+    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE a = 888888").unwrap(), "1");
+}
+
+/// Node 2 starts again on its old data (standalone: its Galera position
+/// was reset to force the SSTs) with the rows it had, and without the one
+/// written on the donor while it was down; then it is stopped.
+fn starts_on_old_data(c: &mut Cluster, cnf: &str, rows_before: &str) {
     std::fs::write(&c.nodes[1].cnf, format!("{cnf}[mysqld]\nwsrep_on=OFF\n")).unwrap();
     c.start(1, false);
     let t = std::time::Instant::now();
@@ -651,12 +659,6 @@ fn a_failed_prepare_leaves_the_joiners_old_datadir_byte_identical() {
     assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small").unwrap(), rows_before, "the old rows");
     assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE a = 888888").unwrap(), "0");
     c.stop(1);
-    // And with a working mariadb-backup it joins by SST again.
-    std::fs::write(&c.nodes[1].cnf, cnf).unwrap();
-    c.start(1, false);
-    c.wait_synced(1, Duration::from_secs(300)).unwrap();
-    assert_eq!(c.checksums(0), c.checksums(1));
-    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE a = 888888").unwrap(), "1");
 }
 
 /// Makes node `i`'s next start ask for a full SST (unknown position).
@@ -836,18 +838,30 @@ fn preflight_refusals_keep_the_old_datadir_and_an_encrypted_cluster_joins() {
     assert!(d.contains("refused this SST"), "{d}");
     assert!(c.error_log(1).matches("sluice SST failed on joiner").count() >= 4);
 
-    // The node starts again on its old data (standalone: its Galera
-    // position was reset to force the SSTs).
-    std::fs::write(&c.nodes[1].cnf, format!("{cnf}[mysqld]\nwsrep_on=OFF\n")).unwrap();
+    starts_on_old_data(&mut c, &cnf, &rows_before);
+
+    // A slow but healthy prepare (it writes a little every second for 8 s)
+    // under a 3 s idle timeout is not stopped: the node joins by SST again.
+    let slow = c.nodes[1].dir.join("mariadb-backup-slow");
+    let marks = c.nodes[1].dir.join("slow-marks");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do if [ \"$a\" = --prepare ]; then i=0; while [ $i -lt 8 ]; do echo $i >> {m}; sleep 1; i=$((i+1)); done; fi; done\nexec mariadb-backup \"$@\"\n",
+            m = marks.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(&c.nodes[1].cnf, format!("{cnf}prepare-binary={}\nsst-idle-timeout=3\n", slow.display())).unwrap();
+    force_sst(&c, 1);
     c.start(1, false);
-    let t = std::time::Instant::now();
-    while c.sql(1, "SELECT 1").is_err() {
-        assert!(c.running(1) && t.elapsed() < Duration::from_secs(120), "mariadbd did not start on the old data:\n{}", c.log_tail(1, 30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small").unwrap(), rows_before, "the old rows");
-    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE a = 888888").unwrap(), "0");
-    c.stop(1);
+    let synced = c.wait_synced(1, Duration::from_secs(300));
+    c.keep_logs(&workdir("galera-preflight-slow-logs"));
+    synced.unwrap_or_else(|e| panic!("a slow prepare was stopped: {e}\n{}", c.log_tail(1, 30)));
+    assert_eq!(c.checksums(0), c.checksums(1));
+    assert_eq!(std::fs::read_to_string(&marks).unwrap().lines().count(), 8, "the slow prepare ran to its end");
+    assert_eq!(c.sql(1, "SELECT COUNT(*) FROM sb.small WHERE a = 888888").unwrap(), "1");
 }
 
 fn cmd_out(program: &str, args: &[&str]) -> String {
