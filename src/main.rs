@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod docs;
 mod report;
 mod sample;
 mod sstlog;
@@ -62,6 +63,9 @@ enum Command {
     /// Manual SST, second half on its own: prepare a received backup, write
     /// grastate.dat, move it into an empty datadir.
     Restore(RestoreArgs),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenDocs(GenDocsArgs),
     /// Check this node for everything that would make an SST fail
     /// (mariadb-backup, credentials, TLS, SST port, disk, encryption), each
     /// with its fix; exits 1 if anything fails.
@@ -81,6 +85,13 @@ struct CheckArgs {
     /// One JSON object on stdout instead of the human report.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct GenDocsArgs {
+    /// Directory that receives man/ and completions/.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Which MariaDB option files to read, as the server's tools take them
@@ -425,6 +436,21 @@ fn main() {
     // method and takes mysqld's arguments unchanged.
     let argv: Vec<String> = std::env::args().collect();
     let invoked = argv.first().map(|a| std::path::Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned());
+    if invoked.as_deref() == Some(SST_SCRIPT) && matches!(argv.get(1).map(String::as_str), Some("--help" | "-h" | "--version" | "-V")) {
+        // An operator asking, not mysqld: stdout is free.
+        let text = if matches!(argv[1].as_str(), "--version" | "-V") {
+            sluice_engine::build_info()
+        } else {
+            format!(
+                "wsrep_sst_sluice: the sluice Galera SST method; mysqld runs it (wsrep_sst_method=sluice) as\n  \
+                 wsrep_sst_sluice --role joiner|donor --address HOST:PORT[/MODULE] --datadir DIR [--defaults-file F] [--parent PID] ...\n\
+                 The [sst] keys it reads: man wsrep_sst_sluice. Check a node first: sluice check.\n{}",
+                sluice_engine::build_info()
+            )
+        };
+        println!("{text}");
+        return;
+    }
     if invoked.as_deref() == Some(SST_SCRIPT) {
         sstlog::init();
         on_fatal_signals(true);
@@ -506,6 +532,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Demo(a) => demo(&a),
         Command::PrintDefaults(a) => print_defaults(&a),
         Command::Check(a) => check(&a),
+        Command::GenDocs(a) => docs::generate(&Cli::command(), &a.out).with_context(|| format!("writing docs to {}", a.out.display())),
         Command::Sst(_) => unreachable!("handled in main before logging is set up"),
         Command::Restore(a) => restore(&a.backup_dir, &a.restore),
         Command::GenSample(a) => {

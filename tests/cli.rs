@@ -178,3 +178,37 @@ fn copy_and_demo_commands_work() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("entries identical"), "{err}");
 }
+
+/// Issue 14: `--version` names the protocol and the features compiled in,
+/// under both names; `wsrep_sst_sluice --help` answers an operator without
+/// waiting for mysqld; the man pages and completions are generated from
+/// the clap definitions, with every [sst] key on the SST page.
+#[test]
+fn version_help_man_pages_and_completions() {
+    let v = bin().arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert!(v.status.success() && text.starts_with("sluice ") && text.contains("protocol 4"), "{text}");
+    assert_eq!(text.contains("io_uring") && !text.contains("no io_uring"), cfg!(feature = "uring"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let sst = dir.path().join("wsrep_sst_sluice");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sluice"), &sst).unwrap();
+    let h = Command::new(&sst).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&h.stdout);
+    assert!(h.status.success() && help.contains("--role joiner|donor") && help.contains("protocol 4"), "{help}");
+    let v = Command::new(&sst).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&v.stdout), text);
+    let out = dir.path().join("docs");
+    assert!(bin().args(["gen-docs", "--out"]).arg(&out).status().unwrap().success());
+    for page in ["sluice", "sluice-send", "sluice-recv", "sluice-copy", "sluice-check", "sluice-restore", "wsrep_sst_sluice"] {
+        let roff = std::fs::read_to_string(out.join(format!("man/{page}.1"))).unwrap();
+        assert!(roff.starts_with(".ie") || roff.contains(".TH"), "{page}: {roff:.200}");
+    }
+    let sst_page = std::fs::read_to_string(out.join("man/wsrep_sst_sluice.1")).unwrap();
+    for key in ["compressor", "sst\\-idle\\-timeout", "low\\-space", "prepare\\-binary", "cpat", "rlimit", "encrypt=1"] {
+        assert!(sst_page.contains(key), "{key} missing from wsrep_sst_sluice(1)");
+    }
+    for (file, marker) in [("sluice.bash", "complete -F"), ("_sluice", "#compdef sluice"), ("sluice.fish", "complete -c sluice")] {
+        let c = std::fs::read_to_string(out.join("completions").join(file)).unwrap();
+        assert!(c.contains(marker) && c.contains("check"), "{file}");
+    }
+}

@@ -47,6 +47,9 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
         }
     };
     let token: Token = token.parse()?;
+    if let Some(v) = mysqld::version_in(&module) {
+        tracing::info!("the joiner runs sluice {v}; this donor runs {}", crate::version_line());
+    }
     let mode = if copy_mode { Mode::Copy } else { Mode::Backup };
     if s.mode != mode {
         tracing::warn!("the joiner runs [sst] mode={} and this donor mode={}; following the joiner", mode.name(), s.mode.name());

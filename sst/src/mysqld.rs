@@ -59,19 +59,35 @@ pub fn parse_galera_info(text: &str) -> Result<(Gtid, Option<u64>), String> {
 /// Prefix of the module a joiner in copy mode advertises.
 pub const COPY_MODULE_PREFIX: &str = "sluice2-copy_";
 
-/// The module for a one-time session token (only `[A-Za-z0-9._-]`: mysqld
-/// rejects other characters in the address).
+/// This build's version as a module suffix (`_0.1.0`), so the donor can
+/// log which sluice the joiner runs.
+fn version_suffix() -> String {
+    let v: String = env!("CARGO_PKG_VERSION").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+    format!("_{v}")
+}
+
+/// The module for a one-time session token and this build's version (only
+/// `[A-Za-z0-9._-]`: mysqld rejects other characters in the address).
 pub fn module_for(token_hex: &str) -> String {
-    format!("{MODULE_PREFIX}{token_hex}")
+    format!("{MODULE_PREFIX}{token_hex}{}", version_suffix())
 }
 
 /// The module of a joiner in copy mode.
 pub fn copy_module_for(token_hex: &str) -> String {
-    format!("{COPY_MODULE_PREFIX}{token_hex}")
+    format!("{COPY_MODULE_PREFIX}{token_hex}{}", version_suffix())
 }
 
+/// The 32 hex digits of a token, then nothing or `_<version>`.
 fn hex32(t: &str) -> Option<&str> {
-    (t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())).then_some(t)
+    let (token, rest) = t.split_at_checked(32)?;
+    let rest_ok = rest.is_empty() || rest.strip_prefix('_').is_some_and(|v| v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
+    (token.bytes().all(|b| b.is_ascii_hexdigit()) && rest_ok).then_some(token)
+}
+
+/// The joiner's sluice version carried in its module, if any.
+pub fn version_in(module: &str) -> Option<&str> {
+    let rest = module.strip_prefix(MODULE_PREFIX).or_else(|| module.strip_prefix(COPY_MODULE_PREFIX))?;
+    rest.get(32..)?.strip_prefix('_').filter(|v| !v.is_empty())
 }
 
 /// The token in a sluice module, or `None` for a foreign one (e.g. the stock
@@ -214,9 +230,13 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "ready 127.0.0.1:14445/sluice2_{token}//1\nready [::1]:4444/m//1\ntotal 100\ncomplete 50\n{UUID}:16 0\ndone {UUID}:16\n"
+                "ready 127.0.0.1:14445/sluice2_{token}_{}//1\nready [::1]:4444/m//1\ntotal 100\ncomplete 50\n{UUID}:16 0\ndone {UUID}:16\n",
+                env!("CARGO_PKG_VERSION")
             )
         );
+        assert_eq!(version_in(&module_for(token)), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(token_in(&format!("sluice2_{token}")), Some(token), "a module without a version still parses");
+        assert_eq!(token_in(&format!("sluice2_{token}_1.2/x")), None);
         let module = module_for(token);
         assert!(module.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "mysqld's filename_char set");
         assert_eq!(token_in(&module), Some(token));
