@@ -47,7 +47,8 @@ fn run(argv: &[String]) -> Result<()> {
         tracing::debug!("ignoring unknown arguments {:?}", args.ignored);
     }
     let role = args.role();
-    tracing::info!("sluice SST started on {}", if role == Role::Joiner { "joiner" } else { "donor" });
+    // The first line says which build runs on this node.
+    tracing::info!("sluice SST started on {}: {}", if role == Role::Joiner { "joiner" } else { "donor" }, crate::version_line());
     let sources = Sources::from_env(args.defaults_file.clone(), args.defaults_extra_file.clone(), args.defaults_group_suffix.clone());
     let opts = options::load(&Disk, &sources)?;
     let stdin = if role == Role::Donor { read_stdin() } else { None };
@@ -72,7 +73,6 @@ fn run(argv: &[String]) -> Result<()> {
         tracing::info!("archived the previous SST log as {}", a.display());
     }
     let plan = Plan::new(args, opts, creds)?;
-    tracing::info!("{}", crate::version_line());
     if let Some(pid) = plan.args.parent {
         process::watch_parent(pid, plan.children.clone());
     }
