@@ -226,22 +226,35 @@ impl Cluster {
     /// get theirs by SST).
     pub fn install(&self, i: usize) {
         let n = &self.nodes[i];
+        // Its own temporary directory: the bootstrap's temporary Aria
+        // tables in a /tmp shared with other clusters of the suite were
+        // seen to vanish under it ("Error on delete of '/tmp/#sql-temptable-…'").
+        let tmp = n.dir.join("install-tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        self.give_to_os_user(&tmp);
         let run = || {
             Command::new("mariadb-install-db")
                 .args(["--no-defaults", "--skip-test-db", "--auth-root-authentication-method=socket"])
                 .arg(format!("--user={}", self.os_user.as_deref().unwrap_or("root")))
                 .arg(format!("--datadir={}", n.datadir.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .args(&n.install_args)
                 .output()
                 .unwrap()
         };
         let mut out = run();
         if !out.status.success() {
-            // Seen rarely while another cluster of the suite does heavy I/O;
-            // say so, and try once more on a clean directory.
+            // Say so, and try once more on clean directories: the datadir
+            // and the special directories the install arguments name (an
+            // undo tablespace left there makes the retry fail).
             eprintln!("mariadb-install-db failed once, retrying: {}", String::from_utf8_lossy(&out.stderr));
-            let _ = fs::remove_dir_all(&n.datadir);
-            fs::create_dir_all(&n.datadir).unwrap();
+            let special =
+                n.install_args.iter().filter_map(|a| a.split_once('=')).map(|(_, v)| PathBuf::from(v)).filter(|p| p.starts_with(&n.dir));
+            for d in std::iter::once(n.datadir.clone()).chain(special) {
+                let _ = fs::remove_dir_all(&d);
+                fs::create_dir_all(&d).unwrap();
+                self.give_to_os_user(&d);
+            }
             out = run();
         }
         assert!(

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# sluice over a real, rate-limited link between two hosts: two network
+# namespaces joined by a veth pair (10.77.0.1 ↔ 10.77.0.2), each side shaped
+# with `tc qdisc … tbf` (netem is not available on this kernel class), BBR
+# or cubic as asked. `sluice recv` runs in one namespace and `sluice send`
+# in the other, on the perf corpus (half repetitive text, half random
+# pages), once per compression setting, alternating in one run: wall time,
+# bytes on the wire (the veth's tx counter) and CPU of both ends.
+#
+# The rig for the adaptive compression and stream-count work (issue 15) and
+# for resume under link faults (issue 12); the namespaces are removed at
+# exit. Needs root, iproute2, /usr/bin/time and a release build.
+#
+# Usage: perf/link-compare.sh [WORKDIR]
+#   env: RATES="1gbit 100mbit" COMPRESS="none lz4 zstd:1 auto" BIG_MIB=1024
+#        SMALL=0 RUNS=1 STREAMS=2 CC=bbr
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+work=${1:-$repo/perf/out/link}
+RATES=${RATES:-1gbit 100mbit}
+COMPRESS=${COMPRESS:-none lz4 zstd:1 auto}
+BIG_MIB=${BIG_MIB:-1024}
+SMALL=${SMALL:-0}
+RUNS=${RUNS:-1}
+STREAMS=${STREAMS:-2}
+CC=${CC:-bbr}
+sluice=$repo/target/release/sluice
+[ -x "$sluice" ] || (cd "$repo" && cargo build --release)
+command -v ip >/dev/null && command -v tc >/dev/null || { echo "needs iproute2" >&2; exit 2; }
+[ -x /usr/bin/time ] || { echo "needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
+
+a=sluice-a-$$
+b=sluice-b-$$
+cleanup() {
+  ip netns del "$a" 2>/dev/null || true
+  ip netns del "$b" 2>/dev/null || true
+}
+trap cleanup EXIT
+ip netns add "$a"
+ip netns add "$b"
+ip link add va type veth peer name vb
+ip link set va netns "$a"
+ip link set vb netns "$b"
+ip -n "$a" addr add 10.77.0.1/24 dev va
+ip -n "$b" addr add 10.77.0.2/24 dev vb
+for ns in "$a" "$b"; do
+  ip -n "$ns" link set lo up
+  ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_congestion_control="$CC" >/dev/null
+done
+ip -n "$a" link set va up
+ip -n "$b" link set vb up
+
+mkdir -p "$work"
+corpus=$work/corpus
+if [ ! -f "$corpus/.done-$BIG_MIB-$SMALL" ]; then
+  rm -rf "$corpus"
+  "$sluice" -q gen-sample --corpus --big-mib "$BIG_MIB" --small "$SMALL" "$corpus"
+  touch "$corpus/.done-$BIG_MIB-$SMALL"
+fi
+cat "$corpus"/big/* >/dev/null
+sources=("$corpus/big")
+[ "$SMALL" = 0 ] || sources+=("$corpus/small")
+bytes=$(du -sb "${sources[@]}" | awk '{s += $1} END {print s}')
+
+echo "machine: $(nproc) vCPU, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(date -u +%F); corpus $((bytes >> 20)) MiB; streams $STREAMS; $CC"
+printf '%-8s %-8s %4s %8s %9s %10s %9s %9s\n' rate compress run wall_s MiB/s wire_MiB ratio cpu_s
+for rate in $RATES; do
+  # tbf on both egresses: the data direction and the acks.
+  for pair in "$a va" "$b vb"; do
+    set -- $pair
+    tc -n "$1" qdisc replace dev "$2" root tbf rate "$rate" burst 256kb latency 50ms
+  done
+  for run in $(seq 1 "$RUNS"); do
+    for c in $COMPRESS; do
+      dest=$work/dest-$rate-$c-$run
+      rm -rf "$dest"
+      tokfile=$work/token-$$
+      rm -f "$tokfile"
+      ip netns exec "$b" /usr/bin/time -f "%U %S" -o "$work/recv.time" \
+        "$sluice" -q recv --listen 10.77.0.2:4444 --dir "$dest" --token-file "$tokfile" &
+      rpid=$!
+      for _ in $(seq 1 100); do [ -s "$tokfile" ] && break; sleep 0.05; done
+      tx0=$(ip netns exec "$a" cat /sys/class/net/va/statistics/tx_bytes)
+      t0=$(date +%s.%N)
+      SLUICE_TOKEN=$(cat "$tokfile") ip netns exec "$a" /usr/bin/time -f "%U %S" -o "$work/send.time" \
+        "$sluice" -q send --to 10.77.0.2:4444 --streams "$STREAMS" --compress "$c" "${sources[@]}"
+      wait "$rpid"
+      t1=$(date +%s.%N)
+      tx1=$(ip netns exec "$a" cat /sys/class/net/va/statistics/tx_bytes)
+      cpu=$(cat "$work/recv.time" "$work/send.time" | awk '{s += $1 + $2} END {printf "%.2f", s}')
+      wall=$(echo "$t1 - $t0" | bc -l)
+      wire=$(( (tx1 - tx0) >> 20 ))
+      printf '%-8s %-8s %4s %8.2f %9.0f %10s %9.2f %9s\n' "$rate" "$c" "$run" "$wall" "$(echo "($bytes / 1048576) / $wall" | bc -l)" "$wire" \
+        "$(echo "$bytes / ($tx1 - $tx0)" | bc -l)" "$cpu"
+      rm -rf "$dest" "$tokfile"
+    done
+  done
+done
