@@ -210,9 +210,11 @@ impl Default for ControlArgs {
 #[derive(Args, Debug)]
 struct TransformArgs {
     /// Per-chunk compression: none, lz4, zstd, zstd:LEVEL or auto (lz4 only
-    /// where chunks shrink and the link is slower than the codec).
-    #[arg(long, default_value = "none", value_parser = engine_value::<Compression>)]
-    compress: Compression,
+    /// where chunks shrink and the link is slower than the codec). Default:
+    /// auto, or none with `--io uring|splice` (zero-copy needs untouched
+    /// bytes).
+    #[arg(long, value_parser = engine_value::<Compression>)]
+    compress: Option<Compression>,
     /// Limit the wire rate of all streams together, e.g. 200M (bytes per
     /// second; K, M, G are powers of 1024).
     #[arg(long, value_parser = parse_size)]
@@ -225,6 +227,15 @@ struct TransformArgs {
 }
 
 impl TransformArgs {
+    /// The compression asked for, or the default for `io`: adaptive, except
+    /// where a zero-copy backend was chosen explicitly.
+    fn compression(&self, io: IoMode) -> Compression {
+        self.compress.unwrap_or(match io {
+            IoMode::Uring | IoMode::Splice => Compression::None,
+            _ => Compression::Auto,
+        })
+    }
+
     fn seal_key(&self) -> Result<Option<SealKey>> {
         self.encrypt_key_file.as_deref().map(SealKey::from_file).transpose().map_err(Into::into)
     }
@@ -600,7 +611,7 @@ fn send_config(io: IoMode, streams: Option<u16>, block: u64, t: &TransformArgs, 
         streams: streams.unwrap_or_else(sluice_engine::send::default_streams),
         io,
         block_size: u32::try_from(block).map_err(|_| anyhow::anyhow!("--block-size {block} is too large"))?,
-        compress: t.compress,
+        compress: t.compression(io),
         rate_limit: t.rate_limit,
         seal_key: t.seal_key()?,
         tls: c.tls(),
@@ -763,7 +774,7 @@ fn demo(a: &DemoArgs) -> Result<()> {
     let t = Instant::now();
     sample::datadir(&src, a.size).with_context(|| format!("generating the sample datadir in {}", src.display()))?;
     eprintln!("sluice demo: generated a {} MiB sample datadir in {} ({:.1} s)", a.size, src.display(), t.elapsed().as_secs_f64());
-    let none = TransformArgs { compress: Compression::None, rate_limit: None, encrypt_key_file: None };
+    let none = TransformArgs { compress: Some(Compression::None), rate_limit: None, encrypt_key_file: None };
     let control = ControlArgs::default();
     let scfg = send_config(a.io.io, a.streams, 1 << 20, &none, &control)?;
     let s = copy(&src, &dest, &scfg, recv_config(a.io.io, SinkOptions::default(), &control), report::Mode::Off)?;

@@ -225,10 +225,27 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     send_tree(addr, token, &source::scan(roots)?, cfg)
 }
 
+/// `cfg`, with adaptive compression switched off when the receiver is on
+/// this host: over loopback the "link" is a memory copy on the same CPUs
+/// the codec would take (measured: `copy` of 1 GiB, 1.5–1.9 s plain, 1.8–2.6
+/// s with auto), so compressing there only costs.
+fn for_peer<'a>(cfg: &'a SendConfig, addr: &str) -> Result<std::borrow::Cow<'a, SendConfig>> {
+    if cfg.compress != Compression::Auto {
+        return Ok(std::borrow::Cow::Borrowed(cfg));
+    }
+    let targets = net::resolve_with(addr, &cfg.sockopt)?;
+    if !targets.is_empty() && targets.iter().all(|a| a.ip().is_loopback()) {
+        tracing::info!("adaptive compression off: the receiver at {addr} is on this host");
+        return Ok(std::borrow::Cow::Owned(SendConfig { compress: Compression::None, ..cfg.clone() }));
+    }
+    Ok(std::borrow::Cow::Borrowed(cfg))
+}
+
 /// Sends a manifest built by the caller (e.g. [`source::scan_mapped`]).
 pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig) -> Result<Summary> {
     let started = Instant::now();
     validate(cfg)?;
+    let cfg = &*for_peer(cfg, addr)?;
     if cfg.filter.is_some() {
         return Err(Error::Config("external filters are supported in streamed sessions only".into()));
     }
@@ -268,6 +285,7 @@ where
 {
     let started = Instant::now();
     validate(cfg)?;
+    let cfg = &*for_peer(cfg, addr)?;
     tracing::info!(streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), tls = ?cfg.tls.mode, "sending a stream");
     let progress = cfg.progress.clone().unwrap_or_default();
     let throttle = cfg.rate_limit.map(Throttle::new);
@@ -867,5 +885,20 @@ fn next_verdict(heard: &Rx<Heard>, silence: Duration) -> std::result::Result<Res
             Heard::Alive => {}
             Heard::Verdict(v) => return Ok(v),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adaptive_compression_is_off_for_a_receiver_on_this_host_only() {
+        let auto = SendConfig { compress: Compression::Auto, ..SendConfig::default() };
+        assert_eq!(for_peer(&auto, "127.0.0.1:4444").unwrap().compress, Compression::None);
+        assert_eq!(for_peer(&auto, "[::1]:4444").unwrap().compress, Compression::None);
+        assert_eq!(for_peer(&auto, "10.77.0.2:4444").unwrap().compress, Compression::Auto);
+        let lz4 = SendConfig { compress: Compression::Lz4, ..SendConfig::default() };
+        assert_eq!(for_peer(&lz4, "127.0.0.1:4444").unwrap().compress, Compression::Lz4, "an explicit codec is kept");
     }
 }

@@ -59,6 +59,11 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     let state = mysqld::coordinates_line(&gtid, s.args.gtid_domain_id) + "\n";
     let target = format!("{}:{}", addr.host, addr.port_or_default());
     let t = transport::logged(&s.opts, Role::Donor, addr.host_unbracketed())?;
+    if t.compress == sluice_engine::codec::Compression::Auto {
+        tracing::info!(
+            "no compressor in [sst]: lz4 on chunks that shrink, while the link is slower than the codec (compressor=none turns it off)"
+        );
+    }
     let progress = Arc::new(Progress::default());
     let cfg = SendConfig {
         progress: Some(Arc::clone(&progress)),

@@ -81,6 +81,8 @@ pub struct Status {
     pub stage_seconds: f64,
     pub bytes_done: u64,
     pub bytes_expected: u64,
+    /// Payload bytes on the wire (after compression).
+    pub wire_bytes: u64,
     pub rate_bytes_per_s: u64,
     pub eta_seconds: Option<u64>,
     pub error: Option<String>,
@@ -113,7 +115,7 @@ impl Status {
         let opt = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
         format!(
             "{{\"role\":{},\"stage\":{},\"pid\":{},\"version\":{},\"started_unix\":{},\"updated_unix\":{},\"stage_seconds\":{:.1},\
-             \"bytes_done\":{},\"bytes_expected\":{},\"rate_bytes_per_s\":{},\"eta_seconds\":{},\"error\":{}}}\n",
+             \"bytes_done\":{},\"bytes_expected\":{},\"wire_bytes\":{},\"compression_ratio\":{},\"rate_bytes_per_s\":{},\"eta_seconds\":{},\"error\":{}}}\n",
             json_string(self.role),
             json_string(self.stage.name()),
             self.pid,
@@ -123,6 +125,8 @@ impl Status {
             self.stage_seconds,
             self.bytes_done,
             self.bytes_expected,
+            self.wire_bytes,
+            if self.wire_bytes > 0 { format!("{:.2}", self.bytes_done as f64 / self.wire_bytes as f64) } else { "null".into() },
             self.rate_bytes_per_s,
             opt(self.eta_seconds),
             self.error.as_deref().map_or_else(|| "null".to_string(), json_string),
@@ -229,9 +233,9 @@ impl Inner {
 
     fn snapshot(&self) -> Status {
         let st = self.lock();
-        let (done, seconds) = st.progress.as_ref().map_or((0, 0.0), |p| {
+        let (done, wire, seconds) = st.progress.as_ref().map_or((0, 0, 0.0), |p| {
             let s = p.snapshot();
-            (s.done, s.seconds)
+            (s.done, s.wire, s.seconds)
         });
         let rate = if st.stage.transfers() && seconds > 0.5 { (done as f64 / seconds) as u64 } else { 0 };
         let eta = (rate > 0 && st.expected > done).then(|| (st.expected - done) / rate);
@@ -244,6 +248,7 @@ impl Inner {
             stage_seconds: st.stage_started.elapsed().as_secs_f64(),
             bytes_done: done,
             bytes_expected: st.expected,
+            wire_bytes: wire,
             rate_bytes_per_s: rate,
             eta_seconds: eta,
             error: st.error.clone(),
@@ -490,6 +495,7 @@ mod tests {
             stage_seconds: 0.25,
             bytes_done: 10,
             bytes_expected: 20,
+            wire_bytes: 4,
             rate_bytes_per_s: 5,
             eta_seconds: Some(2),
             error: Some("bad \"quote\"\nand\u{1} control".into()),
@@ -497,6 +503,7 @@ mod tests {
         let j = s.to_json();
         assert!(j.ends_with("}\n") && j.matches('\n').count() == 1, "{j}");
         assert!(j.contains(r#""stage":"failed""#) && j.contains(r#""eta_seconds":2"#), "{j}");
+        assert!(j.contains(r#""wire_bytes":4,"compression_ratio":2.50"#), "{j}");
         assert!(j.contains(r#""error":"bad \"quote\"\nand\u0001 control""#), "{j}");
     }
 

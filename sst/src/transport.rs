@@ -1,5 +1,6 @@
 //! The `[sst]` transport options mapped onto the engine
-//! (shared/SST-PROTOCOL.md §4.2, §5.2): compressor, encryption (`encrypt=1`
+//! (shared/SST-PROTOCOL.md §4.2, §5.2): compressor (unset: adaptive lz4,
+//! `none` turns it off), encryption (`encrypt=1`
 //! → sealing; `encrypt=2|3|4` and `ssl-mode` → TLS, the joiner being the
 //! server), `rlimit`, `sockopt`, `streams`. Pure: decides, does no I/O
 //! beyond reading a key file.
@@ -88,8 +89,12 @@ pub fn from_options(o: &SstOptions, role: Role, joiner_host: &str) -> Result<Tra
     if let Some(s) = &o.sockopt {
         t.sockopt = sockopt(s, &mut t.notes);
     }
-    if let Some(c) = o.compressor.as_deref().filter(|c| !c.trim().is_empty()) {
-        match codec_for(c) {
+    match o.compressor.as_deref().map(str::trim) {
+        // Unset: compress per chunk only while it pays (chunks that shrink,
+        // a link slower than the codec).
+        None | Some("") => t.compress = Compression::Auto,
+        Some(c) if ["none", "off", "no", "0"].contains(&c.to_ascii_lowercase().as_str()) => {}
+        Some(c) => match codec_for(c) {
             Some(codec) => t.compress = codec,
             None if role == Role::Donor => {
                 t.notes.push(format!(
@@ -98,7 +103,7 @@ pub fn from_options(o: &SstOptions, role: Role, joiner_host: &str) -> Result<Tra
                 t.filter = Some(c.to_string());
             }
             None => {}
-        }
+        },
     }
     if role == Role::Joiner {
         // The joiner decodes whatever the session negotiated; an external
@@ -197,6 +202,9 @@ mod tests {
         assert!(t.notes[0].contains("external filter"), "{:?}", t.notes);
         let j = from_options(&opts("[sst]\ncompressor=\"pigz -1\"\ndecompressor=\"pigz -dc\"\n"), Role::Joiner, "h").unwrap();
         assert_eq!((j.filter, j.unfilter.as_deref()), (None, Some("pigz -dc")));
+        assert_eq!(from_options(&opts(""), Role::Donor, "h").unwrap().compress, Compression::Auto, "unset: adaptive");
+        assert_eq!(from_options(&opts("[sst]\ncompressor=none\n"), Role::Donor, "h").unwrap().compress, Compression::None);
+        assert!(from_options(&opts("[sst]\ncompressor=none\n"), Role::Donor, "h").unwrap().filter.is_none(), "none is no filter");
         let j = from_options(&opts("[sst]\ncompressor=\"lz4 -z\"\nrlimit=50M\n"), Role::Joiner, "10.0.0.2").unwrap();
         assert_eq!((j.compress, j.rate_limit), (Compression::None, None), "rlimit and compression are the donor's");
     }

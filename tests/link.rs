@@ -1,0 +1,124 @@
+//! Over a real, rate-limited link between two hosts: two network namespaces
+//! of this test's own joined by a veth pair with private addresses, both
+//! egresses shaped by `tc … tbf` to 200 Mbit/s. `sluice send` with no
+//! `--compress` (adaptive by default) compresses what shrinks there, while
+//! toward a receiver on this host it does not; the copy is byte-identical
+//! either way. Needs root and iproute2 (`.ci/run` installs it).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Namespaces([String; 2]);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn in_ns(ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_sluice")]);
+    c
+}
+
+/// One transfer of `src` from namespace `a` to a receiver in `b`; returns
+/// the sender's compression ratio (its last log line).
+fn transfer(ns: &Namespaces, src: &Path, dest: &Path, extra: &[&str]) -> f64 {
+    let token = dest.with_extension("token");
+    let mut recv = in_ns(&ns.0[1])
+        .args(["recv", "--listen", "10.78.0.2:4444", "--token-file"])
+        .arg(&token)
+        .arg("--dir")
+        .arg(dest)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::fs::metadata(&token).map_or(true, |m| m.len() == 0) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the receiver did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = in_ns(&ns.0[0])
+        .args(["send", "--to", "10.78.0.2:4444", "--streams", "2"])
+        .args(extra)
+        .arg(src)
+        .env("SLUICE_TOKEN", std::fs::read_to_string(&token).unwrap().trim())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "send failed: {log}");
+    assert!(recv.wait().unwrap().success());
+    let line = log.lines().rfind(|l| l.contains("compression ratio")).unwrap_or_else(|| panic!("no summary: {log}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn adaptive_compression_pays_on_a_slow_link_and_the_copy_is_identical() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let have_ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    let have_tc = Command::new("tc").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !(root && have_ip && have_tc) {
+        common::skip("needs root and iproute2 (ip, tc) to build two network namespaces");
+        return;
+    }
+    let id = std::process::id();
+    let ns = Namespaces([format!("sluice-ta-{id}"), format!("sluice-tb-{id}")]);
+    for n in &ns.0 {
+        ip(&["netns", "add", n]);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+    }
+    let (va, vb) = (format!("sta{id}"), format!("stb{id}"));
+    let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
+    ip(&["link", "add", va, "type", "veth", "peer", "name", vb]);
+    ip(&["link", "set", va, "netns", &ns.0[0]]);
+    ip(&["link", "set", vb, "netns", &ns.0[1]]);
+    ip(&["-n", &ns.0[0], "addr", "add", "10.78.0.1/24", "dev", va]);
+    ip(&["-n", &ns.0[1], "addr", "add", "10.78.0.2/24", "dev", vb]);
+    for (n, dev) in [(&ns.0[0], va), (&ns.0[1], vb)] {
+        ip(&["-n", n, "link", "set", dev, "up"]);
+        let tc = Command::new("tc")
+            .args(["-n", n, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", "200mbit", "burst", "256kb", "latency", "50ms"])
+            .status()
+            .unwrap();
+        assert!(tc.success(), "tc tbf on {dev}");
+    }
+
+    // Half repetitive text, half random pages: what a datadir looks like.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["-q", "gen-sample", "--corpus", "--big-mib", "96", "--small", "200"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+
+    let adaptive = transfer(&ns, &src, &tmp.path().join("adaptive"), &[]);
+    let off = transfer(&ns, &src, &tmp.path().join("off"), &["--compress", "none"]);
+    for d in ["adaptive", "off"] {
+        sluice_engine::diff::compare(&src, &tmp.path().join(d)).unwrap_or_else(|e| panic!("{d}: the copy differs: {e}"));
+    }
+    assert!(adaptive > 1.3, "no --compress over a 200 Mbit/s link: compression ratio {adaptive}");
+    assert!((off - 1.0).abs() < 0.01, "--compress none: ratio {off}");
+
+    // Toward a receiver on this host the default does not compress.
+    let dest = tmp.path().join("local");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).arg("copy").arg(&src).arg(&dest).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && log.contains("adaptive compression off"), "{log}");
+    assert!(log.lines().rfind(|l| l.contains("compression ratio")).is_some_and(|l| l.ends_with("1.00")), "{log}");
+}
