@@ -24,6 +24,7 @@ TITLES = {
     "sst_copy_s": ("SST wall time and donor lock, copy mode vs stock rsync (lower is better)", "s"),
     "sst_old_datadir_s": ("SST over a full old datadir: e693a31 vs the set-aside joiner (lower is better)", "s"),
     "faults_ms": ("Session time with and without 500 hostile connections (lower is better)", "ms"),
+    "link_wall_s": ("1 GiB over a tbf-shaped link between two namespaces, by compression (lower is better)", "s"),
 }
 
 
