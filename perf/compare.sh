@@ -49,13 +49,8 @@ for tool in socat rsync /usr/bin/time tar cp bc ss pv lz4 zstd openssl; do
 done
 [ -x "$sluice" ] || (cd "$repo" && cargo build --release)
 
-mkdir -p "$work"
-corpus=$work/corpus
-if [ ! -f "$corpus/.done-$BIG_MIB-$SMALL" ]; then
-  rm -rf "$corpus"
-  "$sluice" -q gen-sample --corpus --big-mib "$BIG_MIB" --small "$SMALL" "$corpus"
-  touch "$corpus/.done-$BIG_MIB-$SMALL"
-fi
+. "$here/corpus.sh"
+corpus=$(perf_corpus "$work" "$sluice" "$BIG_MIB" "$SMALL")
 # Warm the source page cache the same way for every tool.
 cat "$corpus"/big/* >/dev/null
 find "$corpus/small" -type f -exec cat {} + >/dev/null

@@ -51,13 +51,8 @@ done
 ip -n "$a" link set va up
 ip -n "$b" link set vb up
 
-mkdir -p "$work"
-corpus=$work/corpus
-if [ ! -f "$corpus/.done-$BIG_MIB-$SMALL" ]; then
-  rm -rf "$corpus"
-  "$sluice" -q gen-sample --corpus --big-mib "$BIG_MIB" --small "$SMALL" "$corpus"
-  touch "$corpus/.done-$BIG_MIB-$SMALL"
-fi
+. "$here/corpus.sh"
+corpus=$(perf_corpus "$work" "$sluice" "$BIG_MIB" "$SMALL")
 cat "$corpus"/big/* >/dev/null
 sources=("$corpus/big")
 [ "$SMALL" = 0 ] || sources+=("$corpus/small")
