@@ -304,15 +304,21 @@ impl Inner {
 fn human(role: &str, s: &Status) -> String {
     let mib = |b: u64| b as f64 / 1_048_576.0;
     let rate = mib(s.rate_bytes_per_s);
+    // What compression saved, once anything was compressed.
+    let ratio = if s.wire_bytes > 0 && s.wire_bytes < s.bytes_done {
+        format!(", {:.2}x compression", s.bytes_done as f64 / s.wire_bytes as f64)
+    } else {
+        String::new()
+    };
     if s.bytes_expected > 0 {
         format!(
-            "{role}: {:.0} of {:.0} MiB ({:.0} %), {rate:.0} MiB/s",
+            "{role}: {:.0} of {:.0} MiB ({:.0} %), {rate:.0} MiB/s{ratio}",
             mib(s.bytes_done),
             mib(s.bytes_expected),
             100.0 * s.bytes_done as f64 / s.bytes_expected as f64
         )
     } else {
-        format!("{role}: {:.0} MiB, {rate:.0} MiB/s", mib(s.bytes_done))
+        format!("{role}: {:.0} MiB, {rate:.0} MiB/s{ratio}", mib(s.bytes_done))
     }
 }
 
@@ -526,10 +532,11 @@ mod tests {
         let m = Monitor::start("donor", Sink::File(out.clone()), None, None, Children::default()).unwrap();
         let p = Arc::new(Progress::default());
         p.add(1 << 20);
+        p.add_wire(1 << 19);
         m.stage(Stage::Sending, Some(p), 4 << 20);
         m.finish(None);
         let text = std::fs::read_to_string(&out).unwrap();
-        assert!(text.starts_with("donor: 1 of 4 MiB (25 %)"), "{text}");
+        assert!(text.starts_with("donor: 1 of 4 MiB (25 %)") && text.contains("2.00x compression"), "{text}");
     }
 
     #[test]
