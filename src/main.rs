@@ -465,7 +465,7 @@ fn main() {
     if invoked.as_deref() == Some(SST_SCRIPT) {
         sstlog::init();
         on_fatal_signals(true);
-        std::process::exit(sluice_sst::session::main(&argv[1..]));
+        finish(sluice_sst::session::main(&argv[1..]));
     }
     // `--version` says the protocol versions and features of this build.
     let version: &'static str = Box::leak(sluice_engine::build_info().trim_start_matches("sluice ").to_string().into_boxed_str());
@@ -473,7 +473,7 @@ fn main() {
     if let Command::Sst(a) = &cli.command {
         sstlog::init();
         on_fatal_signals(true);
-        std::process::exit(sluice_sst::session::main(&a.args));
+        finish(sluice_sst::session::main(&a.args));
     }
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
@@ -490,9 +490,21 @@ fn main() {
         .init();
     on_fatal_signals(false);
     if let Err(e) = run(cli.command) {
-        eprintln!("sluice: error: {e:#}");
-        std::process::exit(1);
+        if !sluice_engine::cleanup::stopping() {
+            eprintln!("sluice: error: {e:#}");
+        }
+        finish(1);
     }
+}
+
+/// Exits with `code` — unless a fatal signal is being handled: then the
+/// failure was its doing (a helper killed, a directory removed under the
+/// work), and the signal thread exits with the signal's status.
+fn finish(code: i32) -> ! {
+    if sluice_engine::cleanup::stopping() {
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    std::process::exit(code)
 }
 
 /// On SIGTERM, SIGINT, SIGQUIT or SIGHUP: kill and reap every helper this

@@ -93,9 +93,21 @@ pub fn remove_dir(dir: &Path) {
     GLOBAL.remove_dir(dir);
 }
 
-/// Cleans up everything registered in this process (see [`Registry::run`]).
+/// Set once a fatal signal's cleanup has begun.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Cleans up everything registered in this process (see [`Registry::run`]),
+/// marking the process as stopping first.
 pub fn run() -> (usize, usize) {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
     GLOBAL.run()
+}
+
+/// Whether a fatal signal's cleanup has begun: work that fails now (its
+/// helper killed, its directory gone) failed because of it, and the
+/// signal's exit status is the one to report.
+pub fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// A fresh private directory under `base`: a random name after `prefix`,
