@@ -155,6 +155,11 @@ struct ControlArgs {
     /// Seconds a stream may stay silent (or stalled) mid-session.
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// Seconds a broken stream waits to reconnect and resume where the
+    /// receiver stopped (0: fail at the first broken connection; both ends
+    /// must allow it).
+    #[arg(long, default_value_t = 600)]
+    resume_window: u64,
     /// TLS: disabled, required (encrypt, no verification), verify-ca or
     /// verify-identity (the stock ssl-mode values). The receiver is the server.
     #[arg(long, default_value = "disabled", value_parser = engine_value::<TlsMode>)]
@@ -198,6 +203,7 @@ impl Default for ControlArgs {
             progress_json: false,
             sockopt: SockOpts::default(),
             idle_timeout: 120,
+            resume_window: 600,
             tls_mode: TlsMode::Disabled,
             tls_cert: None,
             tls_key: None,
@@ -615,6 +621,9 @@ fn report(verb: &str, s: &Summary) {
         s.mib_per_sec(),
         s.compression_ratio()
     );
+    if s.resent > 0 {
+        tracing::info!("{:.1} MiB were sent again after broken connections", s.resent as f64 / 1_048_576.0);
+    }
 }
 
 /// The sender's configuration from the shared flags.
@@ -628,6 +637,7 @@ fn send_config(io: IoMode, streams: Option<u16>, block: u64, t: &TransformArgs, 
         seal_key: t.seal_key()?,
         tls: c.tls(),
         idle_timeout: Duration::from_secs(c.idle_timeout),
+        resume_window: Duration::from_secs(c.resume_window),
         sockopt: c.sockopt,
         progress: Some(Arc::new(Progress::default())),
         ..SendConfig::default()
@@ -640,6 +650,7 @@ fn recv_config(io: IoMode, sink: SinkOptions, c: &ControlArgs) -> ReceiveConfig 
         io,
         sink,
         idle_timeout: Duration::from_secs(c.idle_timeout),
+        resume_window: Duration::from_secs(c.resume_window),
         sockopt: c.sockopt,
         tls: c.tls(),
         progress: Some(Arc::new(Progress::default())),

@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn lines_show_bytes_percent_rate_and_eta() {
-        let s = Snapshot { total: 4 << 30, done: 1 << 30, wire: 1 << 29, seconds: 2.0 };
+        let s = Snapshot { total: 4 << 30, done: 1 << 30, wire: 1 << 29, resent: 0, resuming: 0, seconds: 2.0 };
         let l = line(&s, 512.0 * 1024.0 * 1024.0);
         assert_eq!(l, "sluice: 1.0 GiB / 4.0 GiB (25 %), 512.0 MiB/s, ETA 6 s");
         assert_eq!(human(1023.0), "1023.0 B");

@@ -1023,3 +1023,55 @@ fn sluice_check_finds_each_misconfiguration_and_passes_on_a_good_node() {
     assert!(!ok && failed(&v, "mariadb-backup").contains("10.6.21"), "{v}");
     c.stop(0);
 }
+
+/// Kills every established connection on `port` (both ends, `ss -K`)
+/// `times` times, the first as soon as the joiner's staging directory has
+/// data, then every `every`; returns how many sockets it killed.
+fn kill_sst_connections(c: &Cluster, port: u16, times: usize, every: Duration) -> usize {
+    let staging = c.nodes[1].datadir.join(".sst");
+    let t = std::time::Instant::now();
+    while !std::fs::read_dir(&staging).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() != ".sluice-incomplete"))) {
+        assert!(t.elapsed() < Duration::from_secs(180), "no data reached the joiner");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut killed = 0;
+    for i in 0..times {
+        std::thread::sleep(if i == 0 { Duration::from_millis(300) } else { every });
+        let side = if i % 2 == 0 { "dport" } else { "sport" };
+        let out = std::process::Command::new("ss")
+            .args(["-K", "-t", "-n", "state", "established", &format!("( {side} = :{port} )")])
+            .output()
+            .unwrap();
+        killed += String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+    }
+    killed
+}
+
+/// Issue 12: an SST whose connections are killed three times mid-transfer
+/// (a middlebox resetting them, a flapping link) resumes, in backup mode
+/// and in copy mode, and the joiner ends Synced with equal tables; the
+/// donor's log says what it sent again.
+#[test]
+fn an_sst_survives_killed_connections_in_both_modes() {
+    for (name, base, mode) in [("galera-resume-backup", 26_600, ""), ("galera-resume-copy", 26_700, "mode=copy\n")] {
+        if let Some(why) = cluster::unavailable() {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let mut spec = Spec::new(base);
+        spec.sst = format!("{mode}rlimit=12M\ncompressor=none\n");
+        let mut c = Cluster::new(&workdir(name), &spec, sluice());
+        donor(&mut c, 64);
+        c.start(1, false);
+        let port = c.nodes[1].sst_port;
+        let killed = kill_sst_connections(&c, port, 3, Duration::from_millis(900));
+        let synced = c.wait_synced(1, Duration::from_secs(600));
+        c.keep_logs(&workdir(&format!("{name}-logs")));
+        synced.unwrap_or_else(|e| panic!("{name}: joiner failed after {killed} killed sockets: {e}\n{}", c.log_tail(1, 40)));
+        assert_eq!(c.checksums(0), c.checksums(1), "{name}: CHECKSUM TABLE differs");
+        assert!(killed >= 3, "{name}: the kills missed the SST ({killed} sockets)");
+        let donor_log = c.error_log(0);
+        assert!(donor_log.contains("resumed after"), "{name}: the donor's log says what it sent again:\n{donor_log}");
+        eprintln!("{name}: {killed} sockets killed; {}", donor_log.lines().filter(|l| l.contains("resumed after")).count());
+    }
+}

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_engine::send::{Feeder, send_streamed};
-use sluice_engine::wire::{FRAME_HEADER_LEN, Frame, FrameHeader, Kind, MAGIC};
+use sluice_engine::wire::{FRAME_HEADER_LEN, Frame, FrameHeader, Hello, Kind, MAGIC, caps};
 use sluice_engine::{ReceiveConfig, Receiver, SendConfig};
 
 fn bin() -> Command {
@@ -177,7 +177,8 @@ fn f10_a_receiver_silent_after_end_cannot_hang_the_sender() {
         assert_eq!(h.kind, Kind::Hello);
         let Frame::Hello(hello) = Frame::decode(h, &opening[16..]).unwrap() else { panic!("not a HELLO") };
         let mut w = Vec::new();
-        Frame::Welcome { version: hello.max_version, capabilities: hello.capabilities, nonce: [9; 16] }.encode(&mut w);
+        Frame::Welcome { version: hello.max_version, capabilities: hello.capabilities & !caps::RESUME, nonce: [9; 16], secret: [8; 16] }
+            .encode(&mut w);
         s.write_all(&w).unwrap();
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
@@ -296,25 +297,52 @@ fn f17_the_listener_closes_once_every_stream_has_joined() {
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("big"), common::pattern(6 << 20, 5)).unwrap();
-    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig::default()).unwrap();
-    let (addr, token) = (r.local_addr().unwrap(), r.token().clone());
-    let dest = tmp.path().join("dest");
-    let d = dest.clone();
-    let h = std::thread::spawn(move || r.run(&d));
-    // Slow enough (about 3 s) that the session is surely still running.
-    let cfg = SendConfig { streams: 2, rate_limit: Some(2 << 20), block_size: 256 << 10, ..SendConfig::default() };
-    let a = addr.to_string();
-    let s = std::thread::spawn(move || sluice_engine::send(&a, &token, &[src], &cfg));
-    let t = Instant::now();
-    while !dest.join("big").exists() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the session never started");
-        std::thread::sleep(Duration::from_millis(5));
+    // Without resuming, the token is spent once every stream joined: the
+    // listener closes. With resuming (the default), it stays open for
+    // REJOINs of this session only: a new session is refused.
+    for resume in [false, true] {
+        let window = if resume { Duration::from_secs(60) } else { Duration::ZERO };
+        let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { resume_window: window, ..ReceiveConfig::default() }).unwrap();
+        let (addr, token) = (r.local_addr().unwrap(), r.token().clone());
+        let dest = tmp.path().join(format!("dest-{resume}"));
+        let d = dest.clone();
+        let h = std::thread::spawn(move || r.run(&d));
+        // Slow enough (about 3 s) that the session is surely still running.
+        let cfg = SendConfig { streams: 2, rate_limit: Some(2 << 20), block_size: 256 << 10, ..SendConfig::default() };
+        let (a, t2, s2) = (addr.to_string(), token.clone(), src.clone());
+        let s = std::thread::spawn(move || sluice_engine::send(&a, &t2, &[s2], &cfg));
+        let t = Instant::now();
+        while !dest.join("big").exists() {
+            assert!(t.elapsed() < Duration::from_secs(20), "the session never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let late = std::net::TcpStream::connect(addr);
+        if resume {
+            // The right token, a new session: REJECTed.
+            let mut late = late.unwrap();
+            let mut hello = MAGIC.to_vec();
+            Frame::Hello(Hello {
+                min_version: sluice_engine::wire::MIN_PROTOCOL_VERSION,
+                max_version: sluice_engine::wire::PROTOCOL_VERSION,
+                stream_index: 0,
+                stream_count: 1,
+                capabilities: 0,
+                token: *token.as_bytes(),
+                session_salt: [7; 16],
+            })
+            .encode(&mut hello);
+            late.write_all(&hello).unwrap();
+            late.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let mut answer = Vec::new();
+            let _ = late.read_to_end(&mut answer);
+            assert!(String::from_utf8_lossy(&answer).contains("a session is already running"), "{answer:?}");
+        } else {
+            assert!(
+                matches!(&late, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+                "a late connection reached the receiver mid-session: {late:?}"
+            );
+        }
+        s.join().unwrap().unwrap();
+        h.join().unwrap().unwrap();
     }
-    let late = std::net::TcpStream::connect(addr);
-    assert!(
-        matches!(&late, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
-        "a late connection reached the receiver mid-session: {late:?}"
-    );
-    s.join().unwrap().unwrap();
-    h.join().unwrap().unwrap();
 }

@@ -28,6 +28,11 @@ pub enum Error {
     /// The peer went away or misbehaved at the session level.
     #[error("{peer}: {}", printable(.reason))]
     Peer { peer: String, reason: String },
+    /// The connection to the peer broke (reset, aborted, silent for too
+    /// long): as far as this end can tell, the network's fault, so a
+    /// resumable session waits for the stream to come back.
+    #[error("{peer}: {}", printable(.reason))]
+    Broken { peer: String, reason: String },
     /// The receiver refused the connection or the session.
     #[error("the receiver rejected the session: {}", printable(.0))]
     Rejected(String),
@@ -65,6 +70,10 @@ impl Error {
 
     pub(crate) fn peer(peer: impl std::fmt::Display, reason: impl Into<String>) -> Self {
         Self::Peer { peer: peer.to_string(), reason: reason.into() }
+    }
+
+    pub(crate) fn broken(peer: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        Self::Broken { peer: peer.to_string(), reason: reason.into() }
     }
 }
 

@@ -19,14 +19,18 @@ pub mod cleanup;
 pub mod codec;
 pub mod diff;
 mod error;
+mod gate;
+mod lane;
 pub mod net;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recv;
+pub mod resume;
 pub mod secret;
 pub mod send;
 pub mod sink;
+mod slot;
 pub mod source;
 pub mod throttle;
 pub mod wire;
@@ -52,6 +56,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Payload bytes on the wire (less than `bytes` when compressed).
     pub wire_bytes: u64,
+    /// Data bytes sent again after broken connections (sender side).
+    pub resent: u64,
     /// Wall time of the session.
     pub elapsed: std::time::Duration,
 }

@@ -15,28 +15,31 @@
 //! after END, the receiver sends KEEPALIVE frames so the sender can bound
 //! its wait for the verdict.
 
-use std::collections::HashMap;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use crate::pipeline::{self, Abort};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender as Tx, bounded, unbounded};
+use crossbeam_channel::{bounded, unbounded};
 
-use crate::admission::{self, Admission, LogDecision, LogLimit, Ticket};
+use crate::admission::{self, Admission};
 use crate::backend::{self, IoMode, StreamIo};
 use crate::catalog::{Announced, Catalog};
 use crate::codec::Decoder;
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, SessionKey};
+pub use crate::gate::hello_refusal;
+use crate::gate::{Examined, Joined, PendingSockets, RefusalLog, Rules, admit, reject};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
 use crate::progress::Progress;
+use crate::resume::RejoinKey;
 use crate::sink::{Sink, SinkOptions};
-use crate::wire::{self, Frame, Hello, Kind, MAGIC, caps, data_flags};
+use crate::slot::{self, Resumption, Slot};
+use crate::wire::{self, Frame, Kind, caps, data_flags};
 use crate::{Error, Result, Summary};
 
 /// How to receive.
@@ -73,6 +76,9 @@ pub struct ReceiveConfig {
     /// Examines what a session delivered before the verdict: an `Err`
     /// (its reason) fails the session on both ends.
     pub vet: Option<Vet>,
+    /// How long a broken stream waits for the sender to reconnect (0: not
+    /// at all; the session fails at the first break).
+    pub resume_window: Duration,
 }
 
 /// The function of a [`Vet`]: `Err` carries the reason of a refusal.
@@ -106,6 +112,7 @@ impl Default for ReceiveConfig {
             tls: TlsOptions::default(),
             progress: None,
             vet: None,
+            resume_window: crate::resume::DEFAULT_WINDOW,
         }
     }
 }
@@ -132,58 +139,10 @@ pub struct Receiver {
     /// This receiver's session nonce (sent in every WELCOME; an input of
     /// the sealing key).
     nonce: [u8; 16],
+    /// The session secret a reconnecting stream proves it knows.
+    secret: [u8; 16],
     cfg: ReceiveConfig,
     cancel: Arc<AtomicBool>,
-}
-
-struct Joined {
-    sock: Link,
-    peer: String,
-    hello: Hello,
-    ticket: Ticket,
-}
-
-/// What an examining thread reports to the accept loop.
-enum Examined {
-    Joined(Box<Joined>),
-    Refused(Ticket),
-}
-
-/// Refusals of unauthenticated peers, logged at a bounded rate.
-#[derive(Debug, Default)]
-struct RefusalLog(Mutex<LogLimit>);
-
-impl RefusalLog {
-    fn refuse(&self, peer: &str, reason: &str) {
-        let d = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).decide(Instant::now());
-        if let LogDecision::Log { suppressed } = d {
-            if suppressed > 0 {
-                tracing::warn!("{suppressed} more connection(s) were refused in the last {:?} (not logged)", admission::LOG_WINDOW);
-            }
-            tracing::warn!(peer = %peer, "refused a connection: {}", crate::error::printable(reason));
-        }
-    }
-}
-
-/// Sockets of pending handshakes, cut when evicted, expired, or when the
-/// session no longer needs the listener.
-#[derive(Default)]
-struct PendingSockets(HashMap<Ticket, TcpStream>);
-
-impl PendingSockets {
-    fn cut(&mut self, t: Ticket) {
-        if let Some(s) = self.0.remove(&t) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl Drop for PendingSockets {
-    fn drop(&mut self) {
-        for (_, s) in self.0.drain() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
 }
 
 impl Receiver {
@@ -198,8 +157,8 @@ impl Receiver {
         crate::backend::sys::listen_backlog(&listener, LISTEN_BACKLOG).map_err(|e| Error::io(format!("listening on {addr}"), e))?;
         // Certificate problems surface now, before anyone connects.
         let tls = if cfg.tls.enabled() { Some(cfg.tls.server_config()?) } else { None };
-        let nonce = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom for a session nonce", e))?;
-        Ok(Self { listener, tls, token: Token::generate()?, nonce, cfg, cancel: Arc::new(AtomicBool::new(false)) })
+        let (nonce, secret) = fresh_randomness()?;
+        Ok(Self { listener, tls, token: Token::generate()?, nonce, secret, cfg, cancel: Arc::new(AtomicBool::new(false)) })
     }
 
     /// A flag that, once set, makes [`run`](Self::run) give up waiting for a
@@ -233,55 +192,103 @@ impl Receiver {
         let (summary, listener) = self.session(dest, true)?;
         let listener = listener.expect("the listener was kept");
         let tls = if next.tls.enabled() { Some(next.tls.server_config()?) } else { None };
-        let nonce = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom for a session nonce", e))?;
-        Ok((summary, Self { listener, tls, token, nonce, cfg: next, cancel: Arc::new(AtomicBool::new(false)) }))
+        let (nonce, secret) = fresh_randomness()?;
+        Ok((summary, Self { listener, tls, token, nonce, secret, cfg: next, cancel: Arc::new(AtomicBool::new(false)) }))
     }
 
     fn session(self, dest: &Path, keep: bool) -> Result<(Summary, Option<TcpListener>)> {
         let started = Instant::now();
         let method = backend::select(self.cfg.io, false)?;
         tracing::info!(backend = %method, dest = %dest.display(), "receiving");
-        let streams = self.assemble()?;
-        // The token is spent: no further connection is answered (unless
-        // the caller keeps the listener for a next session).
-        let Self { listener, token, nonce, cfg, .. } = self;
-        let listener = keep.then_some(listener);
-        let peer = streams[0].peer.clone();
-        let h0 = &streams[0].hello;
+        // A session whose listener goes on to the next one (an
+        // announcement) does not resume: its listener must stay free.
+        let resume_ok = !keep && !self.cfg.resume_window.is_zero();
+        let (streams, admission) = self.assemble(resume_ok)?;
+        let Self { listener, token, nonce, secret, cfg, tls, .. } = self;
+        let h0 = streams[0].hello.clone();
+        let granted = grant(h0.capabilities, resume_ok);
         let session = cfg.seal_key.as_ref().map(|k| {
             k.session(&Binding {
                 sender_salt: &h0.session_salt,
                 receiver_nonce: &nonce,
                 token: token.as_bytes(),
-                capabilities: h0.capabilities,
+                capabilities: granted,
                 streams: h0.stream_count,
             })
         });
-        let verdict = Verdict {
-            link: &streams[0].sock,
-            peer: &peer,
-            sealer: Mutex::new(VerdictState::Pending(session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, 0)))),
+        let sealed = cfg.seal_key.is_some();
+        let slots: Arc<Vec<Arc<Slot>>> = Arc::new(
+            streams
+                .into_iter()
+                .map(|j| {
+                    let i = j.hello.stream_index;
+                    Arc::new(Slot::new(i, j.sock, j.peer, session.as_ref().map(|k| Sealer::new(k.clone(), Direction::ToSender, i))))
+                })
+                .collect(),
+        );
+        // A resumable session keeps the listener open for REJOINs until
+        // its end; otherwise the token is spent and no further connection
+        // is answered (unless the caller keeps the listener for a next
+        // session).
+        let resumption = (granted & caps::RESUME != 0).then(|| {
+            let material = cfg.seal_key.as_ref().map(|k| k.material("sluice rejoin"));
+            Arc::new(Resumption {
+                key: RejoinKey::derive(&secret, &h0.session_salt, &nonce, token.as_bytes(), material.as_ref()),
+                seal: cfg.seal_key.clone(),
+                salt: h0.session_salt,
+                nonce,
+                secret,
+                token: *token.as_bytes(),
+                requested: h0.capabilities,
+                granted,
+                streams: h0.stream_count,
+                window: cfg.resume_window,
+            })
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = match &resumption {
+            Some(res) => {
+                let rules = Rules { token: token.clone(), sealed, unfilter: cfg.unfilter.is_some(), tls, deadline: cfg.handshake_timeout };
+                let l = listener.try_clone().map_err(|e| Error::io("sharing the listener", e))?;
+                Some(slot::spawn_acceptor(l, rules, admission, Arc::clone(&slots), Arc::clone(res), Arc::clone(&stop))?)
+            }
+            None => None,
         };
-        let mut result = receive_session(&streams, &cfg, method, dest, session.as_ref(), &verdict);
+        let listener = keep.then_some(listener);
+        let verdict = Verdict { slot: &slots[0] };
+        let mut result = receive_session(&slots, &cfg, method, dest, (session.as_ref(), granted), resumption.as_deref(), &verdict);
         if let (Ok(_), Some(vet)) = (&result, &cfg.vet) {
             if let Err(reason) = (vet.0)(dest) {
                 result = Err(Error::Refused(reason));
             }
         }
-        match &result {
-            Ok(_) => verdict.send(true, "")?,
+        let sent = match &result {
+            Ok(_) => verdict.send(true, ""),
             Err(e) => {
                 tracing::debug!("session failed: {e}");
                 let _ = verdict.send(false, &e.to_string());
-                linger(&streams);
+                linger(&slots);
+                Ok(())
             }
+        };
+        if let (Ok(_), Some(res)) = (&result, &resumption) {
+            // Wait for the sender to hang up: if the verdict is lost with
+            // a broken connection, the sender reconnects stream 0 and the
+            // acceptor tells it again.
+            slots[0].await_bye(res.window.min(Duration::from_secs(60)));
+        } else {
+            sent?;
+        }
+        stop.store(true, Ordering::Release);
+        if let Some(a) = acceptor {
+            let _ = a.join();
         }
         let (entries, files, bytes, wire_bytes) = result?;
-        Ok((Summary { entries, files, bytes, wire_bytes, elapsed: started.elapsed() }, listener))
+        Ok((Summary { entries, files, bytes, wire_bytes, resent: 0, elapsed: started.elapsed() }, listener))
     }
 
     /// Accepts connections until every stream of one session has joined.
-    fn assemble(&self) -> Result<Vec<Joined>> {
+    fn assemble(&self, resume_ok: bool) -> Result<(Vec<Joined>, Admission)> {
         self.listener.set_nonblocking(true).map_err(|e| Error::io("configuring the listener", e))?;
         let (tx, rx) = unbounded::<Examined>();
         let log = Arc::new(RefusalLog::default());
@@ -342,8 +349,16 @@ impl Receiver {
                     reject(&j, "stream index joined twice");
                     continue;
                 }
-                let welcome =
-                    Frame::Welcome { version: wire::PROTOCOL_VERSION.min(h.max_version), capabilities: h.capabilities, nonce: self.nonce };
+                if j.rejoin.is_some() {
+                    reject(&j, "there is no running session to reconnect to");
+                    continue;
+                }
+                let welcome = Frame::Welcome {
+                    version: wire::PROTOCOL_VERSION.min(h.max_version),
+                    capabilities: grant(h.capabilities, resume_ok),
+                    nonce: self.nonce,
+                    secret: self.secret,
+                };
                 if let Err(e) = net::write_frame(&j.sock, &j.peer, &welcome, None) {
                     tracing::warn!("{e}");
                     continue;
@@ -372,7 +387,7 @@ impl Receiver {
                 for t in admission.drain() {
                     pending.cut(t);
                 }
-                return Ok(slots.into_iter().map(|s| s.expect("checked above")).collect());
+                return Ok((slots.into_iter().map(|s| s.expect("checked above")).collect(), admission));
             }
             if let Some((t, _)) = first_deadline.filter(|(_, d)| salt.is_none() && Instant::now() > *d) {
                 return Err(Error::Aborted(format!("no sender connected within {t:?}")));
@@ -390,60 +405,31 @@ impl Receiver {
     }
 }
 
-/// Admits one accepted connection and starts examining it.
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    sock: TcpStream,
-    addr: SocketAddr,
-    admission: &mut Admission,
-    pending: &mut PendingSockets,
-    rules: &Arc<Rules>,
-    log: &Arc<RefusalLog>,
-    tx: &Tx<Examined>,
-) {
-    let (ticket, evict) = admission.admit(addr.ip(), Instant::now());
-    for t in evict {
-        pending.cut(t);
-    }
-    let Ok(handle) = sock.try_clone() else {
-        admission.done(ticket);
-        return;
-    };
-    pending.0.insert(ticket, handle);
-    let (rules, thread_log, tx) = (Arc::clone(rules), Arc::clone(log), tx.clone());
-    let spawned = std::thread::Builder::new().name("sluice-handshake".into()).stack_size(256 << 10).spawn(move || {
-        let outcome = examine(sock, addr, ticket, &rules, &thread_log);
-        let _ = tx.send(outcome.map_or(Examined::Refused(ticket), |j| Examined::Joined(Box::new(j))));
-    });
-    if let Err(e) = spawned {
-        // Out of threads or memory: drop this connection, keep serving.
-        log.refuse(&addr.to_string(), &format!("cannot start a handshake thread: {e}"));
-        admission.done(ticket);
-        pending.cut(ticket);
-    }
+/// The capabilities granted to a sender that asked for `requested`: all
+/// of them, but RESUME only when this session may resume.
+fn grant(requested: u64, resume_ok: bool) -> u64 {
+    if resume_ok { requested } else { requested & !caps::RESUME }
 }
 
-/// What a connection must satisfy to join.
-struct Rules {
-    token: Token,
-    sealed: bool,
-    unfilter: bool,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    deadline: Duration,
+/// A session nonce and a session secret.
+fn fresh_randomness() -> Result<([u8; 16], [u8; 16])> {
+    let r = |what| net::random_bytes().map_err(|e| Error::io(format!("reading /dev/urandom for a session {what}"), e));
+    Ok((r("nonce")?, r("secret")?))
 }
 
 /// After a failed session: stop writing, then read and discard what the
 /// sender still sends until it hangs up (at most 2 s; the verdict makes it
 /// hang up at once). Closing a socket with unread data would send RST,
 /// which can destroy the verdict before the sender has read it.
-fn linger(streams: &[Joined]) {
-    for j in streams {
-        j.sock.shutdown(Shutdown::Write);
+fn linger(slots: &[Arc<Slot>]) {
+    let links: Vec<_> = slots.iter().map(|s| s.link()).collect();
+    for l in &links {
+        l.shutdown(Shutdown::Write);
     }
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut sink = vec![0u8; 64 << 10];
-    for j in streams {
-        let tcp = j.sock.tcp();
+    for l in &links {
+        let tcp = l.tcp();
         let _ = tcp.set_read_timeout(Some(Duration::from_millis(100)));
         while Instant::now() < deadline {
             match std::io::Read::read(&mut &*tcp, &mut sink) {
@@ -453,41 +439,20 @@ fn linger(streams: &[Joined]) {
                 Err(_) => break,
             }
         }
-        j.sock.shutdown(Shutdown::Both);
+        l.shutdown(Shutdown::Both);
     }
 }
 
 /// The receiver's frames on stream 0: KEEPALIVEs while it verifies and
 /// syncs, then the verdict, sent at most once: early by the first failing
-/// stream, or at the end of the session. `sealer` is `None` once the
-/// verdict went out.
+/// stream, or at the end of the session.
 struct Verdict<'a> {
-    link: &'a Link,
-    peer: &'a str,
-    sealer: Mutex<VerdictState>,
-}
-
-/// Whether the verdict went out yet, and the sealer of stream 0's frames
-/// to the sender (`None` in an unsealed session).
-enum VerdictState {
-    Pending(Option<Sealer>),
-    Sent,
+    slot: &'a Slot,
 }
 
 impl Verdict<'_> {
     fn send(&self, ok: bool, reason: &str) -> Result<()> {
-        let mut slot = self.sealer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let VerdictState::Pending(mut sealer) = std::mem::replace(&mut *slot, VerdictState::Sent) else { return Ok(()) };
-        net::write_frame(self.link, self.peer, &Frame::Verdict { ok, reason: reason.into() }, sealer.as_mut())
-    }
-
-    /// Tells the sender this receiver is still at work (no-op after the
-    /// verdict).
-    fn keepalive(&self) {
-        let mut slot = self.sealer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let VerdictState::Pending(sealer) = &mut *slot {
-            let _ = net::write_frame(self.link, self.peer, &Frame::Keepalive, sealer.as_mut());
-        }
+        self.slot.verdict(ok, reason)
     }
 
     /// Runs `work`, sending a KEEPALIVE every [`KEEPALIVE_INTERVAL`] until
@@ -497,7 +462,7 @@ impl Verdict<'_> {
         std::thread::scope(|s| {
             s.spawn(|| {
                 while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(KEEPALIVE_INTERVAL) {
-                    self.keepalive();
+                    self.slot.keepalive();
                 }
             });
             let out = work();
@@ -507,155 +472,37 @@ impl Verdict<'_> {
     }
 }
 
-fn reject(j: &Joined, reason: &str) {
-    tracing::warn!(peer = %j.peer, "refused a connection: {reason}");
-    let _ = net::write_frame(&j.sock, &j.peer, &Frame::Reject { reason: reason.into() }, None);
-}
-
-/// Checks one new connection's magic, HELLO and token; returns it when it
-/// may join. Refusals are logged (rate-limited) and the connection dropped;
-/// the session never sees them. Before the token is checked nothing is
-/// allocated from a length the peer declared: the only frame read is a
-/// HELLO of exactly [`wire::HELLO_LEN`] bytes. The accept loop cuts the
-/// socket when the absolute handshake deadline passes.
-fn examine(tcp: TcpStream, addr: SocketAddr, ticket: Ticket, rules: &Rules, log: &RefusalLog) -> Option<Joined> {
-    let peer = addr.to_string();
-    let refuse = |sock: Option<&Link>, reason: &str| {
-        log.refuse(&peer, reason);
-        if let Some(sock) = sock {
-            let _ = net::write_frame(sock, &peer, &Frame::Reject { reason: reason.into() }, None);
-        }
-        None
-    };
-    // Each read is also bounded by the whole deadline (the accept loop
-    // enforces it across reads).
-    if tcp.set_nonblocking(false).and_then(|()| net::configure(&tcp, rules.deadline)).is_err() {
-        return None;
-    }
-    let sock = match &rules.tls {
-        None => Link::plain(tcp),
-        Some(_) if first_byte(&tcp) == Some(MAGIC[0]) => {
-            // A plain sluice sender at a TLS receiver: say so in plain
-            // framing, so it fails at once instead of retrying.
-            return refuse(Some(&Link::plain(tcp)), "this receiver requires TLS: turn TLS on at the sender");
-        }
-        Some(cfg) => {
-            let conn = match rustls::ServerConnection::new(Arc::clone(cfg)) {
-                Ok(c) => rustls::Connection::Server(c),
-                Err(e) => return refuse(None, &format!("TLS setup failed: {e}")),
-            };
-            match Link::tls(tcp, conn) {
-                Ok(link) => link,
-                Err(e) => return refuse(None, &format!("TLS handshake failed: {}", net::tls::explain(&e, false))),
-            }
-        }
-    };
-    let mut first = [0u8; 8 + wire::FRAME_HEADER_LEN];
-    if let Err(e) = std::io::Read::read_exact(&mut &sock, &mut first) {
-        return refuse(None, &format!("no greeting ({e})"));
-    }
-    if first[..8] != MAGIC {
-        // A TLS ClientHello to a plain receiver: answer in our framing, so
-        // the TLS sender fails at once with a protocol error instead of
-        // retrying what looks like a cut connection.
-        let tls_hello = rules.tls.is_none() && first[0] == 0x16 && first[1] == 0x03;
-        let answer = tls_hello.then_some(&sock);
-        return refuse(
-            answer,
-            &format!(
-                "not a sluice sender (first bytes {:?}); a TLS sender needs a receiver with TLS on",
-                String::from_utf8_lossy(&first[..8])
-            ),
-        );
-    }
-    let header: &[u8; wire::FRAME_HEADER_LEN] = first[8..].try_into().expect("8 + FRAME_HEADER_LEN bytes");
-    match wire::FrameHeader::decode(header) {
-        Ok(h) if h.kind == Kind::Hello && h.flags == 0 && h.len == wire::HELLO_LEN => {}
-        Ok(h) => return refuse(Some(&sock), &format!("sent {:?} ({} bytes) instead of a HELLO", h.kind, h.len)),
-        Err(e) => return refuse(Some(&sock), &format!("bad HELLO: {e}")),
-    }
-    let mut body = [0u8; wire::HELLO_LEN as usize];
-    if let Err(e) = std::io::Read::read_exact(&mut &sock, &mut body) {
-        return refuse(None, &format!("incomplete HELLO ({e})"));
-    }
-    let h = wire::FrameHeader { kind: Kind::Hello, flags: 0, len: wire::HELLO_LEN };
-    let hello = match Frame::decode(h, &body) {
-        Ok(Frame::Hello(h)) => h,
-        Ok(_) => return None,
-        Err(e) => return refuse(Some(&sock), &format!("bad HELLO: {e}")),
-    };
-    if !rules.token.matches(&hello.token) {
-        return refuse(Some(&sock), "invalid session token (use the token this receiver printed)");
-    }
-    if let Some(reason) = hello_refusal(&hello, rules.sealed, rules.unfilter) {
-        return refuse(Some(&sock), &reason);
-    }
-    Some(Joined { sock, peer, hello, ticket })
-}
-
-/// The first byte waiting on `tcp`, without consuming it.
-fn first_byte(tcp: &TcpStream) -> Option<u8> {
-    let mut b = [0u8; 1];
-    matches!(tcp.peek(&mut b), Ok(1)).then_some(b[0])
-}
-
-/// Why an authenticated HELLO cannot join, if it cannot.
-pub fn hello_refusal(hello: &Hello, sealed: bool, unfilter: bool) -> Option<String> {
-    if hello.max_version < wire::MIN_PROTOCOL_VERSION || hello.min_version > wire::PROTOCOL_VERSION {
-        return Some(format!(
-            "the sender speaks protocol versions {}..={} and this receiver {}..={}: run the same sluice release on both ends",
-            hello.min_version,
-            hello.max_version,
-            wire::MIN_PROTOCOL_VERSION,
-            wire::PROTOCOL_VERSION
-        ));
-    }
-    if hello.capabilities & !caps::SUPPORTED != 0 {
-        return Some(format!("capabilities {:#x} are not supported by this receiver", hello.capabilities));
-    }
-    match (sealed, hello.capabilities & caps::SEAL_AES256GCM != 0) {
-        (true, false) => return Some("this receiver requires sealed transfers: give the sender the same sealing key".into()),
-        (false, true) => return Some("the sender seals its data but this receiver has no sealing key".into()),
-        _ => {}
-    }
-    if hello.capabilities & caps::EXTERNAL_FILTER != 0 && !unfilter {
-        return Some(
-            "the sender filters its data through an external command and this receiver has no command to undo it (SST: set decompressor in [sst])"
-                .into(),
-        );
-    }
-    None
-}
-
 /// Manifest, data, end, verification and sync; returns (entries, files, bytes).
 fn receive_session(
-    streams: &[Joined],
+    slots: &[Arc<Slot>],
     cfg: &ReceiveConfig,
     method: backend::Method,
     dest: &Path,
-    session: Option<&SessionKey>,
+    (session, granted): (Option<&SessionKey>, u64),
+    resumption: Option<&Resumption>,
     verdict: &Verdict<'_>,
 ) -> Result<(u64, u64, u64, u64)> {
-    for j in streams {
-        net::configure(j.sock.tcp(), cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
-        cfg.sockopt.apply(j.sock.tcp()).map_err(|e| Error::io("applying socket options", e))?;
+    for s in slots {
+        let link = s.link();
+        net::configure(link.tcp(), cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
+        cfg.sockopt.apply(link.tcp()).map_err(|e| Error::io("applying socket options", e))?;
     }
-    let (s0, peer) = (&streams[0].sock, streams[0].peer.as_str());
-    // One opener per stream; stream 0's serves the manifest, its stream
-    // thread and END in turn.
-    let openers: Vec<std::sync::Mutex<Option<Sealer>>> = (0..streams.len())
-        .map(|i| std::sync::Mutex::new(session.map(|k| Sealer::new(k.clone(), Direction::ToReceiver, i as u16))))
-        .collect();
+    let (s0, peer) = (slots[0].link(), slots[0].peer.as_str());
+    // One opener per stream; stream 0's serves the manifest, then its
+    // stream thread (which reads END too).
+    let openers: Vec<std::sync::Mutex<Option<Sealer>>> =
+        (0..slots.len()).map(|i| std::sync::Mutex::new(session.map(|k| Sealer::new(k.clone(), Direction::ToReceiver, i as u16)))).collect();
     let lock = |i: usize| openers[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (entries, data_bytes) = read_manifest(s0, peer, lock(0).as_mut(), cfg.max_entries)?;
-    let streamed = streams[0].hello.capabilities & caps::STREAMED != 0;
+    let (entries, data_bytes) = read_manifest(&s0, peer, lock(0).as_mut(), cfg.max_entries)?;
+    let caps0 = granted;
+    let streamed = caps0 & caps::STREAMED != 0;
     if streamed && !entries.is_empty() {
         return Err(Error::peer(peer, "sent a manifest in a streamed session"));
     }
     let progress = cfg.progress.clone().unwrap_or_default();
     progress.set_total(data_bytes);
     // Compressed, sealed or TLS blocks go through user memory anyway.
-    let plain = streams[0].hello.capabilities & !caps::STREAMED == 0 && !streams[0].sock.is_tls();
+    let plain = caps0 & !(caps::STREAMED | caps::RESUME) == 0 && !s0.is_tls();
     let method = if plain { method } else { backend::Method::Copy };
     let entries = Arc::new(entries);
     let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
@@ -665,11 +512,25 @@ fn receive_session(
     let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest { entries: &entries, tally: &tally } };
     let abort = Abort::default();
     let results = pipeline::run_streams(
-        streams,
+        slots,
         &abort,
-        |i, j| {
-            StreamCtx { j, unfilter: cfg.unfilter.clone(), files: &files, sink: &sink, abort: &abort, progress: &progress, method }
-                .run(lock(i).as_mut())
+        |i, slot| {
+            let ctx = StreamCtx {
+                slot,
+                granted: caps0,
+                unfilter: cfg.unfilter.clone(),
+                files: &files,
+                sink: &sink,
+                abort: &abort,
+                progress: &progress,
+                method,
+                resumption,
+                idle: cfg.idle_timeout,
+            };
+            let seal = lock(i).take();
+            let (r, opener) = ctx.run(seal);
+            slot.finish(opener, resumption);
+            r
         },
         // Tell the sender at once: it stops its streams, and the other
         // threads here see them end. (No shutdown(Read): closing unread
@@ -681,11 +542,10 @@ fn receive_session(
     let per_stream = pipeline::collect(results)?;
     let frames: u64 = per_stream.iter().map(|r| r.0).sum();
     let bytes: u64 = per_stream.iter().map(|r| r.1).sum();
-    let leftover0 = per_stream.into_iter().next().map(|r| r.2).unwrap_or_default();
+    let end = per_stream.first().and_then(|r| r.2);
     let (count, expected_bytes) = if streamed { catalog.check_complete()? } else { (entries.len() as u64, data_bytes) };
-    // Stream 0's reader may have read END ahead together with STREAM_END.
-    match net::read_frame(std::io::Read::chain(&leftover0[..], s0), peer, "before END", lock(0).as_mut())? {
-        Frame::End { entries: n, data_bytes: b, frames: f } => {
+    match end {
+        Some((n, b, f)) => {
             if n != count || b != bytes || f != frames || b != expected_bytes {
                 return Err(Error::peer(
                     peer,
@@ -695,7 +555,7 @@ fn receive_session(
                 ));
             }
         }
-        other => return Err(Error::peer(peer, format!("sent {:?} where END was expected", other.kind()))),
+        None => return Err(Error::peer(peer, "ended stream 0 without END")),
     }
     if let Some((id, got, want)) = tally.incomplete().first() {
         return Err(Error::Verify {
@@ -793,27 +653,107 @@ fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>, max_ent
 }
 
 struct StreamCtx<'a> {
-    j: &'a Joined,
+    slot: &'a Slot,
+    granted: u64,
     unfilter: Option<String>,
     files: &'a Files<'a>,
     sink: &'a Sink,
     abort: &'a Abort,
     progress: &'a Progress,
     method: backend::Method,
+    resumption: Option<&'a Resumption>,
+    idle: Duration,
+}
+
+/// What a stream carried: DATA frames, data bytes, and (stream 0) END's
+/// totals (entries, data bytes, frames).
+type Streamed = (u64, u64, Option<(u64, u64, u64)>);
+
+/// A stream's progress, which survives its connections.
+#[derive(Default)]
+struct Tally {
+    next_seq: u32,
+    /// DATA frames and their data bytes (for STREAM_END).
+    frames: u64,
+    bytes: u64,
+    /// Every frame processed since the manifest (what ACK counts).
+    processed: u64,
+    /// When and at what count the last ACK went out, and the data bytes
+    /// since.
+    acked: (u64, u64, Option<Instant>),
+    /// STREAM_END arrived (stream 0 reads on, up to END).
+    ended: bool,
 }
 
 impl StreamCtx<'_> {
-    /// Handles DATA and FILE_DONE frames until STREAM_END; returns (frames,
-    /// bytes, bytes read ahead past STREAM_END).
-    fn run(&self, mut seal: Option<&mut Sealer>) -> Result<(u64, u64, Vec<u8>)> {
-        let (sock, peer) = (&self.j.sock, self.j.peer.as_str());
-        let index = self.j.hello.stream_index;
+    /// Handles the frames of this stream until STREAM_END (stream 0: until
+    /// END), across reconnections in a resumable session; returns (frames,
+    /// bytes, stream 0's END totals).
+    fn run(&self, mut seal: Option<Sealer>) -> (Result<Streamed>, Option<Sealer>) {
+        let r = self.run_all(&mut seal);
+        (r, seal)
+    }
+
+    fn run_all(&self, seal: &mut Option<Sealer>) -> Result<Streamed> {
+        let index = self.slot.index;
+        let mut t = Tally::default();
+        loop {
+            let link = self.slot.link();
+            let failure = match self.run_on(&link, seal, &mut t) {
+                Ok(end) => return Ok((t.frames, t.bytes, end)),
+                Err(e @ Error::Broken { .. }) if self.resumption.is_some() && !self.abort.is_set() => e,
+                Err(e) => return Err(e),
+            };
+            let res = self.resumption.expect("checked above");
+            tracing::warn!(stream = index, "stream {index} broke ({failure}); waiting up to {:?} for the sender to reconnect", res.window);
+            let waiting = self.progress.resuming();
+            let rejoined = self.slot.await_rejoin(Instant::now() + res.window, self.abort);
+            drop(waiting);
+            let Some((j, generation)) = rejoined else {
+                if self.abort.is_set() {
+                    return Err(Abort::error());
+                }
+                return Err(Error::broken(
+                    &self.slot.peer,
+                    format!(
+                        "stream {index} broke ({failure}) and the sender did not reconnect within the resume window of {:?}",
+                        res.window
+                    ),
+                ));
+            };
+            net::configure(j.sock.tcp(), self.idle).map_err(|e| Error::io("configuring a socket", e))?;
+            *seal = self.slot.answer(j, generation, res)?;
+            t.acked = (t.processed, 0, Some(Instant::now()));
+        }
+    }
+
+    /// One frame processed: counts it and, in a resumable session, tells
+    /// the sender now and then (always when `now`).
+    fn processed(&self, t: &mut Tally, data: u64, now: bool) {
+        t.processed += 1;
+        if self.resumption.is_none() {
+            return;
+        }
+        t.acked.1 += data;
+        let due = now
+            || t.processed - t.acked.0 >= crate::resume::ACK_FRAMES
+            || t.acked.1 >= crate::resume::ACK_BYTES
+            || t.acked.2.is_none_or(|at| at.elapsed() >= crate::resume::ACK_INTERVAL);
+        self.slot.processed(t.processed, due);
+        if due {
+            t.acked = (t.processed, 0, Some(Instant::now()));
+        }
+    }
+
+    /// Reads and handles frames from `link` until this stream's end (`Ok`)
+    /// or a failure.
+    fn run_on(&self, link: &Link, seal: &mut Option<Sealer>, t: &mut Tally) -> Result<Option<(u64, u64, u64)>> {
+        let (sock, peer) = (link, self.slot.peer.as_str());
+        let index = self.slot.index;
         let mut io = StreamIo::new(self.method, wire::MAX_PAYLOAD).map_err(|e| Error::io("setting up receive I/O", e))?;
         let mut inbound = io.inbound(sock);
         let mut decoder = Decoder::with_external(self.unfilter.clone());
-        let granted = self.j.hello.capabilities;
-        let mut next_seq = 0u32;
-        let (mut frames, mut bytes) = (0u64, 0u64);
+        let granted = self.granted;
         let what = format!("on stream {index} before its end");
         loop {
             if self.abort.is_set() {
@@ -824,16 +764,18 @@ impl StreamCtx<'_> {
                 r => r?,
             };
             if h.kind == Kind::Data {
+                if t.ended {
+                    return Err(Error::peer(peer, format!("sent data on stream {index} after its end")));
+                }
                 let (d, wire_len) = net::read_data_header(&mut inbound, peer, h)?;
                 let len = d.raw_len;
                 let target = self.target(d.file_id, d.offset, len, peer)?;
-                if d.seq != next_seq {
+                if d.seq != t.next_seq {
                     return Err(Error::peer(
                         peer,
-                        format!("stream {index} sent block {} where block {next_seq} was due (replayed or lost)", d.seq),
+                        format!("stream {index} sent block {} where block {} was due (replayed or lost)", d.seq, t.next_seq),
                     ));
                 }
-                next_seq = next_seq.wrapping_add(1);
                 let flag = h.flags & data_flags::COMPRESSED;
                 let needed = match flag {
                     data_flags::LZ4 => caps::COMPRESS_LZ4,
@@ -852,7 +794,7 @@ impl StreamCtx<'_> {
                     // The associated data: this frame's header and DATA header, re-encoded
                     // (decoding checked that the reserved fields are zero, so it is exact).
                     let aad = d.encode_prefix(wire_len, h.flags);
-                    let open = seal.as_deref_mut().map(|s| (s, &aad[..]));
+                    let open = seal.as_mut().map(|s| (s, &aad[..]));
                     io.receive_transformed(
                         &mut inbound,
                         &file.file,
@@ -866,11 +808,11 @@ impl StreamCtx<'_> {
                     )
                 };
                 let sum = received.map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::WouldBlock
-                    | std::io::ErrorKind::TimedOut => {
-                        Error::peer(peer, format!("stream {index} broke while receiving {}: {e}", target.display_path()))
+                    _ if net::is_break(&e) => {
+                        Error::broken(peer, format!("stream {index} broke while receiving {}: {e}", target.display_path()))
+                    }
+                    std::io::ErrorKind::UnexpectedEof => {
+                        Error::broken(peer, format!("stream {index} closed while receiving {}: {e}", target.display_path()))
                     }
                     std::io::ErrorKind::InvalidData => {
                         Error::Verify { path: target.display_path(), reason: format!("block at offset {}: {e}", d.offset) }
@@ -883,8 +825,9 @@ impl StreamCtx<'_> {
                         reason: format!("checksum mismatch in the block at offset {} ({len} bytes)", d.offset),
                     });
                 }
-                frames += 1;
-                bytes += u64::from(len);
+                t.next_seq = t.next_seq.wrapping_add(1);
+                t.frames += 1;
+                t.bytes += u64::from(len);
                 self.progress.add(u64::from(len));
                 self.progress.add_wire(u64::from(wire_len));
                 match (&target, self.files) {
@@ -894,9 +837,15 @@ impl StreamCtx<'_> {
                     (Target::Streamed(f, _), Files::Streamed(catalog)) => catalog.record_block(f, d.file_id, d.offset, len, sum)?,
                     _ => unreachable!("a target comes from its session's file table"),
                 }
+                self.processed(t, u64::from(len), false);
                 continue;
             }
-            match (net::read_body(&mut inbound, peer, h, seal.as_deref_mut())?, self.files) {
+            match (net::read_body(&mut inbound, peer, h, seal.as_mut())?, self.files) {
+                (Frame::End { entries, data_bytes, frames }, _) if t.ended && index == 0 => {
+                    self.processed(t, 0, true);
+                    return Ok(Some((entries, data_bytes, frames)));
+                }
+                (_, _) if t.ended => return Err(Error::peer(peer, format!("sent a frame on stream {index} after its end"))),
                 (Frame::FileDone { file_id, digest }, Files::Manifest { entries, tally }) => {
                     let entry = entries
                         .get(file_id as usize)
@@ -909,18 +858,24 @@ impl StreamCtx<'_> {
                     let f = catalog.get(file_id, peer)?;
                     catalog.record_end(&f, size, data_bytes, digest)?;
                 }
-                (Frame::Abort { reason }, Files::Streamed(_)) => return Err(Error::SenderFailed(reason)),
+                (Frame::Abort { reason }, _) => return Err(Error::SenderFailed(reason)),
                 (Frame::StreamEnd { frames: f, bytes: b }, _) => {
-                    if (f, b) != (frames, bytes) {
+                    if (f, b) != (t.frames, t.bytes) {
                         return Err(Error::peer(
                             peer,
-                            format!("stream {index} ended claiming {f} frames / {b} bytes, but {frames} / {bytes} arrived"),
+                            format!("stream {index} ended claiming {f} frames / {b} bytes, but {} / {} arrived", t.frames, t.bytes),
                         ));
                     }
-                    return Ok((frames, bytes, inbound.into_leftover()));
+                    t.ended = true;
+                    self.processed(t, 0, true);
+                    if index != 0 {
+                        return Ok(None);
+                    }
+                    continue;
                 }
                 (other, _) => return Err(Error::peer(peer, format!("sent {:?} in the middle of the data", other.kind()))),
             }
+            self.processed(t, 0, false);
         }
     }
 

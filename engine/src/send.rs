@@ -18,14 +18,16 @@ use crossbeam_channel::{Receiver as Rx, RecvTimeoutError, bounded, unbounded};
 use crate::backend::{self, IoMode, StreamIo};
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
+use crate::lane::{self, Hail, Heard, Lane, Replay, Resumer};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::pipeline::{self, Abort};
 use crate::plan::{Entry, Schedule, SendTally};
 use crate::progress::Progress;
+use crate::resume::{Budget, RejoinKey};
 use crate::source::{self, SourceTree};
 use crate::throttle::Throttle;
-use crate::wire::{self, DataHeader, Frame, Hello, MAGIC};
+use crate::wire::{self, DataHeader, Frame};
 use crate::{Error, Result, Summary};
 
 /// How to send.
@@ -56,6 +58,12 @@ pub struct SendConfig {
     pub tls: TlsOptions,
     /// Shared byte counters, if the caller wants to report progress.
     pub progress: Option<Arc<Progress>>,
+    /// How long a broken stream keeps trying to reconnect (0: not at all;
+    /// the receiver must allow it too).
+    pub resume_window: Duration,
+    /// Most bytes of a streamed source kept for resending until the
+    /// receiver acknowledges them (all streams together).
+    pub replay_budget: u64,
 }
 
 /// How far ahead of each block the sender asks the kernel to read.
@@ -81,6 +89,8 @@ impl Default for SendConfig {
             filter: None,
             tls: TlsOptions::default(),
             progress: None,
+            resume_window: crate::resume::DEFAULT_WINDOW,
+            replay_budget: crate::resume::DEFAULT_REPLAY_BUDGET,
         }
     }
 }
@@ -99,123 +109,167 @@ fn validate(cfg: &SendConfig) -> Result<()> {
     Ok(())
 }
 
-/// The connected streams of one session, the receiver's verdict listener
-/// and the per-stream sealers.
+/// The connected streams of one session, the readers of what the
+/// receiver says, and the per-stream sealers.
 struct Session {
-    socks: Vec<Arc<Link>>,
+    lanes: Arc<Vec<Arc<Lane>>>,
     peer: String,
     sealers: Vec<std::sync::Mutex<Option<Sealer>>>,
     abort: Arc<Abort>,
     verdict: Rx<Heard>,
-    listener: std::thread::JoinHandle<()>,
+    verdict_tx: crossbeam_channel::Sender<Heard>,
+    readers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Longest silence after END before the verdict (KEEPALIVEs reset it).
     verdict_wait: Duration,
-}
-
-/// What the receiver said on stream 0.
-enum Heard {
-    /// KEEPALIVE: still verifying or syncing.
-    Alive,
-    Verdict(Result<(bool, String)>),
+    /// Set when the receiver granted RESUME.
+    resume: Option<Arc<Resumer>>,
 }
 
 impl Session {
-    /// Connects and handshakes every stream, then listens for the verdict.
+    /// Connects and handshakes every stream, then starts the readers.
     fn open(addr: &str, token: &Token, cfg: &SendConfig, streamed: bool) -> Result<Self> {
         // Certificate problems surface before any connection is made.
         let tls = if cfg.tls.enabled() { Some((cfg.tls.client_config()?, cfg.tls.server_name(addr)?)) } else { None };
         let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
-        let mut socks = Vec::with_capacity(usize::from(cfg.streams));
-        let mut nonce = None;
+        let hail = Hail {
+            token: token.clone(),
+            salt,
+            streams: cfg.streams,
+            caps: capabilities(cfg, streamed),
+            connect_timeout: cfg.connect_timeout,
+            idle: cfg.idle_timeout,
+            sockopt: cfg.sockopt,
+            tls,
+        };
+        let mut lanes = Vec::with_capacity(usize::from(cfg.streams));
+        let mut welcome: Option<lane::Welcome> = None;
         for i in 0..cfg.streams {
-            let (sock, n) = handshake(addr, &Hail { token, salt, index: i, cfg, streamed, tls: tls.as_ref() })?;
-            if *nonce.get_or_insert(n) != n {
+            let (sock, w) = lane::handshake(addr, &hail, i)?;
+            let first = *welcome.get_or_insert(w);
+            if (first.nonce, first.secret, first.caps) != (w.nonce, w.secret, w.caps) {
                 return Err(Error::peer(
                     addr,
                     "answered with different session nonces on different streams (is more than one receiver behind this address?)",
                 ));
             }
-            socks.push(Arc::new(sock));
+            lanes.push(Arc::new(Lane::new(i, sock)));
         }
-        let nonce = nonce.expect("at least one stream");
-        let peer = net::peer_name(socks[0].tcp());
+        let welcome = welcome.expect("at least one stream");
+        let lanes = Arc::new(lanes);
+        let peer = net::peer_name(lanes[0].link().tcp());
+        let granted = Hail { caps: welcome.caps, ..hail };
+        let resume = (welcome.caps & wire::caps::RESUME != 0).then(|| {
+            let material = cfg.seal_key.as_ref().map(|k| k.material("sluice rejoin"));
+            Arc::new(Resumer {
+                addr: addr.to_string(),
+                key: RejoinKey::derive(&welcome.secret, &salt, &welcome.nonce, token.as_bytes(), material.as_ref()),
+                hail: granted.clone(),
+                nonce: welcome.nonce,
+                seal: cfg.seal_key.clone(),
+                window: cfg.resume_window,
+                budget: Budget::new(cfg.replay_budget),
+            })
+        });
+        if resume.is_none() && !cfg.resume_window.is_zero() {
+            tracing::info!("the receiver does not resume broken streams (its resume window is 0)");
+        }
         // One sealer per stream and direction; stream 0's serves the
         // manifest, its stream thread and END in turn. The key is bound to
         // both ends' randomness, the token and what was agreed.
         let session = cfg.seal_key.as_ref().map(|k| {
             k.session(&Binding {
                 sender_salt: &salt,
-                receiver_nonce: &nonce,
+                receiver_nonce: &welcome.nonce,
                 token: token.as_bytes(),
-                capabilities: capabilities(cfg, streamed),
+                capabilities: welcome.caps,
                 streams: cfg.streams,
             })
         });
         let sealers =
             (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect();
-        let mut verdict_opener = session.map(|k| Sealer::new(k, Direction::ToSender, 0));
-        // The receiver speaks on stream 0 only: KEEPALIVEs after END, and
-        // its verdict, possibly early. A failed verdict stops the streams
-        // at once, instead of letting them send the rest into a receiver
-        // that has given up. (The wait is bounded in `finish`.)
+        // The receiver speaks on stream 0: KEEPALIVEs after END, and its
+        // verdict, possibly early; in a resumable session it acknowledges
+        // on every stream. A failed verdict stops the streams at once,
+        // instead of letting them send the rest into a receiver that has
+        // given up. (The wait is bounded in `finish`.)
         let abort = Arc::new(Abort::default());
         let (verdict_tx, verdict) = unbounded();
-        let (control, all) = (Arc::clone(&socks[0]), socks.clone());
-        let (control_peer, stop) = (peer.clone(), Arc::clone(&abort));
-        let listener = std::thread::Builder::new()
-            .name("sluice-verdict".into())
-            .spawn(move || {
-                let _ = control.tcp().set_read_timeout(None);
-                let v = loop {
-                    match net::read_frame(&*control, &control_peer, "before its verdict", verdict_opener.as_mut()) {
-                        Ok(Frame::Keepalive) => {
-                            let _ = verdict_tx.send(Heard::Alive);
-                        }
-                        Ok(Frame::Verdict { ok, reason }) => break Ok((ok, reason)),
-                        Ok(other) => break Err(Error::peer(&control_peer, format!("sent {:?} instead of a verdict", other.kind()))),
-                        Err(e) => break Err(e),
-                    }
-                };
-                if matches!(v, Ok((false, _))) && stop.trip() {
-                    for s in &all {
-                        s.shutdown(Shutdown::Write);
-                    }
-                }
-                let _ = verdict_tx.send(Heard::Verdict(v));
-            })
-            .map_err(|e| Error::io("spawning a thread", e))?;
+        let mut readers = Vec::new();
+        let listened = if resume.is_some() { lanes.len() } else { 1 };
+        for i in 0..listened {
+            let opener = session.clone().map(|k| Sealer::new(k, Direction::ToSender, i as u16));
+            let tx = (i == 0).then(|| verdict_tx.clone());
+            readers.push(lane::spawn_reader(&lanes, i, opener, peer.clone(), tx, resume.clone(), Arc::clone(&abort))?);
+        }
         let verdict_wait = if cfg.idle_timeout.is_zero() { Duration::from_secs(120) } else { cfg.idle_timeout };
-        Ok(Self { socks, peer, sealers, abort, verdict, listener, verdict_wait })
+        Ok(Self { lanes, peer, sealers, abort, verdict, verdict_tx, readers: std::sync::Mutex::new(readers), verdict_wait, resume })
     }
 
     /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
-    fn run_streams<T: Send>(&self, work: impl Fn(usize, &Link, Option<&mut Sealer>) -> Result<T> + Sync) -> Vec<Result<T>> {
+    fn run_streams<T: Send>(&self, work: impl Fn(usize, &Lane, &mut Option<Sealer>) -> Result<T> + Sync) -> Vec<Result<T>> {
         pipeline::run_streams(
-            &self.socks,
+            &self.lanes[..],
             &self.abort,
-            |index, sock| work(index, sock, lock(&self.sealers[index]).as_mut()),
+            |index, lane| work(index, lane, &mut lock(&self.sealers[index])),
             // Wake writers blocked on a slow receiver; keep the read side
             // open so the receiver's verdict can still arrive.
             |_| {
-                for s in &self.socks {
-                    s.shutdown(Shutdown::Write);
+                for l in self.lanes.iter() {
+                    l.link().shutdown(Shutdown::Write);
                 }
             },
         )
     }
 
+    /// Gives `lane` a new connection after `why` broke the last one, and
+    /// starts its reader; returns the receiver's count of processed frames
+    /// (the caller sends again what follows).
+    fn reconnect(&self, lane: &Lane, seal: &mut Option<Sealer>, why: &str) -> Result<u64> {
+        let Some(resume) = &self.resume else { unreachable!("only resumable sessions reconnect") };
+        let deadline = Instant::now() + resume.window;
+        tracing::warn!(stream = lane.index, "stream {} broke ({why}); reconnecting (resume window {:?})", lane.index, resume.window);
+        let (frames, writer, opener) = resume.reconnect(lane, deadline, why, &self.abort)?;
+        *seal = writer;
+        let tx = (lane.index == 0).then(|| self.verdict_tx.clone());
+        let reader = lane::spawn_reader(
+            &self.lanes,
+            usize::from(lane.index),
+            opener,
+            self.peer.clone(),
+            tx,
+            self.resume.clone(),
+            Arc::clone(&self.abort),
+        )?;
+        lock_vec(&self.readers).push(reader);
+        Ok(frames)
+    }
+
     /// END, the verdict, and teardown; returns the data bytes sent.
-    fn close(self, entries: u64, results: Vec<Result<(u64, u64)>>) -> Result<u64> {
-        let outcome =
-            finish(&self.socks, &self.peer, entries, results, (&self.verdict, self.verdict_wait), lock(&self.sealers[0]).as_mut());
+    fn close(
+        &self,
+        entries: u64,
+        results: Vec<Result<(u64, u64)>>,
+        resend: &dyn Fn(&Lane, &mut Option<Sealer>) -> Result<()>,
+    ) -> Result<u64> {
+        let outcome = finish(self, entries, results, resend);
         if outcome.is_err() {
-            for s in &self.socks {
-                s.shutdown(Shutdown::Both);
+            for l in self.lanes.iter() {
+                l.link().shutdown(Shutdown::Both);
             }
         }
-        let _ = self.listener.join();
+        // Readers end when their connection does.
+        for l in self.lanes.iter() {
+            l.link().shutdown(Shutdown::Both);
+        }
+        for r in lock_vec(&self.readers).drain(..) {
+            let _ = r.join();
+        }
         outcome
     }
+}
+
+fn lock_vec<T>(m: &std::sync::Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends `roots` to the receiver at `addr`, authenticating with `token`.
@@ -259,19 +313,30 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, false)?;
-    send_manifest(&session.socks[0], &session.peer, &tree.entries, tree.data_bytes(), lock(&session.sealers[0]).as_mut())?;
+    send_manifest(&session.lanes[0].link(), &session.peer, &tree.entries, tree.data_bytes(), lock(&session.sealers[0]).as_mut())?;
 
     let schedule = Schedule::new(&tree.entries, cfg.block_size);
     let tally = SendTally::new(&tree.entries, cfg.block_size);
-    let results = session.run_streams(|index, sock, seal| {
-        let ctx =
-            StreamCtx { sock, peer: &session.peer, abort: &session.abort, cfg, index, throttle: throttle.as_ref(), progress: &progress };
-        ctx.run_tree(method, tree, &schedule, &tally, seal)
+    let throttle = throttle.as_ref();
+    let results = session.run_streams(|_, lane, seal| {
+        let ctx = StreamCtx { lane, session: &session, cfg, throttle, progress: &progress, tree: Some(tree) };
+        ctx.run_tree(method, &schedule, &tally, seal).inspect_err(|e| ctx.give_up(e, seal))
     });
-    let bytes = session.close(tree.entries.len() as u64, results)?;
+    let resend = |lane: &Lane, seal: &mut Option<Sealer>| {
+        StreamCtx { lane, session: &session, cfg, throttle, progress: &progress, tree: Some(tree) }
+            .resume_after(seal, "the connection broke")
+    };
+    let bytes = session.close(tree.entries.len() as u64, results, &resend)?;
     let files = tree.entries.iter().filter(|e| e.kind == crate::plan::EntryKind::File).count() as u64;
     let wire_bytes = progress.snapshot().wire;
-    Ok(Summary { entries: tree.entries.len() as u64, files, bytes, wire_bytes, elapsed: started.elapsed() })
+    Ok(Summary {
+        entries: tree.entries.len() as u64,
+        files,
+        bytes,
+        wire_bytes,
+        resent: progress.snapshot().resent,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Sends files that `produce` discovers as it goes (a backup stream, say)
@@ -290,7 +355,7 @@ where
     let progress = cfg.progress.clone().unwrap_or_default();
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, true)?;
-    send_manifest(&session.socks[0], &session.peer, &[], 0, lock(&session.sealers[0]).as_mut())?;
+    send_manifest(&session.lanes[0].link(), &session.peer, &[], 0, lock(&session.sealers[0]).as_mut())?;
     // A few blocks per stream in flight: enough to keep every stream busy,
     // little enough memory.
     let (tx, rx) = bounded::<Item>(usize::from(cfg.streams) * 4);
@@ -307,32 +372,35 @@ where
             }
             r
         });
-        let results = session.run_streams(|index, sock, seal| {
-            let ctx = StreamCtx {
-                sock,
-                peer: &session.peer,
-                abort: &session.abort,
-                cfg,
-                index,
-                throttle: throttle.as_ref(),
-                progress: &progress,
-            };
-            ctx.run_items(&rx, failure, seal)
+        let results = session.run_streams(|_, lane, seal| {
+            let ctx = StreamCtx { lane, session: &session, cfg, throttle: throttle.as_ref(), progress: &progress, tree: None };
+            ctx.run_items(&rx, failure, seal).inspect_err(|e| ctx.give_up(e, seal))
         });
         // If every stream failed, the producer must not wait on a full queue.
         drop(rx);
         (results, producer.join().unwrap_or_else(|_| Err(Error::Aborted("the stream producer panicked".into()))))
     });
+    let resend = |lane: &Lane, seal: &mut Option<Sealer>| {
+        StreamCtx { lane, session: &session, cfg, throttle: throttle.as_ref(), progress: &progress, tree: None }
+            .resume_after(seal, "the connection broke")
+    };
     let (files, data_bytes) = match produced {
         Ok(totals) => totals,
         Err(e) => {
-            let _ = session.close(0, vec![Err(Abort::error())]);
+            let _ = session.close(0, vec![Err(Abort::error())], &resend);
             return Err(e);
         }
     };
-    let bytes = session.close(files, results)?;
+    let bytes = session.close(files, results, &resend)?;
     debug_assert_eq!(bytes, data_bytes);
-    Ok(Summary { entries: files, files, bytes, wire_bytes: progress.snapshot().wire, elapsed: started.elapsed() })
+    Ok(Summary {
+        entries: files,
+        files,
+        bytes,
+        wire_bytes: progress.snapshot().wire,
+        resent: progress.snapshot().resent,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// One unit of work for a streamed session's sender streams.
@@ -468,131 +536,13 @@ fn capabilities(cfg: &SendConfig, streamed: bool) -> u64 {
         | if cfg.seal_key.is_some() { wire::caps::SEAL_AES256GCM } else { 0 }
         | if streamed { wire::caps::STREAMED } else { 0 }
         | if cfg.filter.is_some() { wire::caps::EXTERNAL_FILTER } else { 0 }
+        | if cfg.resume_window.is_zero() { 0 } else { wire::caps::RESUME }
 }
 
 /// Locks a stream's sealer slot (a poisoned lock only means a stream thread
 /// panicked, which fails the session anyway).
 fn lock(m: &std::sync::Mutex<Option<Sealer>>) -> std::sync::MutexGuard<'_, Option<Sealer>> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Connects stream `index` and handshakes it; returns the link and the
-/// receiver's session nonce. A connection that the receiver closes or
-/// resets before WELCOME (its admission evicted us to make room, or it was
-/// still busy) is retried until `connect_timeout` has passed; a REJECT is
-/// final.
-fn handshake(addr: &str, h: &Hail<'_>) -> Result<(Link, [u8; 16])> {
-    let (cfg, tls, index) = (h.cfg, h.tls, h.index);
-    let deadline = Instant::now() + cfg.connect_timeout;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        let tcp = net::connect(addr, left, &cfg.sockopt)?;
-        net::configure(&tcp, cfg.idle_timeout).map_err(|e| Error::io("configuring the socket", e))?;
-        let peer = net::peer_name(&tcp);
-        match attempt(tcp, &peer, h) {
-            Ok(done) => return Ok(done),
-            Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Closed(e)) if Instant::now() + pause >= deadline => {
-                let tls_hint = if tls.is_some() { "" } else { ", or a receiver that requires TLS" };
-                return Err(Error::Rejected(format!(
-                    "{peer} kept closing the connection during the handshake for {:?} ({e}); wrong token{tls_hint}, or its session already started?",
-                    cfg.connect_timeout
-                )));
-            }
-            Err(Attempt::Closed(e)) => {
-                tracing::debug!(peer = %peer, stream = index, "handshake cut ({e}); retrying");
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-/// What a stream says in its HELLO, and how it connects.
-#[derive(Clone, Copy)]
-struct Hail<'a> {
-    token: &'a Token,
-    salt: [u8; 16],
-    index: u16,
-    cfg: &'a SendConfig,
-    streamed: bool,
-    tls: Option<&'a (Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
-}
-
-/// How one handshake attempt failed.
-enum Attempt {
-    /// Closed or reset before WELCOME: worth another try.
-    Closed(std::io::Error),
-    Fatal(Error),
-}
-
-fn closed_early(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-    matches!(e.kind(), UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe)
-        && !e.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<rustls::Error>)
-}
-
-fn attempt(tcp: std::net::TcpStream, peer: &str, h: &Hail<'_>) -> std::result::Result<(Link, [u8; 16]), Attempt> {
-    let Hail { token, salt, index, cfg, streamed, tls } = *h;
-    let sock = match tls {
-        None => Link::plain(tcp),
-        Some((config, name)) => {
-            let conn = rustls::ClientConnection::new(Arc::clone(config), name.clone())
-                .map_err(|e| Attempt::Fatal(Error::peer(peer, format!("TLS setup failed: {e}"))))?;
-            Link::tls(tcp, rustls::Connection::Client(conn)).map_err(|e| {
-                if closed_early(&e) {
-                    Attempt::Closed(e)
-                } else {
-                    Attempt::Fatal(Error::peer(peer, format!("TLS handshake failed: {}", net::tls::explain(&e, true))))
-                }
-            })?
-        }
-    };
-    let mut buf = MAGIC.to_vec();
-    Frame::Hello(Hello {
-        min_version: wire::MIN_PROTOCOL_VERSION,
-        max_version: wire::PROTOCOL_VERSION,
-        stream_index: index,
-        stream_count: cfg.streams,
-        capabilities: capabilities(cfg, streamed),
-        token: *token.as_bytes(),
-        session_salt: salt,
-    })
-    .encode(&mut buf);
-    std::io::Write::write_all(&mut &sock, &buf).map_err(|e| {
-        if closed_early(&e) { Attempt::Closed(e) } else { Attempt::Fatal(Error::peer(peer, format!("sending HELLO failed: {e}"))) }
-    })?;
-    let mut h = [0u8; wire::FRAME_HEADER_LEN];
-    std::io::Read::read_exact(&mut &sock, &mut h)
-        .map_err(|e| if closed_early(&e) { Attempt::Closed(e) } else { Attempt::Fatal(net::read_err(peer, "during the handshake", &e)) })?;
-    let fatal = Attempt::Fatal;
-    let h = match wire::FrameHeader::decode(&h) {
-        Ok(h) => h,
-        Err(_) if !sock.is_tls() => {
-            return Err(fatal(Error::Rejected(format!("{peer} answered in a foreign protocol: does it require TLS?"))));
-        }
-        Err(source) => return Err(fatal(Error::Wire { peer: peer.into(), source })),
-    };
-    match net::read_body(&sock, peer, h, None).map_err(fatal)? {
-        Frame::Welcome { version, capabilities, nonce } => {
-            let wanted = self::capabilities(cfg, streamed);
-            if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || capabilities != wanted {
-                return Err(fatal(Error::peer(
-                    peer,
-                    format!("chose protocol {version} with capabilities {capabilities:#x}, which this build did not offer"),
-                )));
-            }
-            Ok((sock, nonce))
-        }
-        Frame::Reject { reason } if reason.contains("protocol version") => Err(fatal(Error::Rejected(format!(
-            "{reason} (this sender speaks {}..={})",
-            wire::MIN_PROTOCOL_VERSION,
-            wire::PROTOCOL_VERSION
-        )))),
-        Frame::Reject { reason } => Err(fatal(Error::Rejected(reason))),
-        other => Err(fatal(Error::peer(peer, format!("answered HELLO with {:?}", other.kind())))),
-    }
 }
 
 fn send_manifest(sock: &Link, peer: &str, entries: &[Entry], data_bytes: u64, mut seal: Option<&mut Sealer>) -> Result<()> {
@@ -621,13 +571,14 @@ fn send_manifest(sock: &Link, peer: &str, entries: &[Entry], data_bytes: u64, mu
 }
 
 struct StreamCtx<'a> {
-    sock: &'a Link,
-    peer: &'a str,
-    abort: &'a Abort,
+    lane: &'a Lane,
+    session: &'a Session,
     cfg: &'a SendConfig,
-    index: usize,
     throttle: Option<&'a Throttle>,
     progress: &'a Progress,
+    /// The tree a tree session reads its blocks from (again, after a
+    /// reconnection).
+    tree: Option<&'a SourceTree>,
 }
 
 impl StreamCtx<'_> {
@@ -638,23 +589,177 @@ impl StreamCtx<'_> {
         }
     }
 
-    /// Sends blocks of `tree` until the queue is empty; returns (frames, bytes).
-    fn run_tree(
+    fn peer(&self) -> &str {
+        &self.session.peer
+    }
+
+    fn index(&self) -> usize {
+        usize::from(self.lane.index)
+    }
+
+    fn resumable(&self) -> bool {
+        self.session.resume.is_some()
+    }
+
+    /// Keeps `frame` for a resend (resumable sessions only).
+    fn record(&self, frame: Replay, held: u64) {
+        if self.resumable() {
+            self.lane.record(frame, held);
+        }
+    }
+
+    /// After a failed write: in a resumable session, a broken connection
+    /// is replaced and everything unacknowledged sent again; otherwise, or
+    /// for another failure, the error.
+    fn recover(&self, e: std::io::Error, seal: &mut Option<Sealer>, path: &str) -> Result<()> {
+        if self.resumable() && (net::is_break(&e) || e.kind() == std::io::ErrorKind::UnexpectedEof) && !self.session.abort.is_set() {
+            return self.resume_after(seal, &format!("{e} while sending {path}"));
+        }
+        Err(self.send_err(e, path))
+    }
+
+    /// Reconnects this stream and sends again what the receiver has not
+    /// processed, until that succeeds or the resume window ends.
+    fn resume_after(&self, seal: &mut Option<Sealer>, why: &str) -> Result<()> {
+        let mut why = why.to_string();
+        let started = Instant::now();
+        let _waiting = self.progress.resuming();
+        loop {
+            let frames = self.session.reconnect(self.lane, seal, &why)?;
+            let freed = self.lane.resumed(frames).map_err(|e| Error::peer(self.peer(), format!("stream {}: {e}", self.lane.index)))?;
+            if let Some(r) = &self.session.resume {
+                r.budget.release(freed);
+            }
+            let pending = self.lane.pending();
+            match self.resend(&pending, seal) {
+                Ok(bytes) => {
+                    tracing::warn!(
+                        stream = self.lane.index,
+                        "stream {} resumed after {:.1?}: the receiver had processed {frames} frames; sent {} frames ({bytes} data bytes) again",
+                        self.lane.index,
+                        started.elapsed(),
+                        pending.len()
+                    );
+                    self.progress.add_resent(bytes);
+                    return Ok(());
+                }
+                Err(e) if net::is_break(&e) || e.kind() == std::io::ErrorKind::UnexpectedEof => why = format!("{e} while sending again"),
+                Err(e) => return Err(Error::peer(self.peer(), format!("stream {} failed while sending again: {e}", self.lane.index))),
+            }
+        }
+    }
+
+    /// Sends `frames` again on the current connection; returns the data
+    /// bytes they carried.
+    fn resend(&self, frames: &[Replay], seal: &mut Option<Sealer>) -> std::io::Result<u64> {
+        let link = self.lane.link();
+        let mut open: Option<(u32, File)> = None;
+        let mut bytes = 0;
+        for f in frames {
+            match f {
+                Replay::Frame(frame) => {
+                    let mut buf = Vec::new();
+                    net::encode_frame(frame, &mut buf, seal.as_mut());
+                    std::io::Write::write_all(&mut &*link, &buf)?;
+                }
+                Replay::Block { file_id, seq, offset, len, checksum } => {
+                    let tree = self.tree.expect("tree blocks come from a tree");
+                    if open.as_ref().is_none_or(|(id, _)| id != file_id) {
+                        let file = tree.open(*file_id).map_err(std::io::Error::other)?;
+                        open = Some((*file_id, file));
+                    }
+                    let file = &open.as_ref().expect("opened above").1;
+                    let mut data = vec![0u8; *len as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(file, &mut data, *offset)?;
+                    if crate::codec::checksum(&data) != *checksum {
+                        return Err(std::io::Error::other(format!(
+                            "{} changed while it was being sent (a block sent again after a reconnection differs from the first time); send it again once it is quiet",
+                            tree.paths[*file_id as usize].display()
+                        )));
+                    }
+                    let header = DataHeader { file_id: *file_id, seq: *seq, offset: *offset, raw_len: *len, checksum: *checksum };
+                    self.write_data(&link, header, 0, &mut data, seal)?;
+                    bytes += u64::from(*len);
+                }
+                Replay::Bytes { file_id, seq, offset, data, checksum } => {
+                    let header =
+                        DataHeader { file_id: *file_id, seq: *seq, offset: *offset, raw_len: data.len() as u32, checksum: *checksum };
+                    let (flags, mut payload) = match &self.cfg.filter {
+                        Some(cmd) => {
+                            (wire::data_flags::EXTERNAL, crate::codec::external::run_filter(cmd, data, wire::MAX_PAYLOAD as usize)?)
+                        }
+                        None => (0, data.to_vec()),
+                    };
+                    self.write_data(&link, header, flags, &mut payload, seal)?;
+                    bytes += data.len() as u64;
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// One DATA frame from memory, sealed when the session seals.
+    fn write_data(
         &self,
-        method: backend::Method,
-        tree: &SourceTree,
-        schedule: &Schedule,
-        tally: &SendTally,
-        mut seal: Option<&mut Sealer>,
-    ) -> Result<(u64, u64)> {
+        link: &Link,
+        header: DataHeader,
+        flags: u8,
+        payload: &mut [u8],
+        seal: &mut Option<Sealer>,
+    ) -> std::io::Result<u64> {
+        let tag_len = if seal.is_some() { TAG_LEN } else { 0 };
+        let sealed = if seal.is_some() { wire::SEALED } else { 0 };
+        let prefix = header.encode_prefix((payload.len() + tag_len) as u32, flags | sealed);
+        let tag = seal.as_mut().map(|s| s.seal(&prefix, payload));
+        self.throttle(payload.len() + tag_len);
+        let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
+        backend::write_parts(link, &[&prefix, payload, tag])?;
+        let wire = (payload.len() + tag_len) as u64;
+        self.progress.add_wire(wire);
+        Ok(wire)
+    }
+
+    /// Writes STREAM_END and, in a resumable session, waits until the
+    /// receiver has processed everything this stream sent.
+    fn end_stream(&self, frames: u64, bytes: u64, seal: &mut Option<Sealer>) -> Result<()> {
+        let end = Frame::StreamEnd { frames, bytes };
+        self.record(Replay::Frame(end.clone()), 0);
+        if let Err(e) = self.write_frame(&end, seal) {
+            self.recover(e, seal, "the end of the stream")?;
+        }
+        self.settle(seal)
+    }
+
+    /// Waits until the receiver acknowledged everything recorded,
+    /// reconnecting as often as the connection breaks.
+    fn settle(&self, seal: &mut Option<Sealer>) -> Result<()> {
+        if !self.resumable() {
+            return Ok(());
+        }
+        while let Some(why) = self.lane.settle(self.peer(), self.cfg.idle_timeout.max(Duration::from_secs(1)), &self.session.abort)? {
+            self.resume_after(seal, &why)?;
+        }
+        Ok(())
+    }
+
+    fn write_frame(&self, frame: &Frame, seal: &mut Option<Sealer>) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(64);
+        net::encode_frame(frame, &mut buf, seal.as_mut());
+        std::io::Write::write_all(&mut &*self.lane.link(), &buf)
+    }
+
+    /// Sends blocks of the tree until the queue is empty; returns (frames, bytes).
+    fn run_tree(&self, method: backend::Method, schedule: &Schedule, tally: &SendTally, seal: &mut Option<Sealer>) -> Result<(u64, u64)> {
+        let tree = self.tree.expect("a tree session");
         let mut io = StreamIo::new(method, self.cfg.block_size).map_err(|e| Error::io(format!("setting up {method} I/O"), e))?;
         let mut encoder = self.encoder()?;
         let mut open: Option<(u32, File)> = None;
         let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
         while let Some(b) = schedule.next_block() {
-            if self.abort.is_set() {
+            if self.session.abort.is_set() {
                 return Err(Abort::error());
             }
+            self.lane.check(self.peer())?;
             if open.as_ref().is_none_or(|(id, _)| *id != b.file_id) {
                 open = Some((b.file_id, tree.open(b.file_id)?));
             }
@@ -666,8 +771,13 @@ impl StreamCtx<'_> {
             let header = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum };
             // The FILE_DONE of a file's last block rides in the same write.
             let done = tally.record(&b, checksum).map(|digest| Frame::FileDone { file_id: b.file_id, digest });
+            self.record(Replay::Block { file_id: b.file_id, seq, offset: b.offset, len: b.len, checksum }, 0);
+            if let Some(f) = &done {
+                self.record(Replay::Frame(f.clone()), 0);
+            }
             let encoded = encoder.as_mut().and_then(|e| e.encode(io.loaded(b.len)));
-            let wire = if encoded.is_none() && seal.is_none() && !self.sock.is_tls() {
+            let link = self.lane.link();
+            let sent = if encoded.is_none() && seal.is_none() && !link.is_tls() {
                 // Untransformed: the backend may send straight from the file.
                 let started = Instant::now();
                 self.throttle(b.len as usize);
@@ -676,80 +786,85 @@ impl StreamCtx<'_> {
                 if let Some(f) = &done {
                     net::encode_frame(f, &mut trailer, None);
                 }
-                io.transmit(self.sock.tcp(), &prefix, file, b.offset, b.len, &trailer).map_err(|e| self.send_err(e, &path()))?;
-                if let Some(e) = encoder.as_mut() {
-                    e.record_send(b.len as usize, started.elapsed());
-                }
-                u64::from(b.len)
+                io.transmit(link.tcp(), &prefix, file, b.offset, b.len, &trailer).map(|()| {
+                    if let Some(e) = encoder.as_mut() {
+                        e.record_send(b.len as usize, started.elapsed());
+                    }
+                    u64::from(b.len)
+                })
             } else {
                 let (flags, payload) = match encoded {
                     Some((flag, packed)) => (flag, packed),
                     None => (0, io.loaded_mut(b.len)),
                 };
-                let (wire, took) = self.send_memory(header, flags, payload, done.as_ref(), seal.as_deref_mut(), &path)?;
-                if let Some(e) = encoder.as_mut() {
-                    e.record_send(wire as usize, took);
-                }
-                wire
+                self.send_memory(&link, header, flags, payload, done.as_ref(), seal).map(|(wire, took)| {
+                    if let Some(e) = encoder.as_mut() {
+                        e.record_send(wire as usize, took);
+                    }
+                    wire
+                })
             };
+            match sent {
+                Ok(wire) => self.progress.add_wire(wire),
+                Err(e) => self.recover(e, seal, &path())?,
+            }
             seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream; raise --block-size".into()))?;
             frames += 1;
             bytes += u64::from(b.len);
             self.progress.add(u64::from(b.len));
-            self.progress.add_wire(wire);
         }
-        net::write_frame(self.sock, self.peer, &Frame::StreamEnd { frames, bytes }, seal)?;
+        self.end_stream(frames, bytes, seal)?;
         Ok((frames, bytes))
     }
 
     /// Sends items of a streamed session until the producer is done;
     /// returns (frames, bytes). Each file is announced on this stream
     /// before this stream's first frame about it.
-    fn run_items(&self, rx: &Rx<Item>, failure: &std::sync::OnceLock<String>, mut seal: Option<&mut Sealer>) -> Result<(u64, u64)> {
+    fn run_items(&self, rx: &Rx<Item>, failure: &std::sync::OnceLock<String>, seal: &mut Option<Sealer>) -> Result<(u64, u64)> {
         let mut encoder = self.encoder()?;
         let mut announced = std::collections::HashSet::new();
         let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
         // The producer's failure, told to the receiver on every stream.
-        let stop = |seal: Option<&mut Sealer>| {
+        let stop = |seal: &mut Option<Sealer>| {
             if let Some(reason) = failure.get() {
-                let _ = net::write_frame(self.sock, self.peer, &Frame::Abort { reason: reason.clone() }, seal);
+                let _ = self.write_frame(&Frame::Abort { reason: reason.clone() }, seal);
             }
-            Err(Abort::error())
+            Abort::error()
         };
+        let abort = &self.session.abort;
         loop {
             let item = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(item) => item,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if self.abort.is_set() {
-                        return stop(seal);
+                    if abort.is_set() {
+                        return Err(stop(seal));
                     }
                     continue;
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) if self.abort.is_set() => return stop(seal),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) if abort.is_set() => return Err(stop(seal)),
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             };
-            if self.abort.is_set() {
-                return stop(seal);
+            if abort.is_set() {
+                return Err(stop(seal));
             }
+            self.lane.check(self.peer())?;
             let path = || String::from_utf8_lossy(&item.path).into_owned();
             let mut control = Vec::new();
             if announced.insert(item.file_id) {
                 let frame = Frame::Announce { file_id: item.file_id, mode: 0o640, path: item.path.to_vec() };
-                net::encode_frame(&frame, &mut control, seal.as_deref_mut());
+                net::encode_frame(&frame, &mut control, seal.as_mut());
+                self.record(Replay::Frame(frame), 0);
             }
             match item.what {
                 ItemKind::End { size, data_bytes, digest } => {
-                    net::encode_frame(
-                        &Frame::FileEnd { file_id: item.file_id, size, data_bytes, digest },
-                        &mut control,
-                        seal.as_deref_mut(),
-                    );
-                    backend::write_parts(self.sock, &[&control]).map_err(|e| self.send_err(e, &path()))?;
+                    let frame = Frame::FileEnd { file_id: item.file_id, size, data_bytes, digest };
+                    net::encode_frame(&frame, &mut control, seal.as_mut());
+                    self.record(Replay::Frame(frame), 0);
+                    if let Err(e) = backend::write_parts(&*self.lane.link(), &[&control]) {
+                        self.recover(e, seal, &path())?;
+                    }
                 }
                 ItemKind::Data { offset, mut data, checksum } => {
-                    if !control.is_empty() {
-                        backend::write_parts(self.sock, &[&control]).map_err(|e| self.send_err(e, &path()))?;
-                    }
                     let len = data.len() as u32;
                     let header = DataHeader { file_id: item.file_id, seq, offset, raw_len: len, checksum };
                     let mut filtered = match &self.cfg.filter {
@@ -763,25 +878,103 @@ impl StreamCtx<'_> {
                         return Err(Error::Config(format!("the filter turned a block of {} into an unusable size", path())));
                     }
                     let encoded = if filtered.is_some() { None } else { encoder.as_mut().and_then(|e| e.encode(&data)) };
-                    let (flags, payload) = match (encoded, filtered.as_mut()) {
-                        (_, Some(f)) => (wire::data_flags::EXTERNAL, &mut f[..]),
-                        (Some((flag, packed)), None) => (flag, packed),
-                        (None, None) => (0, &mut data[..]),
-                    };
-                    let (wire, took) = self.send_memory(header, flags, payload, None, seal.as_deref_mut(), &path)?;
-                    if let Some(e) = encoder.as_mut() {
-                        e.record_send(wire as usize, took);
+                    // A resumable session keeps the block until the receiver
+                    // processed it, within the replay budget: a full budget
+                    // holds this stream, and so the producer, back.
+                    if self.resumable() {
+                        self.reserve(u64::from(len), seal, &stop)?;
+                        // Sealing encrypts a raw block in place: keep a copy.
+                        let raw_sealed = encoded.is_none() && filtered.is_none() && seal.is_some();
+                        let kept = Arc::new(if raw_sealed { data.clone() } else { std::mem::take(&mut data) });
+                        let frame = Replay::Bytes { file_id: item.file_id, seq, offset, data: Arc::clone(&kept), checksum };
+                        self.lane.record(frame, u64::from(len));
+                        if data.is_empty() && encoded.is_none() && filtered.is_none() {
+                            // Raw and unsealed: written straight from the kept copy.
+                            let link = self.lane.link();
+                            let prefix = header.encode_prefix(len, 0);
+                            self.throttle(len as usize);
+                            let sent = backend::write_parts(&*link, &[&control, &prefix, &kept]);
+                            match sent {
+                                Ok(()) => self.progress.add_wire(u64::from(len)),
+                                Err(e) => self.recover(e, seal, &path())?,
+                            }
+                            seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream".into()))?;
+                            frames += 1;
+                            bytes += u64::from(len);
+                            self.progress.add(u64::from(len));
+                            continue;
+                        }
+                    }
+                    let link = self.lane.link();
+                    let sent = (|| {
+                        if !control.is_empty() {
+                            backend::write_parts(&*link, &[&control])?;
+                        }
+                        let (flags, payload) = match (encoded, filtered.as_mut()) {
+                            (_, Some(f)) => (wire::data_flags::EXTERNAL, &mut f[..]),
+                            (Some((flag, packed)), None) => (flag, packed),
+                            (None, None) => (0, &mut data[..]),
+                        };
+                        self.send_memory(&link, header, flags, payload, None, seal)
+                    })();
+                    match sent {
+                        Ok((wire, took)) => {
+                            if let Some(e) = encoder.as_mut() {
+                                e.record_send(wire as usize, took);
+                            }
+                            self.progress.add_wire(wire);
+                        }
+                        Err(e) => self.recover(e, seal, &path())?,
                     }
                     seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream".into()))?;
                     frames += 1;
                     bytes += u64::from(len);
                     self.progress.add(u64::from(len));
-                    self.progress.add_wire(wire);
                 }
             }
         }
-        net::write_frame(self.sock, self.peer, &Frame::StreamEnd { frames, bytes }, seal)?;
+        self.end_stream(frames, bytes, seal)?;
         Ok((frames, bytes))
+    }
+
+    /// Tells the receiver this sender gives up and why (ABORT): a
+    /// resumable receiver would otherwise wait for the streams to come
+    /// back. Echoes of another stream's failure are not told.
+    fn give_up(&self, e: &Error, seal: &mut Option<Sealer>) {
+        if !matches!(e, Error::Aborted(_)) {
+            let _ = self.write_frame(&Frame::Abort { reason: e.to_string() }, seal);
+        }
+    }
+
+    /// Takes `bytes` of the replay budget, waiting for acknowledgements
+    /// (and reconnecting, if the connection breaks meanwhile).
+    fn reserve(&self, bytes: u64, seal: &mut Option<Sealer>, stop: &dyn Fn(&mut Option<Sealer>) -> Error) -> Result<()> {
+        let r = self.session.resume.as_ref().expect("resumable");
+        let abort = &self.session.abort;
+        loop {
+            let until = Instant::now() + self.cfg.idle_timeout.max(Duration::from_secs(1));
+            if r.budget.acquire(bytes, until, &|| abort.is_set() || self.lane.broken().is_some()) {
+                return Ok(());
+            }
+            if abort.is_set() {
+                return Err(stop(seal));
+            }
+            self.lane.check(self.peer())?;
+            match self.lane.broken() {
+                Some(why) => self.resume_after(seal, &why)?,
+                None => {
+                    return Err(Error::broken(
+                        self.peer(),
+                        format!(
+                            "stream {}: the replay buffer stayed full ({} bytes) for {:?}: the receiver acknowledged nothing (idle timeout)",
+                            self.lane.index,
+                            r.budget.used(),
+                            self.cfg.idle_timeout
+                        ),
+                    ));
+                }
+            }
+        }
     }
 
     fn throttle(&self, bytes: usize) {
@@ -797,26 +990,26 @@ impl StreamCtx<'_> {
     /// link, which `--compress auto` must see).
     fn send_memory(
         &self,
+        link: &Link,
         header: DataHeader,
         flags: u8,
         payload: &mut [u8],
         trailer: Option<&Frame>,
-        mut seal: Option<&mut Sealer>,
-        path: &dyn Fn() -> String,
-    ) -> Result<(u64, Duration)> {
+        seal: &mut Option<Sealer>,
+    ) -> std::io::Result<(u64, Duration)> {
         let tag_len = if seal.is_some() { TAG_LEN } else { 0 };
         let sealed = if seal.is_some() { wire::SEALED } else { 0 };
         let prefix = header.encode_prefix((payload.len() + tag_len) as u32, flags | sealed);
-        let tag = seal.as_deref_mut().map(|s| s.seal(&prefix, payload));
+        let tag = seal.as_mut().map(|s| s.seal(&prefix, payload));
         // The trailer is encoded (and sealed) after the DATA frame, in stream order.
         let mut tail = Vec::new();
         if let Some(f) = trailer {
-            net::encode_frame(f, &mut tail, seal);
+            net::encode_frame(f, &mut tail, seal.as_mut());
         }
         let started = Instant::now();
         self.throttle(payload.len() + tag_len);
         let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
-        backend::write_parts(self.sock, &[&prefix, payload, tag, &tail]).map_err(|e| self.send_err(e, &path()))?;
+        backend::write_parts(link, &[&prefix, payload, tag, &tail])?;
         Ok(((payload.len() + tag_len) as u64, started.elapsed()))
     }
 
@@ -825,24 +1018,26 @@ impl StreamCtx<'_> {
             Error::io(format!("sending {path}"), e)
         } else if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
             Error::peer(
-                self.peer,
-                format!("stream {} accepted nothing for {:?} while sending {path} (idle timeout)", self.index, self.cfg.idle_timeout),
+                self.peer(),
+                format!("stream {} accepted nothing for {:?} while sending {path} (idle timeout)", self.index(), self.cfg.idle_timeout),
             )
         } else {
-            Error::peer(self.peer, format!("stream {} failed while sending {path}: {e}", self.index))
+            Error::peer(self.peer(), format!("stream {} failed while sending {path}: {e}", self.index()))
         }
     }
 }
 
-/// After the stream threads: END on stream 0, then the verdict.
+/// After the stream threads: END on stream 0, then the verdict. In a
+/// resumable session a broken stream 0 is reconnected (`resend`) and the
+/// wait goes on: the receiver sends its verdict again on the new
+/// connection.
 fn finish(
-    socks: &[Arc<Link>],
-    peer: &str,
+    session: &Session,
     entries: u64,
     results: Vec<Result<(u64, u64)>>,
-    (verdict, wait): (&Rx<Heard>, Duration),
-    seal: Option<&mut Sealer>,
+    resend: &dyn Fn(&Lane, &mut Option<Sealer>) -> Result<()>,
 ) -> Result<u64> {
+    let (peer, verdict, wait) = (session.peer.as_str(), &session.verdict, session.verdict_wait);
     let per_stream = match pipeline::collect(results) {
         Ok(v) => v,
         // A failure of this side's own source (a file that changed, a
@@ -851,7 +1046,7 @@ fn finish(
         // If the receiver said why it hung up, that is the better message.
         Err(e) => {
             return Err(match next_verdict(verdict, Duration::from_secs(2)) {
-                Ok(Ok((false, reason))) => {
+                Ok(Some(Ok((false, reason)))) => {
                     // Keep the local side of the story too.
                     if !matches!(e, Error::Aborted(_)) {
                         tracing::warn!("this sender's own error: {e}");
@@ -863,27 +1058,61 @@ fn finish(
         }
     };
     let (frames, bytes) = per_stream.iter().fold((0, 0), |(f, b), (sf, sb)| (f + sf, b + sb));
-    net::write_frame(&*socks[0], peer, &Frame::End { entries, data_bytes: bytes, frames }, seal)?;
-    match next_verdict(verdict, wait) {
-        Ok(Ok((true, _))) => Ok(bytes),
-        Ok(Ok((false, reason))) => Err(Error::ReceiverFailed(reason)),
-        Ok(Err(e)) => Err(e),
-        Err(RecvTimeoutError::Timeout) => Err(Error::peer(
-            peer,
-            format!(
-                "sent no verdict and no sign of life for {wait:?} after the end of the data (is the receiver hung, or its host down?); giving up"
-            ),
-        )),
-        Err(RecvTimeoutError::Disconnected) => Err(Error::peer(peer, "closed the connection without a verdict")),
+    let lane = &session.lanes[0];
+    let mut seal = lock(&session.sealers[0]);
+    let end = Frame::End { entries, data_bytes: bytes, frames };
+    if session.resume.is_some() {
+        lane.record(Replay::Frame(end.clone()), 0);
+    }
+    let mut buf = Vec::with_capacity(64);
+    net::encode_frame(&end, &mut buf, seal.as_mut());
+    if let Err(e) = std::io::Write::write_all(&mut &*lane.link(), &buf) {
+        if session.resume.is_none() {
+            return Err(Error::peer(peer, format!("sending END failed: {e}")));
+        }
+        resend(lane, &mut seal)?;
+    }
+    loop {
+        match next_verdict(verdict, wait) {
+            Ok(Some(Ok((true, _)))) => {
+                if session.resume.is_some() {
+                    // The receiver keeps its verdict for a reconnection
+                    // until it hears this.
+                    let mut buf = Vec::with_capacity(32);
+                    net::encode_frame(&Frame::Bye, &mut buf, seal.as_mut());
+                    let _ = std::io::Write::write_all(&mut &*lane.link(), &buf);
+                }
+                return Ok(bytes);
+            }
+            Ok(Some(Ok((false, reason)))) => return Err(Error::ReceiverFailed(reason)),
+            Ok(Some(Err(e))) => return Err(e),
+            // (A stale report of an earlier connection is ignored.)
+            Ok(None) if session.resume.is_some() => {
+                if lane.broken().is_some() {
+                    resend(lane, &mut seal)?;
+                }
+            }
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => return Err(Error::peer(peer, "closed the connection without a verdict")),
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(Error::peer(
+                    peer,
+                    format!(
+                        "sent no verdict and no sign of life for {wait:?} after the end of the data (is the receiver hung, or its host down?); giving up"
+                    ),
+                ));
+            }
+        }
     }
 }
 
 /// Waits for the verdict; each KEEPALIVE restarts the wait of `silence`.
-fn next_verdict(heard: &Rx<Heard>, silence: Duration) -> std::result::Result<Result<(bool, String)>, RecvTimeoutError> {
+/// `None`: stream 0's connection broke first.
+fn next_verdict(heard: &Rx<Heard>, silence: Duration) -> std::result::Result<Option<Result<(bool, String)>>, RecvTimeoutError> {
     loop {
         match heard.recv_timeout(silence)? {
             Heard::Alive => {}
-            Heard::Verdict(v) => return Ok(v),
+            Heard::Verdict(v) => return Ok(Some(v)),
+            Heard::Broken => return Ok(None),
         }
     }
 }

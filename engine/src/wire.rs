@@ -15,11 +15,12 @@ use crate::plan::{Entry, EntryKind, Extent, validate_rel_path};
 pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
-/// The oldest protocol version this build accepts: version 4 binds the
-/// sealing key to both ends (SECURITY.md F2), so no earlier peer is safe to
-/// talk to.
-pub const MIN_PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
+/// The oldest protocol version this build accepts: version 4 bound the
+/// sealing key to both ends (SECURITY.md F2) and version 5 changed
+/// WELCOME's layout for resumable sessions, so only version 5 peers can
+/// talk to this build.
+pub const MIN_PROTOCOL_VERSION: u16 = 5;
 
 /// Protocol version that introduced each feature (WDT style): code that
 /// depends on a feature checks the negotiated version against its constant.
@@ -44,6 +45,10 @@ pub mod since {
     /// parameters. KEEPALIVE frames from the receiver while it verifies and
     /// syncs.
     pub const BOUND_SEALING: u16 = 4;
+    /// Resumable sessions: WELCOME carries a session secret, the receiver
+    /// acknowledges processed frames (ACK), and a broken stream reconnects
+    /// with REJOIN and continues where the receiver stopped.
+    pub const RESUME: u16 = 5;
 }
 
 /// Capability bits a sender may request in HELLO; the receiver grants them
@@ -65,7 +70,7 @@ pub mod caps {
     /// that is neither lz4 nor zstd.
     pub const EXTERNAL_FILTER: u64 = 1 << 5;
     /// Every capability this build implements.
-    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | STREAMED | EXTERNAL_FILTER;
+    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | RESUME | STREAMED | EXTERNAL_FILTER;
 }
 
 /// Flag of any frame whose body is sealed (AES-256-GCM, tag appended).
@@ -175,6 +180,17 @@ pub enum Kind {
     /// R (stream 0): the receiver is alive and still verifying or syncing
     /// after END; resets the sender's wait for the verdict.
     Keepalive = 14,
+    /// S: first frame of a connection that takes over a broken stream of a
+    /// running session (v5, capability RESUME).
+    Rejoin = 15,
+    /// R: the number of frames this stream's receiver has processed (v5,
+    /// capability RESUME); the first one after a REJOIN says where the
+    /// sender resumes.
+    Ack = 16,
+    /// S (stream 0): the sender has read a successful verdict and hangs
+    /// up (v5, capability RESUME): the receiver need not keep the verdict
+    /// for a reconnection.
+    Bye = 17,
 }
 
 impl Kind {
@@ -194,6 +210,9 @@ impl Kind {
             12 => Self::FileEnd,
             13 => Self::Abort,
             14 => Self::Keepalive,
+            15 => Self::Rejoin,
+            16 => Self::Ack,
+            17 => Self::Bye,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -252,7 +271,22 @@ impl FrameHeader {
 /// is checked, so it reads exactly this many bytes).
 pub const HELLO_LEN: u32 = 48;
 /// Body length of WELCOME.
-pub const WELCOME_LEN: u32 = 28;
+pub const WELCOME_LEN: u32 = 44;
+/// Body length of REJOIN (a HELLO, the generation and the proof).
+pub const REJOIN_LEN: u32 = HELLO_LEN + 8 + 32;
+
+/// REJOIN: a new connection for stream `hello.stream_index` of the running
+/// session `hello.session_salt`, proving it knows the session secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejoin {
+    pub hello: Hello,
+    /// Counts this stream's connections: 1 for the first rejoin; each
+    /// must exceed the last the receiver accepted.
+    pub generation: u32,
+    /// HMAC-SHA256 over the stream and generation, keyed by the session's
+    /// rejoin key (see `resume::RejoinKey`).
+    pub proof: [u8; 32],
+}
 
 /// HELLO: who the sender is and what it wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +374,15 @@ pub enum Frame {
         version: u16,
         capabilities: u64,
         nonce: [u8; 16],
+        /// v5: the session secret a reconnecting stream proves it knows
+        /// (with the sealing key, when the session seals).
+        secret: [u8; 16],
     },
+    Rejoin(Rejoin),
+    Ack {
+        frames: u64,
+    },
+    Bye,
     Reject {
         reason: String,
     },
@@ -399,6 +441,9 @@ impl Frame {
             Self::FileEnd { .. } => Kind::FileEnd,
             Self::Abort { .. } => Kind::Abort,
             Self::Keepalive => Kind::Keepalive,
+            Self::Rejoin(_) => Kind::Rejoin,
+            Self::Ack { .. } => Kind::Ack,
+            Self::Bye => Kind::Bye,
         }
     }
 
@@ -407,22 +452,22 @@ impl Frame {
         let start = out.len();
         out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
         match self {
-            Self::Hello(h) => {
-                put16(out, h.min_version);
-                put16(out, h.max_version);
-                put16(out, h.stream_index);
-                put16(out, h.stream_count);
-                put64(out, h.capabilities);
-                out.extend_from_slice(&h.token);
-                out.extend_from_slice(&h.session_salt);
+            Self::Hello(h) => encode_hello(h, out),
+            Self::Rejoin(r) => {
+                encode_hello(&r.hello, out);
+                put32(out, r.generation);
+                put32(out, 0);
+                out.extend_from_slice(&r.proof);
             }
-            Self::Welcome { version, capabilities, nonce } => {
+            Self::Ack { frames } => put64(out, *frames),
+            Self::Welcome { version, capabilities, nonce, secret } => {
                 put16(out, *version);
                 put16(out, 0);
                 put64(out, *capabilities);
                 out.extend_from_slice(nonce);
+                out.extend_from_slice(secret);
             }
-            Self::Keepalive => {}
+            Self::Keepalive | Self::Bye => {}
             Self::Reject { reason } | Self::Abort { reason } => put_str(out, reason),
             Self::Manifest(entries) => {
                 put32(out, entries.len() as u32);
@@ -489,34 +534,28 @@ impl Frame {
             Kind::FileEnd => "FILE_END",
             Kind::Abort => "ABORT",
             Kind::Keepalive => "KEEPALIVE",
+            Kind::Rejoin => "REJOIN",
+            Kind::Ack => "ACK",
+            Kind::Bye => "BYE",
         };
         let mut r = Reader::new(body, what);
         let frame = match header.kind {
-            Kind::Hello => {
-                let h = Hello {
-                    min_version: r.u16()?,
-                    max_version: r.u16()?,
-                    stream_index: r.u16()?,
-                    stream_count: r.u16()?,
-                    capabilities: r.u64()?,
-                    token: r.array()?,
-                    session_salt: r.array()?,
-                };
-                if h.stream_count == 0 || h.stream_count > MAX_STREAMS {
-                    return Err(WireError::Invalid { what: "HELLO stream count", value: u64::from(h.stream_count) });
+            Kind::Hello => Self::Hello(decode_hello(&mut r)?),
+            Kind::Rejoin => {
+                let hello = decode_hello(&mut r)?;
+                let generation = r.u32()?;
+                r.zero32("REJOIN reserved field")?;
+                if generation == 0 {
+                    return Err(WireError::Invalid { what: "REJOIN generation", value: 0 });
                 }
-                if h.stream_index >= h.stream_count {
-                    return Err(WireError::Invalid { what: "HELLO stream index", value: u64::from(h.stream_index) });
-                }
-                if h.min_version > h.max_version {
-                    return Err(WireError::Version { min: h.min_version, max: h.max_version });
-                }
-                Self::Hello(h)
+                Self::Rejoin(Rejoin { hello, generation, proof: r.array()? })
             }
+            Kind::Ack => Self::Ack { frames: r.u64()? },
+            Kind::Bye => Self::Bye,
             Kind::Welcome => {
                 let version = r.u16()?;
                 r.zero16("WELCOME reserved field")?;
-                Self::Welcome { version, capabilities: r.u64()?, nonce: r.array()? }
+                Self::Welcome { version, capabilities: r.u64()?, nonce: r.array()?, secret: r.array()? }
             }
             Kind::Keepalive => Self::Keepalive,
             Kind::Reject => Self::Reject { reason: r.string()? },
@@ -583,6 +622,38 @@ impl Frame {
         r.finish()?;
         Ok(frame)
     }
+}
+
+fn encode_hello(h: &Hello, out: &mut Vec<u8>) {
+    put16(out, h.min_version);
+    put16(out, h.max_version);
+    put16(out, h.stream_index);
+    put16(out, h.stream_count);
+    put64(out, h.capabilities);
+    out.extend_from_slice(&h.token);
+    out.extend_from_slice(&h.session_salt);
+}
+
+fn decode_hello(r: &mut Reader<'_>) -> Result<Hello, WireError> {
+    let h = Hello {
+        min_version: r.u16()?,
+        max_version: r.u16()?,
+        stream_index: r.u16()?,
+        stream_count: r.u16()?,
+        capabilities: r.u64()?,
+        token: r.array()?,
+        session_salt: r.array()?,
+    };
+    if h.stream_count == 0 || h.stream_count > MAX_STREAMS {
+        return Err(WireError::Invalid { what: "HELLO stream count", value: u64::from(h.stream_count) });
+    }
+    if h.stream_index >= h.stream_count {
+        return Err(WireError::Invalid { what: "HELLO stream index", value: u64::from(h.stream_index) });
+    }
+    if h.min_version > h.max_version {
+        return Err(WireError::Version { min: h.min_version, max: h.max_version });
+    }
+    Ok(h)
 }
 
 /// Encoded size of one manifest entry (used by the sender to batch frames).
@@ -831,7 +902,22 @@ mod tests {
                 token: [7; 16],
                 session_salt: [9; 16],
             }),
-            Frame::Welcome { version: 4, capabilities: caps::STREAMED, nonce: [5; 16] },
+            Frame::Welcome { version: 5, capabilities: caps::STREAMED, nonce: [5; 16], secret: [6; 16] },
+            Frame::Ack { frames: 77 },
+            Frame::Bye,
+            Frame::Rejoin(Rejoin {
+                hello: Hello {
+                    min_version: 5,
+                    max_version: 5,
+                    stream_index: 1,
+                    stream_count: 3,
+                    capabilities: caps::RESUME,
+                    token: [1; 16],
+                    session_salt: [2; 16],
+                },
+                generation: 2,
+                proof: [3; 32],
+            }),
             Frame::Keepalive,
             Frame::Reject { reason: "bad token".into() },
             Frame::Manifest(vec![entry(0, "a/b c"), entry(1, "ünï")]),
@@ -904,7 +990,7 @@ mod tests {
     #[test]
     fn welcome_has_a_fixed_length_and_hello_too() {
         let mut out = Vec::new();
-        Frame::Welcome { version: 4, capabilities: 0, nonce: [1; 16] }.encode(&mut out);
+        Frame::Welcome { version: 5, capabilities: 0, nonce: [1; 16], secret: [2; 16] }.encode(&mut out);
         assert_eq!(out.len() - FRAME_HEADER_LEN, WELCOME_LEN as usize);
         let mut out = Vec::new();
         Frame::Hello(Hello {

@@ -74,6 +74,7 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
         tls: t.tls,
         rate_limit: t.rate_limit,
         sockopt: t.sockopt,
+        resume_window: std::time::Duration::from_secs(s.opts.resume_window),
         ..SendConfig::default()
     };
 

@@ -260,6 +260,7 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
         unfilter: t.unfilter,
         tls: t.tls,
         sockopt: t.sockopt,
+        resume_window: Duration::from_secs(s.opts.resume_window),
         ..ReceiveConfig::default()
     };
     // The announcement: one small file, examined before the verdict.

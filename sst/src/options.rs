@@ -118,6 +118,9 @@ pub struct SstOptions {
     /// Seconds without progress in any stage before the SST gives up
     /// (`sst-idle-timeout`, as PXC names it; 0 = never).
     pub sst_idle_timeout: u64,
+    /// Seconds a broken SST connection waits to come back and resume
+    /// (`resume-window`; 0 = fail at the first break).
+    pub resume_window: u64,
     /// Every `plugin-load`/`plugin-load-add` value of the server groups.
     pub plugin_load: Vec<String>,
     pub file_key_management_filename: Option<PathBuf>,
@@ -348,6 +351,7 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
         prepare_binary: l.path("prepare-binary", SST),
         status_file: l.path("status-file", SST),
         sst_idle_timeout: l.number("sst-idle-timeout", SST, "seconds (0 = never)")?.unwrap_or(120),
+        resume_window: l.number("resume-window", SST, "seconds (0 = off)")?.unwrap_or(600),
         plugin_load: [l.all("plugin-load", MYSQLD), l.all("plugin-load-add", MYSQLD)].concat(),
         file_key_management_filename: l.path("file-key-management-filename", MYSQLD),
         file_key_management_filekey: l.string("file-key-management-filekey", MYSQLD),
@@ -376,6 +380,7 @@ mod tests {
         assert_eq!((o.streamfmt.as_str(), o.transferfmt.as_str(), o.mode.as_str()), ("mbstream", "socat", "backup"));
         assert_eq!(o.sst_log_archive_dir, PathBuf::from("/tmp/sst_log_archive"));
         assert_eq!((o.low_space.as_str(), o.sst_idle_timeout, o.status_file.as_ref()), ("refuse", 120, None));
+        assert_eq!(o.resume_window, 600);
     }
 
     #[test]
@@ -383,12 +388,13 @@ mod tests {
         let o = opts(
             "[mysqld]\nplugin_load_add=file_key_management\nloose-file-key-management-filename=/etc/mysql/keys.txt\n\
              innodb_encrypt_tables=ON\n[galera]\nplugin-load-add=auth_pam\n\
-             [sst]\nlow-space=clean\nsst-idle-timeout=0\nstatus-file=/run/sst.json\nprepare-binary=/opt/mb/bin/mariadb-backup\n",
+             [sst]\nlow-space=clean\nsst-idle-timeout=0\nresume-window=30\nstatus-file=/run/sst.json\nprepare-binary=/opt/mb/bin/mariadb-backup\n",
         )
         .unwrap();
         assert_eq!(o.plugin_load, ["file_key_management", "auth_pam"]);
         assert_eq!(o.file_key_management_filename, Some(PathBuf::from("/etc/mysql/keys.txt")));
         assert_eq!((o.low_space.as_str(), o.sst_idle_timeout), ("clean", 0));
+        assert_eq!(o.resume_window, 30);
         assert_eq!(o.status_file, Some(PathBuf::from("/run/sst.json")));
         assert_eq!(o.prepare_binary, Some(PathBuf::from("/opt/mb/bin/mariadb-backup")));
         assert!(opts("[sst]\nlow-space=maybe\n").unwrap_err().to_string().contains("refuse or clean"));

@@ -294,7 +294,10 @@ impl Inner {
         let st = self.lock();
         let bytes = st.progress.as_ref().map_or(0, |p| {
             let s = p.snapshot();
-            s.done.wrapping_add(s.wire)
+            // A stream waiting to reconnect is not a stall: the resume
+            // window bounds that wait.
+            let waiting = if s.resuming > 0 { s.seconds.to_bits() } else { 0 };
+            s.done.wrapping_add(s.wire).wrapping_add(waiting)
         });
         drop(st);
         bytes.wrapping_add(helper_pulse(&self.children.pids()))

@@ -89,22 +89,49 @@ impl SealKey {
         Self(k)
     }
 
-    /// The key of one session, bound to both ends and what they agreed.
+    /// The key of one session, bound to both ends and what they agreed:
+    /// the key of every stream's first connection.
     pub fn session(&self, b: &Binding<'_>) -> SessionKey {
+        self.session_at(b, 0, 0)
+    }
+
+    /// The key of `stream`'s connection number `generation` (0: the
+    /// session key every stream's first connection shares). A stream that
+    /// reconnects starts its frame counters again under a key of its own,
+    /// so no (key, nonce) pair is ever used twice.
+    pub fn session_at(&self, b: &Binding<'_>, stream: u16, generation: u32) -> SessionKey {
         let mut k = [0u8; 32];
         let mut salt = [0u8; 32];
         salt[..16].copy_from_slice(b.sender_salt);
         salt[16..].copy_from_slice(b.receiver_nonce);
         let caps = b.capabilities.to_le_bytes();
         let streams = b.streams.to_le_bytes();
+        let (stream, generation) = (stream.to_le_bytes(), generation.to_le_bytes());
+        let info: &[&[u8]] = if generation == [0; 4] {
+            &[b"sluice seal v5", b.token, &caps, &streams]
+        } else {
+            &[b"sluice seal v5 rejoin", b.token, &caps, &streams, &stream, &generation]
+        };
         // HKDF-SHA256 can always produce 32 bytes; failure here is a bug.
         Salt::new(HKDF_SHA256, &salt)
             .extract(&self.0)
-            .expand(&[b"sluice seal v4", b.token, &caps, &streams], HKDF_SHA256)
+            .expand(info, HKDF_SHA256)
             .and_then(|okm| okm.fill(&mut k))
             .expect("HKDF-SHA256 yields 32 bytes");
         let key = UnboundKey::new(&AES_256_GCM, &k).expect("AES-256-GCM takes a 32-byte key");
         SessionKey(Arc::new(LessSafeKey::new(key)))
+    }
+
+    /// 32 bytes derived from this key for another `purpose` (the rejoin
+    /// key of a sealed session), never the key itself.
+    pub fn material(&self, purpose: &str) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        Salt::new(HKDF_SHA256, b"sluice key material v1")
+            .extract(&self.0)
+            .expand(&[purpose.as_bytes()], HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut k))
+            .expect("HKDF-SHA256 yields 32 bytes");
+        k
     }
 }
 

@@ -219,12 +219,37 @@ pub fn peer_name(sock: &TcpStream) -> String {
     sock.peer_addr().map_or_else(|_| "peer".to_string(), |a| a.to_string())
 }
 
+/// Whether `e` says the connection broke under us (reset, aborted, the
+/// route gone) rather than that the peer closed it or misbehaved.
+pub fn is_break(e: &io::Error) -> bool {
+    use io::ErrorKind::{
+        BrokenPipe, ConnectionAborted, ConnectionReset, HostUnreachable, NetworkDown, NetworkUnreachable, NotConnected, TimedOut,
+        WouldBlock,
+    };
+    matches!(
+        e.kind(),
+        BrokenPipe
+            | ConnectionAborted
+            | ConnectionReset
+            | HostUnreachable
+            | NetworkDown
+            | NetworkUnreachable
+            | NotConnected
+            | TimedOut
+            | WouldBlock
+    )
+}
+
 pub(crate) fn read_err(peer: &str, what: &str, e: &io::Error) -> Error {
     match e.kind() {
-        io::ErrorKind::UnexpectedEof => Error::peer(peer, format!("closed the connection {what}")),
+        // A closed connection mid-session is ambiguous: the peer process
+        // ended, or something on the path cut it (a SOCK_DESTROY, a
+        // middlebox); a resumable session waits for it to come back.
+        io::ErrorKind::UnexpectedEof => Error::broken(peer, format!("closed the connection {what}")),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            Error::peer(peer, format!("sent nothing for too long {what} (idle timeout)"))
+            Error::broken(peer, format!("sent nothing for too long {what} (idle timeout)"))
         }
+        _ if is_break(e) => Error::broken(peer, format!("connection failed {what}: {e}")),
         _ if e.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<rustls::Error>) => {
             Error::peer(peer, format!("TLS failed {what}: {}", tls::explain(e, true)))
         }

@@ -1,0 +1,312 @@
+//! Resume: sessions whose TCP connections are killed mid-transfer with
+//! `ss -K` (the kernel's SOCK_DESTROY, what a middlebox reset looks like to
+//! both ends) reconnect and end byte-identical, on every backend and with
+//! every transform; what was sent again is counted. A sender whose receiver
+//! is gone fails at once instead of sitting out the window.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{fixture, io_of, methods, pattern};
+use sluice_engine::codec::Compression;
+use sluice_engine::codec::seal::SealKey;
+use sluice_engine::net::tls::{TlsMode, TlsOptions};
+use sluice_engine::send::{Feeder, send_streamed};
+use sluice_engine::{IoMode, ReceiveConfig, Receiver, SendConfig, Summary};
+
+/// Whether `ss -K` can kill sockets here (iproute2 present and the kernel
+/// built with INET_DIAG_DESTROY): kills a connection of our own and
+/// checks that it died.
+fn ss_kills() -> bool {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (_s, _) = l.accept().unwrap();
+    let ok = Command::new("ss").args(["-K", "-t", "dst", &format!("127.0.0.1:{port}")]).output().is_ok_and(|o| o.status.success());
+    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut b = [0u8; 1];
+    ok && matches!(std::io::Read::read(&mut &c, &mut b), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut)
+}
+
+/// Kills every established connection to or from `port` at each of
+/// `at` (from now), alternating the sender's side and the receiver's;
+/// returns how many sockets it killed.
+fn killer(port: u16, at: Vec<Duration>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut killed = 0;
+        for (i, t) in at.into_iter().enumerate() {
+            while start.elapsed() < t {
+                if done.load(Ordering::Acquire) {
+                    return killed;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let side = if i % 2 == 0 { "dst" } else { "src" };
+            let out =
+                Command::new("ss").args(["-K", "-t", "-n", "state", "established", side, &format!("127.0.0.1:{port}")]).output().unwrap();
+            // ss lists what it killed after a header line.
+            killed += String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+        }
+        killed
+    })
+}
+
+/// A tree larger than the fixture: ~40 MiB, part compressible.
+fn tree(root: &Path) -> PathBuf {
+    let src = fixture(root);
+    std::fs::write(src.join("ibdata1"), pattern(24 << 20, 7)).unwrap();
+    let text: Vec<u8> =
+        (0..(16u32 << 20) / 64).flat_map(|i| format!("{i:016} row updated status=ok padding......\n").into_bytes()).collect();
+    std::fs::write(src.join("nested/redo.log"), text).unwrap();
+    src
+}
+
+fn base_send(streams: u16) -> SendConfig {
+    // A rate limit stretches the session to a few seconds so the kills
+    // land mid-transfer.
+    SendConfig {
+        streams,
+        block_size: 256 << 10,
+        rate_limit: Some(12 << 20),
+        idle_timeout: Duration::from_secs(20),
+        resume_window: Duration::from_secs(30),
+        ..SendConfig::default()
+    }
+}
+
+fn base_recv() -> ReceiveConfig {
+    ReceiveConfig { idle_timeout: Duration::from_secs(20), resume_window: Duration::from_secs(30), ..ReceiveConfig::default() }
+}
+
+/// Runs one tree transfer with kills; returns the sender's summary.
+fn killed_transfer(name: &str, src: &Path, dest: &Path, recv: ReceiveConfig, send: &SendConfig) -> (Summary, usize) {
+    let r = Receiver::bind("127.0.0.1:0", recv).unwrap();
+    let addr = r.local_addr().unwrap();
+    let token = r.token().clone();
+    let d = dest.to_path_buf();
+    let h = std::thread::spawn(move || r.run(&d));
+    let done = Arc::new(AtomicBool::new(false));
+    let k =
+        killer(addr.port(), vec![Duration::from_millis(700), Duration::from_millis(1600), Duration::from_millis(2500)], Arc::clone(&done));
+    let sent = sluice_engine::send(&addr.to_string(), &token, &[src.to_path_buf()], send);
+    done.store(true, Ordering::Release);
+    let received = h.join().unwrap();
+    let kills = k.join().unwrap();
+    let (s, r) = match (sent, received) {
+        (Ok(s), Ok(r)) => (s, r),
+        (s, r) => panic!(
+            "{name}: failed after {kills} kills: sender {:?}, receiver {:?}",
+            s.err().map(|e| e.to_string()),
+            r.err().map(|e| e.to_string())
+        ),
+    };
+    let n = sluice_engine::diff::compare(src, dest).unwrap_or_else(|d| panic!("{name}: the copy differs: {d}"));
+    assert!(n > 14, "{name}: entries compared");
+    assert_eq!(s.bytes, r.bytes, "{name}: each block counted once on both ends");
+    (s, kills)
+}
+
+#[test]
+fn killed_connections_resume_on_every_backend_and_transform() {
+    if !ss_kills() {
+        return common::skip("`ss -K` cannot kill sockets here (iproute2 missing, or a kernel without INET_DIAG_DESTROY)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let key = || Some(SealKey::parse(&[9u8; 32]).unwrap());
+    let mut cases: Vec<(String, SendConfig, ReceiveConfig)> = Vec::new();
+    for m in methods() {
+        let io = io_of(m);
+        cases.push((format!("plain {m}"), SendConfig { io, ..base_send(3) }, ReceiveConfig { io, ..base_recv() }));
+    }
+    cases.push(("lz4".into(), SendConfig { compress: Compression::Lz4, ..base_send(4) }, base_recv()));
+    cases.push(("zstd".into(), SendConfig { compress: Compression::Zstd(1), ..base_send(2) }, base_recv()));
+    cases.push((
+        "sealed lz4".into(),
+        SendConfig { compress: Compression::Lz4, seal_key: key(), ..base_send(3) },
+        ReceiveConfig { seal_key: key(), ..base_recv() },
+    ));
+    cases.push(("one stream".into(), base_send(1), base_recv()));
+    let mut resent = 0;
+    for (name, send, recv) in cases {
+        let dest = tmp.path().join(name.replace(' ', "-"));
+        let (s, kills) = killed_transfer(&name, &src, &dest, recv, &send);
+        eprintln!("{name}: {kills} sockets killed, {} bytes sent again, {:.1?}", s.resent, s.elapsed);
+        assert!(kills >= 3, "{name}: the kills missed the session ({kills} sockets killed)");
+        resent += s.resent;
+    }
+    assert!(resent > 0, "no case sent anything again: the kills never hit data in flight");
+}
+
+#[test]
+fn killed_tls_connections_resume() {
+    if !ss_kills() {
+        return common::skip("`ss -K` cannot kill sockets here");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let dir = tmp.path().join("pki");
+    std::fs::create_dir(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    common::write_private(&dir.join("key.pem"), key.serialize_pem());
+    let server =
+        TlsOptions { mode: TlsMode::Required, cert: Some(dir.join("cert.pem")), key: Some(dir.join("key.pem")), ..TlsOptions::default() };
+    let client = TlsOptions { mode: TlsMode::Required, ..TlsOptions::default() };
+    let send = SendConfig { tls: client, compress: Compression::Zstd(1), ..base_send(3) };
+    let (s, kills) = killed_transfer("tls", &src, &tmp.path().join("dest"), ReceiveConfig { tls: server, ..base_recv() }, &send);
+    assert!(kills >= 3, "the kills missed the session");
+    eprintln!("tls: {kills} killed, {} bytes sent again", s.resent);
+}
+
+/// A streamed session (the shape of an SST in backup mode) with a small
+/// replay budget: the producer is held back while unacknowledged blocks
+/// fill it, and every kill is survived from the kept blocks.
+#[test]
+fn a_streamed_session_resumes_from_its_replay_buffer() {
+    if !ss_kills() {
+        return common::skip("`ss -K` cannot kill sockets here");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+    let key = || Some(SealKey::parse(&[3u8; 32]).unwrap());
+    let files: Vec<(String, Vec<u8>)> =
+        (0..6).map(|i| (format!("dir/file{i}.ibd"), pattern((5 << 20) + i * 4099, 40 + i as u32))).collect();
+    for (name, seal, compress) in
+        [("plain", None, Compression::None), ("sealed", key(), Compression::None), ("lz4", None, Compression::Lz4)]
+    {
+        let dest = dest.join(name);
+        let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { seal_key: seal.clone(), ..base_recv() }).unwrap();
+        let addr = r.local_addr().unwrap();
+        let token = r.token().clone();
+        let d = dest.clone();
+        let h = std::thread::spawn(move || r.run(&d));
+        let done = Arc::new(AtomicBool::new(false));
+        let k = killer(
+            addr.port(),
+            vec![Duration::from_millis(600), Duration::from_millis(1400), Duration::from_millis(2200)],
+            Arc::clone(&done),
+        );
+        let cfg = SendConfig { seal_key: seal, compress, replay_budget: 4 << 20, ..base_send(3) };
+        let sent = send_streamed(&addr.to_string(), &token, &cfg, |f: &mut Feeder| {
+            for (path, data) in &files {
+                for (n, chunk) in data.chunks(300_000).enumerate() {
+                    f.data(path.as_bytes(), (n * 300_000) as u64, chunk)?;
+                }
+                f.end(path.as_bytes())?;
+            }
+            Ok(())
+        });
+        done.store(true, Ordering::Release);
+        let received = h.join().unwrap();
+        let kills = k.join().unwrap();
+        let s = match (sent, received) {
+            (Ok(s), Ok(_)) => s,
+            (s, r) => panic!(
+                "{name}: failed after {kills} kills: sender {:?}, receiver {:?}",
+                s.err().map(|e| e.to_string()),
+                r.err().map(|e| e.to_string())
+            ),
+        };
+        for (path, data) in &files {
+            assert!(std::fs::read(dest.join(path)).unwrap() == *data, "{name}: {path} differs");
+        }
+        assert!(kills >= 3, "{name}: the kills missed the session");
+        eprintln!("streamed {name}: {kills} killed, {} bytes sent again", s.resent);
+    }
+}
+
+/// Resuming waits for the network only: a receiver that is gone (its
+/// port refuses) ends the sender at once, and with the window at 0 a
+/// broken connection fails the session as before.
+#[test]
+fn a_gone_receiver_or_a_zero_window_fails_promptly() {
+    if !ss_kills() {
+        return common::skip("`ss -K` cannot kill sockets here");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    // Window 0 on the receiver: the sender learns it cannot resume.
+    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { resume_window: Duration::ZERO, ..base_recv() }).unwrap();
+    let addr = r.local_addr().unwrap();
+    let token = r.token().clone();
+    let d = tmp.path().join("zero");
+    let h = std::thread::spawn(move || r.run(&d));
+    let done = Arc::new(AtomicBool::new(false));
+    let k = killer(addr.port(), vec![Duration::from_millis(700)], Arc::clone(&done));
+    let t = Instant::now();
+    let sent = sluice_engine::send(&addr.to_string(), &token, std::slice::from_ref(&src), &base_send(2));
+    done.store(true, Ordering::Release);
+    let received = h.join().unwrap();
+    k.join().unwrap();
+    let e = sent.expect_err("a session that cannot resume fails at a broken connection");
+    assert!(received.is_err(), "the receiver fails too");
+    assert!(t.elapsed() < Duration::from_secs(15), "failed after {:?}: {e}", t.elapsed());
+    assert!(tmp.path().join("zero/.sluice-incomplete").exists(), "the destination still says it is incomplete");
+
+    // A receiver process that dies: its port refuses the reconnection.
+    let dest = tmp.path().join("gone");
+    let log = tmp.path().join("recv.log");
+    let mut recv = common::start_recv(&dest, &log, &["--resume-window", "30"]);
+    let addr = recv.addr.clone();
+    let token = sluice_engine::Token::from_bytes(hex_token(&recv.token));
+    let killer_pid = recv.child.id();
+    let kill = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        let _ = Command::new("kill").args(["-KILL", &killer_pid.to_string()]).status();
+    });
+    let t = Instant::now();
+    let sent = sluice_engine::send(&addr, &token, &[src], &base_send(2));
+    kill.join().unwrap();
+    let _ = recv.child.wait();
+    let e = sent.expect_err("the receiver is gone").to_string();
+    assert!(t.elapsed() < Duration::from_secs(10), "the sender sat out the window: {:?}: {e}", t.elapsed());
+    assert!(e.contains("no longer running") || e.contains("refused"), "{e}");
+}
+
+fn hex_token(hex: &str) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (i, byte) in b.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    b
+}
+
+#[test]
+fn the_cli_reports_what_it_sent_again() {
+    if !ss_kills() {
+        return common::skip("`ss -K` cannot kill sockets here");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let dest = tmp.path().join("dest");
+    let log = tmp.path().join("recv.log");
+    let mut recv = common::start_recv(&dest, &log, &[]);
+    let port: u16 = recv.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let k = killer(port, vec![Duration::from_millis(800), Duration::from_millis(1800)], Arc::clone(&done));
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["send", "--to", &recv.addr, "--rate-limit", "12M", "--streams", "3"])
+        .arg(&src)
+        .env("SLUICE_TOKEN", &recv.token)
+        .output()
+        .unwrap();
+    done.store(true, Ordering::Release);
+    let kills = k.join().unwrap();
+    let status = recv.child.wait().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice send failed after {kills} kills:\n{err}\nreceiver:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(status.success(), "sluice recv failed:\n{}", std::fs::read_to_string(&log).unwrap());
+    sluice_engine::diff::compare(&src, &dest).unwrap_or_else(|d| panic!("the copy differs: {d}"));
+    assert!(kills >= 2, "the kills missed the session");
+    assert!(err.contains("resumed after"), "the sender's log says what it sent again:\n{err}");
+    eprintln!("sender log:\n{err}\nreceiver log:\n{}", std::fs::read_to_string(&log).unwrap());
+    let _ = IoMode::Auto;
+}
