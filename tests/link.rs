@@ -63,8 +63,9 @@ fn transfer(ns: &Namespaces, src: &Path, dest: &Path, extra: &[&str]) -> f64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn adaptive_compression_pays_on_a_slow_link_and_the_copy_is_identical() {
+/// Two namespaces joined by a veth pair (10.78.0.1 ↔ 10.78.0.2), both
+/// egresses shaped to `rate`; `None` (reported) without root or iproute2.
+fn rig(tag: &str, rate: &str) -> Option<(Namespaces, String)> {
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
@@ -73,15 +74,15 @@ fn adaptive_compression_pays_on_a_slow_link_and_the_copy_is_identical() {
     let have_tc = Command::new("tc").arg("-V").output().is_ok_and(|o| o.status.success());
     if !(root && have_ip && have_tc) {
         common::skip("needs root and iproute2 (ip, tc) to build two network namespaces");
-        return;
+        return None;
     }
     let id = std::process::id();
-    let ns = Namespaces([format!("sluice-ta-{id}"), format!("sluice-tb-{id}")]);
+    let ns = Namespaces([format!("sluice-{tag}a-{id}"), format!("sluice-{tag}b-{id}")]);
     for n in &ns.0 {
         ip(&["netns", "add", n]);
         ip(&["-n", n, "link", "set", "lo", "up"]);
     }
-    let (va, vb) = (format!("sta{id}"), format!("stb{id}"));
+    let (va, vb) = (format!("s{tag}a{id}"), format!("s{tag}b{id}"));
     let (va, vb) = (&va[..va.len().min(15)], &vb[..vb.len().min(15)]);
     ip(&["link", "add", va, "type", "veth", "peer", "name", vb]);
     ip(&["link", "set", va, "netns", &ns.0[0]]);
@@ -91,11 +92,17 @@ fn adaptive_compression_pays_on_a_slow_link_and_the_copy_is_identical() {
     for (n, dev) in [(&ns.0[0], va), (&ns.0[1], vb)] {
         ip(&["-n", n, "link", "set", dev, "up"]);
         let tc = Command::new("tc")
-            .args(["-n", n, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", "200mbit", "burst", "256kb", "latency", "50ms"])
+            .args(["-n", n, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"])
             .status()
             .unwrap();
         assert!(tc.success(), "tc tbf on {dev}");
     }
+    Some((ns, va.to_string()))
+}
+
+#[test]
+fn adaptive_compression_pays_on_a_slow_link_and_the_copy_is_identical() {
+    let Some((ns, _)) = rig("t", "200mbit") else { return };
 
     // Half repetitive text, half random pages: what a datadir looks like.
     let tmp = tempfile::tempdir().unwrap();
@@ -121,4 +128,62 @@ fn adaptive_compression_pays_on_a_slow_link_and_the_copy_is_identical() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && log.contains("adaptive compression off"), "{log}");
     assert!(log.lines().rfind(|l| l.contains("compression ratio")).is_some_and(|l| l.ends_with("1.00")), "{log}");
+}
+
+/// Issue 12: the sender's side of the link goes down for 20 s in the
+/// middle of a transfer and every sender socket is killed (`ss -K`) as it
+/// goes: the sender keeps trying to reconnect through the dead link, gets
+/// through once the link is back, and the session ends byte-identical.
+#[test]
+fn a_link_down_for_20_s_with_its_connections_killed_is_survived() {
+    let Some((ns, va)) = rig("r", "400mbit") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["-q", "gen-sample", "--corpus", "--big-mib", "64", "--small", "100"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    let dest = tmp.path().join("dest");
+    let token = dest.with_extension("token");
+    let recv_log = tmp.path().join("recv.log");
+    let mut recv = in_ns(&ns.0[1])
+        .args(["recv", "--listen", "10.78.0.2:4444", "--idle-timeout", "60", "--token-file"])
+        .arg(&token)
+        .arg("--dir")
+        .arg(&dest)
+        .stderr(std::fs::File::create(&recv_log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::fs::metadata(&token).map_or(true, |m| m.len() == 0) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the receiver did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let send = in_ns(&ns.0[0])
+        .args(["send", "--to", "10.78.0.2:4444", "--streams", "2", "--compress", "none", "--rate-limit", "8M", "--idle-timeout", "60"])
+        .arg(&src)
+        .env("SLUICE_TOKEN", std::fs::read_to_string(&token).unwrap().trim())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    ip(&["-n", &ns.0[0], "link", "set", &va, "down"]);
+    let killed = Command::new("ip")
+        .args(["netns", "exec", &ns.0[0], "ss", "-K", "-t", "-n", "state", "established", "dst", "10.78.0.2:4444"])
+        .output()
+        .unwrap();
+    let killed = String::from_utf8_lossy(&killed.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    ip(&["-n", &ns.0[0], "link", "set", &va, "up"]);
+    let out = send.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = recv.wait().unwrap();
+    assert!(out.status.success(), "send failed after the link was down {:?}:\n{log}", down.elapsed());
+    assert!(status.success(), "recv failed:\n{}", std::fs::read_to_string(&recv_log).unwrap());
+    sluice_engine::diff::compare(&src, &dest).unwrap_or_else(|e| panic!("the copy differs: {e}"));
+    assert!(killed >= 2, "ss -K killed {killed} sockets");
+    assert!(log.contains("resumed after"), "the sender reconnected and says what it sent again:\n{log}");
 }
