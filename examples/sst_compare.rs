@@ -11,7 +11,11 @@
 //! run, for a before/after comparison. With `OLD_DATADIR=1` the joiner
 //! is not wiped between SSTs: each SST (after the first) replaces a full
 //! old datadir, whose Galera position is reset to force a full SST — what
-//! a joiner that keeps its old data aside pays for.
+//! a joiner that keeps its old data aside pays for. With `FAULT=kill3`,
+//! every established connection on the joiner's SST port is killed (`ss
+//! -K`, both ends) three times, 1 s apart, from 0.5 s after the first
+//! connection: the SST that survives it is timed, one that fails is
+//! reported as failed (the stock method's socat pipe cannot resume).
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -92,8 +96,33 @@ fn main() {
             std::fs::write(&c.nodes[1].cnf, format!("{cnf}mode={}\n", if copy { "copy" } else { "backup" })).unwrap();
             let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
             c.start(1, false);
-            let took = c.wait_synced(1, Duration::from_secs(1200)).unwrap_or_else(|e| panic!("{method}: {e}"));
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let rss = {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || peak_rss(&stop))
+            };
+            let killer = (std::env::var("FAULT").as_deref() == Ok("kill3")).then(|| {
+                let port = c.nodes[1].sst_port;
+                std::thread::spawn(move || kill_connections(port, 3))
+            });
+            let synced = c.wait_synced(1, Duration::from_secs(1200));
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            let (donor_rss, joiner_rss) = rss.join().unwrap_or_default();
+            let killed = killer.map(|k| k.join().unwrap_or(0));
+            let took = match synced {
+                Ok(t) => t,
+                Err(e) if killed.is_some() => {
+                    println!("round {round} {method:<12} FAILED after {} killed sockets: {e}", killed.unwrap_or(0));
+                    c.keep_logs(&work.with_extension(format!("logs-{round}-{method}")));
+                    continue;
+                }
+                Err(e) => panic!("{method}: {e}"),
+            };
             assert_eq!(c.checksums(1), expect, "{method}: tables differ");
+            if let Some(k) = killed {
+                let resent = c.error_log(0).lines().filter(|l| l.contains("resumed after")).count();
+                println!("round {round} {method:<12} survived {k} killed sockets ({resent} stream resumptions on the donor)");
+            }
             let mut line = format!(
                 "round {round} {method:<12} SST {:6.1} s  (loadavg {})",
                 took.as_secs_f64(),
@@ -101,6 +130,9 @@ fn main() {
             );
             if method == "sluice" || method == "sluice-old" {
                 line += &breakdown(&c.error_log(1));
+            }
+            if method.starts_with("sluice") {
+                line += &format!("  peak RSS donor {} MiB, joiner {} MiB", donor_rss >> 10, joiner_rss >> 10);
             }
             if copy {
                 let log = c.error_log(0);
@@ -138,4 +170,57 @@ fn breakdown(log: &str) -> String {
         grab("--prepare took", "took "),
         grab("--move-back took", "took ")
     )
+}
+
+/// Kills every established connection on `port` (both ends) `times`
+/// times, 1 s apart, starting 0.5 s after the first connection is
+/// established; returns how many sockets it killed.
+fn kill_connections(port: u16, times: usize) -> usize {
+    let ss = |kill: bool| {
+        let mut c = std::process::Command::new("ss");
+        if kill {
+            c.arg("-K");
+        }
+        let side = if kill { "dport" } else { "sport" };
+        let out = c.args(["-t", "-n", "state", "established", &format!("( {side} = :{port} or sport = :{port} )")]).output().expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+    };
+    let t = Instant::now();
+    while ss(false) == 0 && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut killed = 0;
+    for i in 0..times {
+        std::thread::sleep(Duration::from_millis(if i == 0 { 500 } else { 1000 }));
+        killed += ss(true);
+    }
+    killed
+}
+
+/// Peak RSS (KiB, VmHWM) of the donor's and the joiner's SST processes
+/// (any process whose command line runs `wsrep_sst_sluice` or the old
+/// build's `sluice sst`), sampled
+/// every 50 ms until `stop`.
+fn peak_rss(stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
+    let (mut donor, mut joiner) = (0u64, 0u64);
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if !(cmd.contains("wsrep_sst_sluice") || cmd.contains("sluice sst --role")) {
+                continue;
+            }
+            let hwm = std::fs::read_to_string(e.path().join("status"))
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+                .unwrap_or(0);
+            if cmd.contains("--role donor") {
+                donor = donor.max(hwm);
+            } else if cmd.contains("--role joiner") {
+                joiner = joiner.max(hwm);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (donor, joiner)
 }

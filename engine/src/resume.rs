@@ -30,8 +30,10 @@ use aws_lc_rs::hmac;
 /// connection to come back.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(600);
 
-/// Default bytes of streamed data kept for replay, all streams together.
-pub const DEFAULT_REPLAY_BUDGET: u64 = 256 << 20;
+/// Default bytes of streamed data kept for replay, all streams together:
+/// with everything else a sender holds, a full buffer still keeps its peak
+/// RSS under 256 MiB.
+pub const DEFAULT_REPLAY_BUDGET: u64 = 128 << 20;
 
 /// The receiver acknowledges at least every this many frames...
 pub const ACK_FRAMES: u64 = 16;
