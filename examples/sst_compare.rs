@@ -132,7 +132,10 @@ fn main() {
                 line += &breakdown(&c.error_log(1));
             }
             if method.starts_with("sluice") {
-                line += &format!("  peak RSS donor {} MiB, joiner {} MiB", donor_rss >> 10, joiner_rss >> 10);
+                let _ = std::fmt::Write::write_fmt(
+                    &mut line,
+                    format_args!("  peak RSS donor {} MiB, joiner {} MiB", donor_rss >> 10, joiner_rss >> 10),
+                );
             }
             if copy {
                 let log = c.error_log(0);

@@ -333,18 +333,23 @@ pub(crate) fn spawn_acceptor(
                     };
                     admission.done(j.ticket);
                     pending.0.remove(&j.ticket);
+                    // Refusals are logged at a bounded rate: a token holder
+                    // cannot flood the log.
+                    let refuse = |j: &Joined, reason: &str| {
+                        log.refuse(&j.peer, reason);
+                        let _ = net::write_frame(&j.sock, &j.peer, &Frame::Reject { reason: reason.into() }, None);
+                    };
                     let Some((generation, proof)) = j.rejoin else {
-                        gate::reject(&j, "a session is already running on this receiver");
+                        refuse(&j, "a session is already running on this receiver");
                         continue;
                     };
-                    let slot = &slots[usize::from(j.hello.stream_index).min(slots.len() - 1)];
-                    if usize::from(j.hello.stream_index) >= slots.len() {
-                        gate::reject(&j, "this reconnection belongs to no running session of this receiver");
+                    let Some(slot) = slots.get(usize::from(j.hello.stream_index)) else {
+                        refuse(&j, "this reconnection belongs to no running session of this receiver");
                         continue;
-                    }
+                    };
                     match slot.check(&j, generation, &proof, &res) {
                         Ok(()) => slot.offer(j, generation, &res),
-                        Err(reason) => gate::reject(&j, reason),
+                        Err(reason) => refuse(&j, reason),
                     }
                 }
                 loop {
