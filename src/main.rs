@@ -446,6 +446,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 const SST_SCRIPT: &str = "wsrep_sst_sluice";
 
 fn main() {
+    // Bounded memory whatever peers do: few malloc arenas, however many
+    // short-lived handshake threads a flood makes (backend::sys).
+    sluice_engine::backend::sys::limit_malloc_arenas(2);
     // Every file of a datadir may pass through a receiver: take the
     // descriptors the hard limit allows (the engine bounds its own use).
     let _ = sluice_engine::backend::sys::raise_nofile_limit();

@@ -310,3 +310,76 @@ fn the_cli_reports_what_it_sent_again() {
     eprintln!("sender log:\n{err}\nreceiver log:\n{}", std::fs::read_to_string(&log).unwrap());
     let _ = IoMode::Auto;
 }
+
+/// A party that holds the token (and even the session's salt, read off
+/// the wire of an unencrypted session) cannot take a stream over: a REJOIN
+/// without the session secret's proof, or one for a foreign session, is
+/// refused, and the session itself completes untouched.
+#[test]
+fn a_rejoin_without_the_session_secret_is_refused_and_the_session_completes() {
+    use sluice_engine::wire::{FRAME_HEADER_LEN, Frame, FrameHeader, Hello, MAGIC, Rejoin};
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let r = Receiver::bind("127.0.0.1:0", base_recv()).unwrap();
+    let raddr = r.local_addr().unwrap();
+    let token = r.token().clone();
+    let d = tmp.path().join("dest");
+    let h = std::thread::spawn(move || r.run(&d));
+    // A forwarding proxy that records the first bytes of the first
+    // connection: the sender's HELLO, salt included (an eavesdropper's view).
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let paddr = proxy.local_addr().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for (i, c) in proxy.incoming().enumerate() {
+            let Ok(c) = c else { return };
+            let Ok(up) = std::net::TcpStream::connect(raddr) else { return };
+            let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            let tx = (i == 0).then(|| seen_tx.clone());
+            std::thread::spawn(move || {
+                let mut first = vec![0u8; 8 + FRAME_HEADER_LEN + 48];
+                if c2.read_exact(&mut first).is_ok() {
+                    let _ = up2.write_all(&first);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(first);
+                    }
+                    let _ = std::io::copy(&mut c2, &mut up2);
+                }
+                let _ = up2.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut c3, mut up3) = (c, up);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up3, &mut c3);
+                let _ = c3.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let t2 = token.clone();
+    let s2 = src.clone();
+    let sender = std::thread::spawn(move || sluice_engine::send(&paddr.to_string(), &t2, &[s2], &base_send(2)));
+    let first = seen_rx.recv_timeout(Duration::from_secs(20)).expect("the sender connected");
+    let fh = FrameHeader::decode(first[8..16].try_into().unwrap()).unwrap();
+    let Frame::Hello(hello) = Frame::decode(fh, &first[16..]).unwrap() else { panic!("not a HELLO") };
+    std::thread::sleep(Duration::from_millis(500));
+    let attempt = |hello: Hello, generation: u32| {
+        let mut c = std::net::TcpStream::connect(raddr).unwrap();
+        let mut out = MAGIC.to_vec();
+        Frame::Rejoin(Rejoin { hello, generation, proof: [0x5a; 32] }).encode(&mut out);
+        c.write_all(&out).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // The right token and salt, a forged proof.
+    let a = attempt(Hello { stream_index: 0, ..hello.clone() }, 7);
+    assert!(a.contains("does not prove it knows the session secret"), "{a:?}");
+    // The right token, another session's salt.
+    let a = attempt(Hello { session_salt: [1; 16], ..hello }, 1);
+    assert!(a.contains("belongs to no running session"), "{a:?}");
+    let s = sender.join().unwrap().unwrap_or_else(|e| panic!("the sender failed: {e}"));
+    h.join().unwrap().unwrap_or_else(|e| panic!("the receiver failed: {e}"));
+    sluice_engine::diff::compare(&src, &tmp.path().join("dest")).unwrap_or_else(|d| panic!("the copy differs: {d}"));
+    assert_eq!(s.resent, 0, "nothing was taken over, nothing sent again");
+}
