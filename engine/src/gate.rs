@@ -12,7 +12,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender as Tx;
+use crossbeam_channel::{Receiver as Rx, Sender as Tx, unbounded};
 
 use crate::admission::{self, Admission, LogDecision, LogLimit, Ticket};
 use crate::net::{self, Link, Token};
@@ -71,9 +71,71 @@ impl Drop for PendingSockets {
     }
 }
 
+/// The accept loop's state: who is pending, the caps, and what the
+/// examining threads found. One serves a session's assembly, then (in a
+/// resumable session) the acceptor of REJOINs.
+pub(crate) struct Gate {
+    admission: Admission,
+    pending: PendingSockets,
+    tx: Tx<Examined>,
+    rx: Rx<Examined>,
+    pub log: Arc<RefusalLog>,
+    rules: Arc<Rules>,
+}
+
+impl Gate {
+    pub fn new(admission: Admission, rules: Rules) -> Self {
+        let (tx, rx) = unbounded();
+        Self { admission, pending: PendingSockets::default(), tx, rx, log: Arc::default(), rules: Arc::new(rules) }
+    }
+
+    /// Connections that passed their token check since the last call; they
+    /// leave the pending table before anything can evict them.
+    pub fn joined(&mut self) -> Vec<Joined> {
+        let mut out = Vec::new();
+        while let Ok(x) = self.rx.try_recv() {
+            let t = match &x {
+                Examined::Refused(t) => *t,
+                Examined::Joined(j) => j.ticket,
+            };
+            self.admission.done(t);
+            self.pending.0.remove(&t);
+            if let Examined::Joined(j) = x {
+                out.push(*j);
+            }
+        }
+        out
+    }
+
+    /// Admits what waits on `listener` (non-blocking) within the caps, the
+    /// oldest stranger evicted to make room, and cuts expired handshakes.
+    pub fn accept(&mut self, listener: &std::net::TcpListener) {
+        loop {
+            match listener.accept() {
+                Ok((sock, addr)) => admit(sock, addr, &mut self.admission, &mut self.pending, &self.rules, &self.log, &self.tx),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.log.refuse("listener", &format!("accept failed: {e}"));
+                    break;
+                }
+            }
+        }
+        for t in self.admission.expired(Instant::now()) {
+            self.pending.cut(t);
+        }
+    }
+
+    /// Cuts every pending stranger.
+    pub fn close(&mut self) {
+        for t in self.admission.drain() {
+            self.pending.cut(t);
+        }
+    }
+}
+
 /// Admits one accepted connection and starts examining it.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn admit(
+fn admit(
     sock: TcpStream,
     addr: SocketAddr,
     admission: &mut Admission,

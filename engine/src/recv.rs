@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::pipeline::{self, Abort};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::bounded;
 
 use crate::admission::{self, Admission};
 use crate::backend::{self, IoMode, StreamIo};
@@ -31,7 +31,7 @@ use crate::catalog::{Announced, Catalog};
 use crate::codec::Decoder;
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, SessionKey};
 pub use crate::gate::hello_refusal;
-use crate::gate::{Examined, Joined, PendingSockets, RefusalLog, Rules, admit, reject};
+use crate::gate::{Gate, Joined, Rules, reject};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
@@ -203,8 +203,8 @@ impl Receiver {
         // A session whose listener goes on to the next one (an
         // announcement) does not resume: its listener must stay free.
         let resume_ok = !keep && !self.cfg.resume_window.is_zero();
-        let (streams, admission) = self.assemble(resume_ok)?;
-        let Self { listener, token, nonce, secret, cfg, tls, .. } = self;
+        let (streams, gate) = self.assemble(resume_ok)?;
+        let Self { listener, token, nonce, secret, cfg, .. } = self;
         let h0 = streams[0].hello.clone();
         let granted = grant(h0.capabilities, resume_ok);
         let session = cfg.seal_key.as_ref().map(|k| {
@@ -216,7 +216,6 @@ impl Receiver {
                 streams: h0.stream_count,
             })
         });
-        let sealed = cfg.seal_key.is_some();
         let slots: Arc<Vec<Arc<Slot>>> = Arc::new(
             streams
                 .into_iter()
@@ -248,9 +247,8 @@ impl Receiver {
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = match &resumption {
             Some(res) => {
-                let rules = Rules { token: token.clone(), sealed, unfilter: cfg.unfilter.is_some(), tls, deadline: cfg.handshake_timeout };
                 let l = listener.try_clone().map_err(|e| Error::io("sharing the listener", e))?;
-                Some(slot::spawn_acceptor(l, rules, admission, Arc::clone(&slots), Arc::clone(res), Arc::clone(&stop))?)
+                Some(slot::spawn_acceptor(l, gate, Arc::clone(&slots), Arc::clone(res), Arc::clone(&stop))?)
             }
             None => None,
         };
@@ -288,12 +286,8 @@ impl Receiver {
     }
 
     /// Accepts connections until every stream of one session has joined.
-    fn assemble(&self, resume_ok: bool) -> Result<(Vec<Joined>, Admission)> {
+    fn assemble(&self, resume_ok: bool) -> Result<(Vec<Joined>, Gate)> {
         self.listener.set_nonblocking(true).map_err(|e| Error::io("configuring the listener", e))?;
-        let (tx, rx) = unbounded::<Examined>();
-        let log = Arc::new(RefusalLog::default());
-        let mut admission = Admission::new(self.cfg.max_pending_per_source, self.cfg.max_pending, self.cfg.handshake_timeout);
-        let mut pending = PendingSockets::default();
         let mut slots: Vec<Option<Joined>> = Vec::new();
         let mut salt = None;
         let mut session_caps = 0;
@@ -306,22 +300,11 @@ impl Receiver {
             tls: self.tls.clone(),
             deadline: self.cfg.handshake_timeout,
         };
-        let rules = Arc::new(rules);
+        let admission = Admission::new(self.cfg.max_pending_per_source, self.cfg.max_pending, self.cfg.handshake_timeout);
+        let mut gate = Gate::new(admission, rules);
         loop {
-            // What the examining threads found, first: a sender that passed
-            // its token check leaves the pending table before anything can
-            // evict it.
-            while let Ok(x) = rx.try_recv() {
-                let j = match x {
-                    Examined::Refused(t) => {
-                        admission.done(t);
-                        pending.0.remove(&t);
-                        continue;
-                    }
-                    Examined::Joined(j) => *j,
-                };
-                admission.done(j.ticket);
-                pending.0.remove(&j.ticket);
+            // What the examining threads found, first.
+            for j in gate.joined() {
                 let h = &j.hello;
                 match salt {
                     None => {
@@ -367,27 +350,13 @@ impl Receiver {
             }
             // New connections: admitted within the caps, the oldest
             // stranger evicted to make room.
-            loop {
-                match self.listener.accept() {
-                    Ok((sock, addr)) => admit(sock, addr, &mut admission, &mut pending, &rules, &log, &tx),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log.refuse("listener", &format!("accept failed: {e}"));
-                        break;
-                    }
-                }
-            }
-            for t in admission.expired(Instant::now()) {
-                pending.cut(t);
-            }
+            gate.accept(&self.listener);
             if self.cancel.load(Ordering::Acquire) {
                 return Err(Error::Aborted("cancelled while waiting for the sender".into()));
             }
             if !slots.is_empty() && slots.iter().all(Option::is_some) {
-                for t in admission.drain() {
-                    pending.cut(t);
-                }
-                return Ok((slots.into_iter().map(|s| s.expect("checked above")).collect(), admission));
+                gate.close();
+                return Ok((slots.into_iter().map(|s| s.expect("checked above")).collect(), gate));
             }
             if let Some((t, _)) = first_deadline.filter(|(_, d)| salt.is_none() && Instant::now() > *d) {
                 return Err(Error::Aborted(format!("no sender connected within {t:?}")));

@@ -224,9 +224,9 @@ impl Session {
     /// Gives `lane` a new connection after `why` broke the last one, and
     /// starts its reader; returns the receiver's count of processed frames
     /// (the caller sends again what follows).
-    fn reconnect(&self, lane: &Lane, seal: &mut Option<Sealer>, why: &str) -> Result<u64> {
+    fn reconnect(&self, lane: &Lane, seal: &mut Option<Sealer>, why: &str, since: Instant) -> Result<u64> {
         let Some(resume) = &self.resume else { unreachable!("only resumable sessions reconnect") };
-        let deadline = Instant::now() + resume.window;
+        let deadline = since + resume.window;
         tracing::warn!(stream = lane.index, "stream {} broke ({why}); reconnecting (resume window {:?})", lane.index, resume.window);
         let (frames, writer, opener) = resume.reconnect(lane, deadline, why, &self.abort)?;
         *seal = writer;
@@ -625,7 +625,9 @@ impl StreamCtx<'_> {
         let started = Instant::now();
         let _waiting = self.progress.resuming();
         loop {
-            let frames = self.session.reconnect(self.lane, seal, &why)?;
+            // One window from the first break, however often sending
+            // again breaks too.
+            let frames = self.session.reconnect(self.lane, seal, &why, started)?;
             let freed = self.lane.resumed(frames).map_err(|e| Error::peer(self.peer(), format!("stream {}: {e}", self.lane.index)))?;
             if let Some(r) = &self.session.resume {
                 r.budget.release(freed);

@@ -16,11 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::unbounded;
-
-use crate::admission::Admission;
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer};
-use crate::gate::{self, Examined, Joined, PendingSockets, RefusalLog, Rules};
+use crate::gate::{Gate, Joined};
 use crate::net::{self, Link};
 use crate::pipeline::Abort;
 use crate::resume::RejoinKey;
@@ -306,8 +303,7 @@ impl Slot {
 /// `stop` is set.
 pub(crate) fn spawn_acceptor(
     listener: TcpListener,
-    rules: Rules,
-    admission: Admission,
+    mut gate: Gate,
     slots: Arc<Vec<Arc<Slot>>>,
     res: Arc<Resumption>,
     stop: Arc<AtomicBool>,
@@ -316,27 +312,12 @@ pub(crate) fn spawn_acceptor(
     std::thread::Builder::new()
         .name("sluice-rejoin".into())
         .spawn(move || {
-            let (tx, rx) = unbounded::<Examined>();
-            let log = Arc::new(RefusalLog::default());
-            let rules = Arc::new(rules);
-            let mut admission = admission;
-            let mut pending = PendingSockets::default();
             while !stop.load(Ordering::Acquire) {
-                while let Ok(x) = rx.try_recv() {
-                    let j = match x {
-                        Examined::Refused(t) => {
-                            admission.done(t);
-                            pending.0.remove(&t);
-                            continue;
-                        }
-                        Examined::Joined(j) => *j,
-                    };
-                    admission.done(j.ticket);
-                    pending.0.remove(&j.ticket);
+                for j in gate.joined() {
                     // Refusals are logged at a bounded rate: a token holder
                     // cannot flood the log.
                     let refuse = |j: &Joined, reason: &str| {
-                        log.refuse(&j.peer, reason);
+                        gate.log.refuse(&j.peer, reason);
                         let _ = net::write_frame(&j.sock, &j.peer, &Frame::Reject { reason: reason.into() }, None);
                     };
                     let Some((generation, proof)) = j.rejoin else {
@@ -352,21 +333,10 @@ pub(crate) fn spawn_acceptor(
                         Err(reason) => refuse(&j, reason),
                     }
                 }
-                loop {
-                    match listener.accept() {
-                        Ok((sock, addr)) => gate::admit(sock, addr, &mut admission, &mut pending, &rules, &log, &tx),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            log.refuse("listener", &format!("accept failed: {e}"));
-                            break;
-                        }
-                    }
-                }
-                for t in admission.expired(Instant::now()) {
-                    pending.cut(t);
-                }
+                gate.accept(&listener);
                 std::thread::sleep(Duration::from_millis(5));
             }
+            gate.close();
         })
         .map_err(|e| Error::io("spawning a thread", e))
 }
