@@ -254,18 +254,19 @@ fn a_gone_receiver_or_a_zero_window_fails_promptly() {
     // A receiver process that dies: its port refuses the reconnection.
     let dest = tmp.path().join("gone");
     let log = tmp.path().join("recv.log");
-    let mut recv = common::start_recv(&dest, &log, &["--resume-window", "30"]);
+    let recv = common::start_recv(&dest, &log, &["--resume-window", "30"]);
     let addr = recv.addr.clone();
     let token = sluice_engine::Token::from_bytes(hex_token(&recv.token));
-    let killer_pid = recv.child.id();
+    let mut child = recv.child;
+    // SIGKILL through std (no `kill` binary needed).
     let kill = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(800));
-        let _ = Command::new("kill").args(["-KILL", &killer_pid.to_string()]).status();
+        let _ = child.kill();
+        let _ = child.wait();
     });
     let t = Instant::now();
     let sent = sluice_engine::send(&addr, &token, &[src], &base_send(2));
     kill.join().unwrap();
-    let _ = recv.child.wait();
     let e = sent.expect_err("the receiver is gone").to_string();
     assert!(t.elapsed() < Duration::from_secs(10), "the sender sat out the window: {:?}: {e}", t.elapsed());
     assert!(e.contains("no longer running") || e.contains("refused"), "{e}");
