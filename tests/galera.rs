@@ -85,8 +85,9 @@ fn a_donor_with_wrong_credentials_fails_the_joiner_with_sluices_message() {
     c.keep_logs(&workdir("galera-baddonor-logs"));
     assert!(exited, "the joiner should abort; log tail:\n{}", c.log_tail(1, 40));
     let joiner = c.error_log(1);
-    let donor = c.error_log(0);
-    assert!(donor.contains("WSREP_SST: [ERROR] sluice SST failed on donor: mariadb-backup --backup failed"), "donor log:\n{donor}");
+    let failed = "WSREP_SST: [ERROR] sluice SST failed on donor: mariadb-backup --backup failed";
+    let donor = c.error_log_with(0, failed, Duration::from_secs(30));
+    assert!(donor.contains(failed), "donor log:\n{donor}");
     assert!(!donor.contains("wrong-password"), "the password leaked into the donor's log");
     assert!(joiner.contains("WSREP_SST: [ERROR] sluice SST failed on joiner"), "joiner log:\n{joiner}");
     assert!(joiner.contains("mariadb-backup --backup failed"), "the joiner names the donor's cause:\n{joiner}");
@@ -414,8 +415,15 @@ fn copy_mode_provisions_a_joiner_and_releases_the_donors_lock() {
     assert!(c.error_log(1).contains("running IST"), "{}", c.log_tail(1, 30));
 }
 
-/// Starts a joiner whose SST must fail; returns both error logs.
-fn failing_joiner(name: &str, spec: &Spec, during: impl FnOnce(&mut Cluster)) -> Option<(String, String, PathBuf)> {
+/// Starts a joiner whose SST must fail; returns both error logs, the
+/// donor's once it says `donor_says` (its SST process may end after the
+/// joiner's) or after 30 s.
+fn failing_joiner(
+    name: &str,
+    spec: &Spec,
+    donor_says: Option<&str>,
+    during: impl FnOnce(&mut Cluster),
+) -> Option<(String, String, PathBuf)> {
     if let Some(why) = cluster::unavailable() {
         eprintln!("SKIPPED: {why}");
         return None;
@@ -431,7 +439,11 @@ fn failing_joiner(name: &str, spec: &Spec, during: impl FnOnce(&mut Cluster)) ->
     assert!(!data.join("ibdata1").exists() && !data.join("mysql").exists(), "{name}: the joiner's datadir looks usable");
     let staging = data.join(".sst");
     assert!(!staging.exists() || staging.join(".sluice-incomplete").exists(), "{name}: staging without the incomplete marker");
-    Some((c.error_log(0), c.error_log(1), data))
+    let donor_log = match donor_says {
+        Some(needle) => c.error_log_with(0, needle, Duration::from_secs(30)),
+        None => c.error_log(0),
+    };
+    Some((donor_log, c.error_log(1), data))
 }
 
 #[test]
@@ -442,7 +454,11 @@ fn a_wrong_ca_is_named_in_the_joiners_log() {
     let mut spec = Spec::new(24_900);
     // Both nodes trust a CA that did not sign the node certificate.
     spec.sst = format!("encrypt=4\ntca={d}/other-ca.pem\ntcert={d}/node.pem\ntkey={d}/node.key\n");
-    let Some((donor_log, joiner, _)) = failing_joiner("galera-wrong-ca", &spec, |_| {}) else { return };
+    let Some((donor_log, joiner, _)) =
+        failing_joiner("galera-wrong-ca", &spec, Some("WSREP_SST: [ERROR] sluice SST failed on donor"), |_| {})
+    else {
+        return;
+    };
     assert!(joiner.contains("TLS handshake failed") && joiner.contains("UnknownCA"), "joiner log:\n{joiner}");
     assert!(donor_log.contains("WSREP_SST: [ERROR] sluice SST failed on donor"), "donor log:\n{donor_log}");
 }
@@ -451,7 +467,7 @@ fn a_wrong_ca_is_named_in_the_joiners_log() {
 fn an_invalid_option_value_is_named_in_the_joiners_log() {
     let mut spec = Spec::new(25_100);
     spec.sst = "rlimit=12Q\n".into();
-    let Some((_, joiner, _)) = failing_joiner("galera-bad-option", &spec, |_| {}) else { return };
+    let Some((_, joiner, _)) = failing_joiner("galera-bad-option", &spec, None, |_| {}) else { return };
     assert!(joiner.contains("invalid value \"12Q\" for `rlimit`"), "joiner log:\n{joiner}");
 }
 
@@ -459,7 +475,7 @@ fn an_invalid_option_value_is_named_in_the_joiners_log() {
 fn a_cpat_that_would_delete_the_staging_dir_is_refused() {
     let mut spec = Spec::new(25_200);
     spec.sst = "cpat=.*/grastate\\\\.dat\n".into();
-    let Some((_, joiner, _)) = failing_joiner("galera-bad-cpat", &spec, |_| {}) else { return };
+    let Some((_, joiner, _)) = failing_joiner("galera-bad-cpat", &spec, None, |_| {}) else { return };
     assert!(joiner.contains("would delete the staging directory"), "joiner log:\n{joiner}");
 }
 
@@ -467,7 +483,7 @@ fn a_cpat_that_would_delete_the_staging_dir_is_refused() {
 fn a_donor_killed_mid_transfer_leaves_no_usable_datadir() {
     let mut spec = Spec::new(25_300);
     spec.sst = "rlimit=5M\n".into();
-    let Some((_, joiner, _)) = failing_joiner("galera-killed-donor", &spec, |c| {
+    let Some((_, joiner, _)) = failing_joiner("galera-killed-donor", &spec, None, |c| {
         // Wait for the donor's sluice to be sending, then kill it.
         let root = c.root.to_string_lossy().into_owned();
         let t = std::time::Instant::now();

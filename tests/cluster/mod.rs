@@ -395,6 +395,20 @@ impl Cluster {
         fs::read_to_string(&self.nodes[i].error_log).unwrap_or_default()
     }
 
+    /// Node `i`'s error log once it contains `needle`, or as it is after
+    /// `timeout`: the two nodes' SST processes end independently, so a
+    /// donor may log its own failure after the joiner has already exited.
+    pub fn error_log_with(&self, i: usize, needle: &str, timeout: Duration) -> String {
+        let t = Instant::now();
+        loop {
+            let log = self.error_log(i);
+            if log.contains(needle) || t.elapsed() > timeout {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops node `i`: SIGTERM, then SIGKILL after 60 s.
     pub fn stop(&mut self, i: usize) {
         let Some(mut c) = self.nodes[i].child.take() else { return };
