@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 secs=${1:-1800}
 runs=${2:-10000000}
 failed=0
-targets=${TARGETS:-wire_frames handshake mbstream mycnf sst_args cpat}
+targets=${TARGETS:-wire_frames handshake mbstream mycnf sst_args cpat journal}
 for t in $targets; do
   mkdir -p "corpus/$t"
   log=$(mktemp)

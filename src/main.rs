@@ -26,7 +26,7 @@ use sluice_engine::net::SockOpts;
 use sluice_engine::net::tls::{TlsMode, TlsOptions};
 use sluice_engine::progress::Progress;
 use sluice_engine::sink::SinkOptions;
-use sluice_engine::{IoMode, ReceiveConfig, Receiver, SendConfig, Summary, Token};
+use sluice_engine::{IoMode, Journaling, ReceiveConfig, Receiver, SendConfig, Summary, Token};
 use sluice_sst::mycnf;
 
 #[derive(Parser, Debug)]
@@ -273,6 +273,12 @@ struct RecvArgs {
     /// Replace existing files in the destination instead of refusing.
     #[arg(long)]
     overwrite: bool,
+    /// Continue an interrupted receive into --dir (this receiver was
+    /// killed, or its host rebooted): its journal says what is verified
+    /// and durable; run the sender again with the new token and it sends
+    /// only the rest. Not for streamed backups, which cannot be rewound.
+    #[arg(long)]
+    resume: bool,
     /// Apply the sender's owners (root only).
     #[arg(long)]
     preserve_owner: bool,
@@ -627,6 +633,9 @@ fn report(verb: &str, s: &Summary) {
     if s.resent > 0 {
         tracing::info!("{:.1} MiB were sent again after broken connections", s.resent as f64 / 1_048_576.0);
     }
+    if s.held > 0 {
+        tracing::info!("{:.1} MiB the receiver held from the interrupted transfer were not sent again", s.held as f64 / 1_048_576.0);
+    }
 }
 
 /// The sender's configuration from the shared flags.
@@ -661,10 +670,53 @@ fn recv_config(io: IoMode, sink: SinkOptions, c: &ControlArgs) -> ReceiveConfig 
     }
 }
 
+/// What `recv --resume` continues: refuses, before listening, a
+/// destination that holds no resumable transfer.
+fn resumable(dir: &Path) -> Result<()> {
+    use sluice_engine::journal::{self, Found};
+    let shown = dir.display();
+    let root = journal::open_root(dir).with_context(|| format!("--resume: cannot open {shown}"))?;
+    match journal::find(&root).with_context(|| format!("--resume: reading the journal in {shown}"))? {
+        Found::NoMarker => anyhow::bail!(
+            "--resume: {shown} holds no interrupted transfer (no {} marker), so there is nothing to resume; receive without --resume",
+            sluice_engine::plan::INCOMPLETE_MARKER
+        ),
+        Found::NoJournal => anyhow::bail!(
+            "--resume: {shown} holds an interrupted transfer but no journal ({}): it was a streamed backup, or received by `sluice copy` or an SST, and cannot be resumed; receive it again from the start, without --resume (into an empty directory, or with --overwrite)",
+            sluice_engine::plan::JOURNAL_FILE
+        ),
+        Found::Held(h) => {
+            eprintln!(
+                "sluice: resuming into {shown}: the journal holds {:.1} MiB in {} files, verified and durable; the sender sends the rest",
+                h.bytes() as f64 / 1_048_576.0,
+                h.files()
+            );
+            Ok(())
+        }
+    }
+}
+
 fn recv(a: &RecvArgs) -> Result<()> {
     let sink = SinkOptions { overwrite: a.overwrite, preserve_owner: a.preserve_owner, direct_io: !a.buffered, ..SinkOptions::default() };
     let seal_key = a.encrypt_key_file.as_deref().map(SealKey::from_file).transpose()?;
-    let cfg = ReceiveConfig { seal_key, ..recv_config(a.io.io, sink, &a.control) };
+    if a.resume && a.prepare {
+        anyhow::bail!(
+            "--resume continues a tree transfer; a streamed backup (send --backup, recv --prepare) cannot be rewound: receive it again from the start"
+        );
+    }
+    match (a.resume, &a.dir) {
+        (true, Some(dir)) => resumable(dir)?,
+        (true, None) => anyhow::bail!("--resume continues an interrupted receive into --dir: give that directory"),
+        (false, _) => {}
+    }
+    // A tree received into --dir is journaled, so that `--resume` can
+    // continue it if this receiver dies.
+    let journal = match (a.resume, &a.dir) {
+        (true, _) => Journaling::Resume,
+        (false, Some(_)) => Journaling::Write,
+        (false, None) => Journaling::Off,
+    };
+    let cfg = ReceiveConfig { seal_key, journal, ..recv_config(a.io.io, sink, &a.control) };
     let progress = cfg.progress.clone().unwrap_or_default();
     let r = Receiver::bind(&a.listen, cfg)?;
     let addr = r.local_addr()?;

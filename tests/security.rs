@@ -177,8 +177,13 @@ fn f10_a_receiver_silent_after_end_cannot_hang_the_sender() {
         assert_eq!(h.kind, Kind::Hello);
         let Frame::Hello(hello) = Frame::decode(h, &opening[16..]).unwrap() else { panic!("not a HELLO") };
         let mut w = Vec::new();
-        Frame::Welcome { version: hello.max_version, capabilities: hello.capabilities & !caps::RESUME, nonce: [9; 16], secret: [8; 16] }
-            .encode(&mut w);
+        Frame::Welcome {
+            version: hello.max_version,
+            capabilities: hello.capabilities & !(caps::RESUME | caps::HAVE),
+            nonce: [9; 16],
+            secret: [8; 16],
+        }
+        .encode(&mut w);
         s.write_all(&w).unwrap();
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);

@@ -27,6 +27,11 @@ pub(crate) enum Heard {
     Verdict(Result<(bool, String)>),
     /// Stream 0's connection broke (resumable sessions): reconnect it.
     Broken,
+    /// HAVE: ranges a resumed receiver already holds.
+    Have {
+        last: bool,
+        ranges: Vec<(u32, crate::plan::Extent)>,
+    },
 }
 
 /// A frame a stream may have to send again.
@@ -216,6 +221,9 @@ pub(crate) fn spawn_reader(
                     },
                     Ok(Frame::Keepalive) if verdict.is_some() => {
                         let _ = verdict.as_ref().expect("checked").send(Heard::Alive);
+                    }
+                    Ok(Frame::Have { last, ranges }) if verdict.is_some() => {
+                        let _ = verdict.as_ref().expect("checked").send(Heard::Have { last, ranges });
                     }
                     Ok(Frame::Verdict { ok, reason }) if verdict.is_some() => {
                         if !ok && abort.trip() {
@@ -505,12 +513,16 @@ fn attempt(
     };
     match net::read_body(&sock, peer, hd, None).map_err(fatal)? {
         Frame::Welcome { version, capabilities, nonce, secret } => {
-            // A receiver with resuming off grants everything but RESUME.
-            let acceptable = capabilities == h.caps || capabilities == h.caps & !caps::RESUME;
+            // A receiver grants everything asked for, but may leave out
+            // RESUME (its window is 0) and HAVE (it is not resuming).
+            let acceptable = capabilities & !h.caps == 0 && (h.caps & !capabilities) & !(caps::RESUME | caps::HAVE) == 0;
             if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || !acceptable {
                 return Err(fatal(Error::peer(
                     peer,
-                    format!("chose protocol {version} with capabilities {capabilities:#x}, which this build did not offer"),
+                    format!(
+                        "chose protocol {version} with capabilities {capabilities:#x}, which this sender did not ask for ({:#x})",
+                        h.caps
+                    ),
                 )));
             }
             Ok((sock, Welcome { nonce, secret, caps: capabilities }))

@@ -20,6 +20,7 @@ pub mod codec;
 pub mod diff;
 mod error;
 mod gate;
+pub mod journal;
 mod lane;
 pub mod net;
 pub mod pipeline;
@@ -38,7 +39,7 @@ pub mod wire;
 pub use backend::{IO_ENV, IoMode, Method};
 pub use error::{Error, Result, printable};
 pub use net::Token;
-pub use recv::{ReceiveConfig, Receiver};
+pub use recv::{Journaling, ReceiveConfig, Receiver};
 pub use send::{SendConfig, send};
 
 /// Default block size: large enough that per-frame costs vanish, small
@@ -58,6 +59,9 @@ pub struct Summary {
     pub wire_bytes: u64,
     /// Data bytes sent again after broken connections (sender side).
     pub resent: u64,
+    /// Data bytes a resumed receiver already held from an interrupted
+    /// transfer, and which were not sent again.
+    pub held: u64,
     /// Wall time of the session.
     pub elapsed: std::time::Duration,
 }

@@ -83,6 +83,13 @@ impl Entry {
 /// session is verified and durable; a manifest may not use it.
 pub const INCOMPLETE_MARKER: &str = ".sluice-incomplete";
 
+/// Name of the receiver's journal of verified, durable ranges (see
+/// [`crate::journal`]); a manifest may not use it, nor its temporary name.
+pub const JOURNAL_FILE: &str = ".sluice-journal";
+
+/// The journal's name while it is rewritten.
+pub const JOURNAL_TEMP: &str = ".sluice-journal.tmp";
+
 /// Checks that a peer-supplied path stays inside the destination: relative,
 /// no `.` or `..` or empty components, no NUL, bounded lengths, and not the
 /// receiver's own marker.
@@ -107,7 +114,7 @@ pub fn validate_rel_path(path: &[u8]) -> Result<(), &'static str> {
             _ => {}
         }
     }
-    if path == INCOMPLETE_MARKER.as_bytes() {
+    if [INCOMPLETE_MARKER, JOURNAL_FILE, JOURNAL_TEMP].iter().any(|n| path == n.as_bytes()) {
         return Err("reserved name");
     }
     Ok(())
@@ -135,6 +142,37 @@ pub fn coalesce_extents(mut extents: Vec<Extent>, max: usize) -> Vec<Extent> {
             }
         }
         out.push(x);
+    }
+    out
+}
+
+/// `extents` less the ranges of `held` (sorted, non-overlapping): what is
+/// left to send of a file whose receiver already holds `held`.
+pub fn subtract_extents(extents: &[Extent], held: &[Extent]) -> Vec<Extent> {
+    let mut out = Vec::with_capacity(extents.len());
+    let mut h = 0;
+    for x in extents {
+        let (mut at, end) = (x.offset, x.offset + x.len);
+        // Skip held ranges that end before this extent.
+        while h < held.len() && held[h].offset + held[h].len <= at {
+            h += 1;
+        }
+        let mut k = h;
+        while at < end {
+            match held.get(k) {
+                Some(r) if r.offset < end => {
+                    if r.offset > at {
+                        out.push(Extent { offset: at, len: r.offset - at });
+                    }
+                    at = at.max(r.offset + r.len);
+                    k += 1;
+                }
+                _ => {
+                    out.push(Extent { offset: at, len: end - at });
+                    at = end;
+                }
+            }
+        }
     }
     out
 }
@@ -287,6 +325,14 @@ impl RecvTally {
         Self { files, completed: AtomicU32::new(0), regular }
     }
 
+    /// Counts `held` bytes of file `id` as arrived before the session (a
+    /// resumed receiver's journal holds them): the file is complete when
+    /// the rest arrives, and the sender's digest covers only the rest.
+    pub fn credit(&self, id: u32, held: u64) {
+        let mut f = self.lock(id);
+        f.expected = f.expected.saturating_sub(held);
+    }
+
     /// Validates that a block lies inside one data extent of `entry`.
     pub fn check_range(entry: &Entry, offset: u64, len: u32) -> Result<(), TallyError> {
         if entry.kind != EntryKind::File {
@@ -376,7 +422,9 @@ mod tests {
     fn paths_are_confined() {
         assert!(validate_rel_path(b"a/b/c.ibd").is_ok());
         assert!(validate_rel_path("données/é x".as_bytes()).is_ok());
-        for bad in [&b"/a"[..], b"..", b"a/..", b"a//b", b"a/", b"", b"a\0b", b".sluice-incomplete"] {
+        for bad in
+            [&b"/a"[..], b"..", b"a/..", b"a//b", b"a/", b"", b"a\0b", b".sluice-incomplete", b".sluice-journal", b".sluice-journal.tmp"]
+        {
             assert!(validate_rel_path(bad).is_err(), "{bad:?}");
         }
         assert!(validate_rel_path(&vec![b'x'; 256]).is_err());
@@ -430,6 +478,56 @@ mod tests {
         recv.record_block(0, 0, 10, 1).unwrap(); // duplicate: bytes add up, digest will not
         assert!(matches!(recv.record_done(0, 0), Err(TallyError::Digest { .. })));
         assert!(matches!(recv.record_block(0, 10, 10, 1), Err(TallyError::TooMuch { .. })));
+    }
+
+    #[test]
+    fn subtracting_held_ranges_leaves_the_rest() {
+        let x = |offset, len| Extent { offset, len };
+        let extents = [x(0, 100), x(200, 50), x(300, 10)];
+        assert_eq!(subtract_extents(&extents, &[]), extents.to_vec());
+        assert_eq!(subtract_extents(&extents, &[x(0, 100), x(200, 50), x(300, 10)]), vec![]);
+        assert_eq!(subtract_extents(&extents, &[x(10, 20), x(90, 120)]), vec![x(0, 10), x(30, 60), x(210, 40), x(300, 10)]);
+        assert_eq!(subtract_extents(&extents, &[x(0, 1000)]), vec![]);
+        assert_eq!(subtract_extents(&extents, &[x(305, 1)]), vec![x(0, 100), x(200, 50), x(300, 5), x(306, 4)]);
+    }
+
+    proptest::proptest! {
+        /// Held ranges (any, even outside the data) and what is left to
+        /// send partition the extents: every data byte exactly once.
+        #[test]
+        fn what_is_left_and_what_is_held_cover_each_byte_once(
+            cuts in proptest::collection::btree_set(0u64..400, 0..24),
+            held_cuts in proptest::collection::btree_set(0u64..400, 0..24),
+        ) {
+            let pairs = |c: &std::collections::BTreeSet<u64>| -> Vec<Extent> {
+                let v: Vec<u64> = c.iter().copied().collect();
+                v.chunks_exact(2).filter(|p| p[1] > p[0]).map(|p| Extent { offset: p[0], len: p[1] - p[0] }).collect()
+            };
+            let (extents, held) = (pairs(&cuts), pairs(&held_cuts));
+            let left = subtract_extents(&extents, &held);
+            let in_any = |xs: &[Extent], b: u64| xs.iter().filter(|x| x.offset <= b && b < x.offset + x.len).count();
+            for b in 0..400 {
+                let data = in_any(&extents, b);
+                proptest::prop_assert_eq!(in_any(&left, b), usize::from(data == 1 && in_any(&held, b) == 0), "byte {}", b);
+            }
+            // Each piece lies within one extent, so it can be sent as blocks.
+            for x in &left {
+                proptest::prop_assert!(extents.iter().any(|e| e.offset <= x.offset && x.offset + x.len <= e.offset + e.len));
+            }
+        }
+    }
+
+    #[test]
+    fn a_credited_file_completes_with_the_rest() {
+        let entries = vec![file(0, vec![Extent { offset: 0, len: 30 }], 30), file(1, vec![Extent { offset: 0, len: 10 }], 10)];
+        let recv = RecvTally::new(&entries);
+        recv.credit(0, 20);
+        recv.credit(1, 10);
+        assert!(recv.is_complete(1), "a file held whole needs no frame");
+        assert_eq!(recv.record_block(0, 20, 10, 5), Ok(Progress::Pending));
+        let digest = codec::block_digest(0, 20, 10, 5);
+        assert_eq!(recv.record_done(0, digest), Ok(Progress::Complete));
+        assert!(recv.incomplete().is_empty());
     }
 
     #[test]

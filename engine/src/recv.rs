@@ -32,6 +32,7 @@ use crate::codec::Decoder;
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, SessionKey};
 pub use crate::gate::hello_refusal;
 use crate::gate::{Gate, Joined, Rules, reject};
+use crate::journal;
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
@@ -79,6 +80,22 @@ pub struct ReceiveConfig {
     /// How long a broken stream waits for the sender to reconnect (0: not
     /// at all; the session fails at the first break).
     pub resume_window: Duration,
+    /// Whether the receiver journals verified, durable ranges so that a
+    /// restarted receiver can continue (tree sessions only).
+    pub journal: Journaling,
+}
+
+/// The receiver's journal (see [`crate::journal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Journaling {
+    /// No journal (SST, `copy`: a restart begins anew anyway).
+    #[default]
+    Off,
+    /// Journal a fresh session, so that it can be resumed.
+    Write,
+    /// Continue the interrupted session whose journal the destination
+    /// holds (`sluice recv --resume`), and journal on.
+    Resume,
 }
 
 /// The function of a [`Vet`]: `Err` carries the reason of a refusal.
@@ -113,6 +130,7 @@ impl Default for ReceiveConfig {
             progress: None,
             vet: None,
             resume_window: crate::resume::DEFAULT_WINDOW,
+            journal: Journaling::Off,
         }
     }
 }
@@ -206,7 +224,7 @@ impl Receiver {
         let (streams, gate) = self.assemble(resume_ok)?;
         let Self { listener, token, nonce, secret, cfg, .. } = self;
         let h0 = streams[0].hello.clone();
-        let granted = grant(h0.capabilities, resume_ok);
+        let granted = grant(h0.capabilities, resume_ok, cfg.journal);
         let session = cfg.seal_key.as_ref().map(|k| {
             k.session(&Binding {
                 sender_salt: &h0.session_salt,
@@ -238,7 +256,6 @@ impl Receiver {
                 nonce,
                 secret,
                 token: *token.as_bytes(),
-                requested: h0.capabilities,
                 granted,
                 streams: h0.stream_count,
                 window: cfg.resume_window,
@@ -281,8 +298,8 @@ impl Receiver {
         if let Some(a) = acceptor {
             let _ = a.join();
         }
-        let (entries, files, bytes, wire_bytes) = result?;
-        Ok((Summary { entries, files, bytes, wire_bytes, resent: 0, elapsed: started.elapsed() }, listener))
+        let (entries, files, bytes, wire_bytes, held) = result?;
+        Ok((Summary { entries, files, bytes, wire_bytes, resent: 0, held, elapsed: started.elapsed() }, listener))
     }
 
     /// Accepts connections until every stream of one session has joined.
@@ -338,7 +355,7 @@ impl Receiver {
                 }
                 let welcome = Frame::Welcome {
                     version: wire::PROTOCOL_VERSION.min(h.max_version),
-                    capabilities: grant(h.capabilities, resume_ok),
+                    capabilities: grant(h.capabilities, resume_ok, self.cfg.journal),
                     nonce: self.nonce,
                     secret: self.secret,
                 };
@@ -375,9 +392,17 @@ impl Receiver {
 }
 
 /// The capabilities granted to a sender that asked for `requested`: all
-/// of them, but RESUME only when this session may resume.
-fn grant(requested: u64, resume_ok: bool) -> u64 {
-    if resume_ok { requested } else { requested & !caps::RESUME }
+/// of them, but RESUME only when this session may resume and HAVE only
+/// when it continues an interrupted one.
+fn grant(requested: u64, resume_ok: bool, journal: Journaling) -> u64 {
+    let mut granted = requested;
+    if !resume_ok {
+        granted &= !caps::RESUME;
+    }
+    if journal != Journaling::Resume {
+        granted &= !caps::HAVE;
+    }
+    granted
 }
 
 /// A session nonce and a session secret.
@@ -441,7 +466,8 @@ impl Verdict<'_> {
     }
 }
 
-/// Manifest, data, end, verification and sync; returns (entries, files, bytes).
+/// Manifest, data, end, verification and sync; returns (entries, files,
+/// bytes, wire bytes, bytes held from an interrupted session).
 fn receive_session(
     slots: &[Arc<Slot>],
     cfg: &ReceiveConfig,
@@ -450,7 +476,7 @@ fn receive_session(
     (session, granted): (Option<&SessionKey>, u64),
     resumption: Option<&Resumption>,
     verdict: &Verdict<'_>,
-) -> Result<(u64, u64, u64, u64)> {
+) -> Result<(u64, u64, u64, u64, u64)> {
     for s in slots {
         let link = s.link();
         net::configure(link.tcp(), cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
@@ -468,51 +494,99 @@ fn receive_session(
     if streamed && !entries.is_empty() {
         return Err(Error::peer(peer, "sent a manifest in a streamed session"));
     }
+    if streamed && cfg.journal == Journaling::Resume {
+        return Err(Error::Refused(format!(
+            "the receiver continues an interrupted transfer into {}, but this is a streamed backup, which cannot be rewound: receive it again from the start, without --resume",
+            dest.display()
+        )));
+    }
     let progress = cfg.progress.clone().unwrap_or_default();
-    progress.set_total(data_bytes);
     // Compressed, sealed or TLS blocks go through user memory anyway.
-    let plain = caps0 & !(caps::STREAMED | caps::RESUME) == 0 && !s0.is_tls();
+    let plain = caps0 & !(caps::STREAMED | caps::RESUME | caps::HAVE) == 0 && !s0.is_tls();
     let method = if plain { method } else { backend::Method::Copy };
     let entries = Arc::new(entries);
     let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
-    let sink = Sink::create(dest, Arc::clone(&entries), sink_opts)?;
+    let mut sink = Sink::prepare(dest, Arc::clone(&entries), sink_opts)?;
     let tally = RecvTally::new(&entries);
+    let resuming = caps0 & caps::HAVE != 0;
+    let carried = if resuming { Some(carry_over(&sink, &entries, &tally, &slots[0], dest)?) } else { None };
+    let held: u64 = carried.as_ref().map_or(0, journal::Carry::bytes);
+    progress.set_total(data_bytes - held);
+    // The journal names the directories before they are created, and
+    // each file and symlink before it is.
+    let journal = match cfg.journal {
+        Journaling::Off => None,
+        _ if streamed => None,
+        _ => Some(Arc::new(journal::Journal::start(sink.root(), Arc::clone(&entries), carried.as_ref()).map_err(|e| {
+            Error::Destination {
+                path: dest.join(crate::plan::JOURNAL_FILE).display().to_string(),
+                reason: format!("cannot write the journal: {e}"),
+            }
+        })?)),
+    };
+    sink.make_dirs()?;
+    if let Some(c) = &carried {
+        sink.resume(c.held.iter().map(|(id, _)| *id));
+    }
+    if let Some(j) = &journal {
+        sink.set_journal(Arc::clone(j));
+    }
+    let journal_failed = std::sync::OnceLock::<String>::new();
     let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
     let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest { entries: &entries, tally: &tally } };
     let abort = Abort::default();
-    let results = pipeline::run_streams(
-        slots,
-        &abort,
-        |i, slot| {
-            let ctx = StreamCtx {
-                slot,
-                granted: caps0,
-                unfilter: cfg.unfilter.clone(),
-                files: &files,
-                sink: &sink,
-                abort: &abort,
-                progress: &progress,
-                method,
-                resumption,
-                idle: cfg.idle_timeout,
-            };
-            let seal = lock(i).take();
-            let (r, opener) = ctx.run(seal);
-            slot.finish(opener, resumption);
-            r
-        },
-        // Tell the sender at once: it stops its streams, and the other
-        // threads here see them end. (No shutdown(Read): closing unread
-        // sockets would reset them and could destroy this verdict.)
-        |e| {
-            let _ = verdict.send(false, &e.to_string());
-        },
-    );
+    let (stop_journal, journal_stopped) = bounded::<()>(0);
+    let results = std::thread::scope(|scope| {
+        if let Some(j) = &journal {
+            let (stopped, failed, abort) = (&journal_stopped, &journal_failed, &abort);
+            scope.spawn(move || journal_rounds(j, stopped, failed, abort));
+        }
+        let results = pipeline::run_streams(
+            slots,
+            &abort,
+            |i, slot| {
+                let ctx = StreamCtx {
+                    slot,
+                    granted: caps0,
+                    unfilter: cfg.unfilter.clone(),
+                    files: &files,
+                    sink: &sink,
+                    abort: &abort,
+                    progress: &progress,
+                    method,
+                    resumption,
+                    idle: cfg.idle_timeout,
+                    journal: journal.as_deref(),
+                };
+                let seal = lock(i).take();
+                let (r, opener) = ctx.run(seal);
+                slot.finish(opener, resumption);
+                r
+            },
+            // Tell the sender at once: it stops its streams, and the other
+            // threads here see them end. (No shutdown(Read): closing unread
+            // sockets would reset them and could destroy this verdict.)
+            |e| {
+                let _ = verdict.send(false, &e.to_string());
+            },
+        );
+        drop(stop_journal);
+        results
+    });
+    if let Some(j) = &journal {
+        // What arrived before a failure counts for the next attempt too.
+        if let Err(e) = j.checkpoint() {
+            let _ = journal_failed.set(e.to_string());
+        }
+    }
+    if let Some(e) = journal_failed.get() {
+        return Err(Error::Destination { path: dest.display().to_string(), reason: format!("syncing the received data failed: {e}") });
+    }
     let per_stream = pipeline::collect(results)?;
     let frames: u64 = per_stream.iter().map(|r| r.0).sum();
     let bytes: u64 = per_stream.iter().map(|r| r.1).sum();
     let end = per_stream.first().and_then(|r| r.2);
-    let (count, expected_bytes) = if streamed { catalog.check_complete()? } else { (entries.len() as u64, data_bytes) };
+    let (count, expected_bytes) = if streamed { catalog.check_complete()? } else { (entries.len() as u64, data_bytes - held) };
     match end {
         Some((n, b, f)) => {
             if n != count || b != bytes || f != frames || b != expected_bytes {
@@ -536,7 +610,58 @@ fn receive_session(
     // for the verdict alive meanwhile.
     verdict.keeping_alive(|| sink.finish())?;
     let files = if streamed { count } else { u64::from(tally.regular_files()) };
-    Ok((count, files, bytes, progress.snapshot().wire))
+    Ok((count, files, bytes, progress.snapshot().wire, held))
+}
+
+/// A resumed session's start: what the destination's journal holds of
+/// this manifest is credited and told to the sender (HAVE frames on
+/// stream 0); what interrupted sessions created that the source no longer
+/// has is removed.
+/// Returns what is carried over.
+fn carry_over(sink: &Sink, entries: &[Entry], tally: &RecvTally, s0: &Slot, dest: &Path) -> Result<journal::Carry> {
+    let bad = |reason: String| Error::Destination { path: dest.display().to_string(), reason };
+    let held = match journal::find(sink.root()).map_err(|e| bad(format!("cannot read the journal: {e}")))? {
+        journal::Found::Held(h) => h,
+        // Sink::create wrote the marker, so only a journal can be missing.
+        _ => return Err(bad("holds no journal of an interrupted transfer: receive again without --resume".into())),
+    };
+    if held.torn {
+        tracing::info!("the journal ends in a record torn by the interruption; what came before it counts");
+    }
+    let c = held.carry(entries);
+    let removed = journal::remove_stale(sink.root(), &c.stale);
+    for (id, ranges) in &c.held {
+        tally.credit(*id, ranges.iter().map(|x| x.len).sum());
+    }
+    let bytes = c.bytes();
+    tracing::info!(
+        "resuming: {:.1} MiB in {} files are verified and durable from the interrupted transfer; {} changed at the source since and are received again; {removed} no longer at the source were removed",
+        bytes as f64 / 1048576.0,
+        c.held.len(),
+        c.changed
+    );
+    let ranges: Vec<(u32, crate::plan::Extent)> = c.held.iter().flat_map(|(id, r)| r.iter().map(move |x| (*id, *x))).collect();
+    let mut chunks = ranges.chunks(wire::HAVE_RANGES_PER_FRAME).peekable();
+    if chunks.peek().is_none() {
+        s0.tell(&Frame::Have { last: true, ranges: Vec::new() })?;
+    }
+    while let Some(chunk) = chunks.next() {
+        s0.tell(&Frame::Have { last: chunks.peek().is_none(), ranges: chunk.to_vec() })?;
+    }
+    Ok(c)
+}
+
+/// The journal's rounds: every [`journal::CHECKPOINT_INTERVAL`] until
+/// `stopped` closes, what was verified is synced and journaled. A failed
+/// sync fails the session (a later `syncfs` would not report it again).
+fn journal_rounds(j: &journal::Journal, stopped: &crossbeam_channel::Receiver<()>, failed: &std::sync::OnceLock<String>, abort: &Abort) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stopped.recv_timeout(journal::CHECKPOINT_INTERVAL) {
+        if let Err(e) = j.checkpoint() {
+            let _ = failed.set(e.to_string());
+            abort.trip();
+            return;
+        }
+    }
 }
 
 /// Where a session's files are described: its manifest, or (streamed) the
@@ -632,6 +757,7 @@ struct StreamCtx<'a> {
     method: backend::Method,
     resumption: Option<&'a Resumption>,
     idle: Duration,
+    journal: Option<&'a journal::Journal>,
 }
 
 /// What a stream carried: DATA frames, data bytes, and (stream 0) END's
@@ -801,6 +927,9 @@ impl StreamCtx<'_> {
                 self.progress.add_wire(u64::from(wire_len));
                 match (&target, self.files) {
                     (Target::Manifest(entry, _), Files::Manifest { tally, .. }) => {
+                        if let Some(j) = self.journal {
+                            j.record(d.file_id, d.offset, u64::from(len));
+                        }
                         self.settle(entry, tally.record_block(d.file_id, d.offset, len, sum))?;
                     }
                     (Target::Streamed(f, _), Files::Streamed(catalog)) => catalog.record_block(f, d.file_id, d.offset, len, sum)?,

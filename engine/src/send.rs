@@ -22,7 +22,7 @@ use crate::lane::{self, Hail, Heard, Lane, Replay, Resumer};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::pipeline::{self, Abort};
-use crate::plan::{Entry, Schedule, SendTally};
+use crate::plan::{Entry, Extent, Schedule, SendTally};
 use crate::progress::Progress;
 use crate::resume::{Budget, RejoinKey};
 use crate::source::{self, SourceTree};
@@ -123,6 +123,8 @@ struct Session {
     verdict_wait: Duration,
     /// Set when the receiver granted RESUME.
     resume: Option<Arc<Resumer>>,
+    /// The capabilities the receiver granted.
+    caps: u64,
 }
 
 impl Session {
@@ -202,7 +204,8 @@ impl Session {
             readers.push(lane::spawn_reader(&lanes, i, opener, peer.clone(), tx, resume.clone(), Arc::clone(&abort))?);
         }
         let verdict_wait = if cfg.idle_timeout.is_zero() { Duration::from_secs(120) } else { cfg.idle_timeout };
-        Ok(Self { lanes, peer, sealers, abort, verdict, verdict_tx, readers: std::sync::Mutex::new(readers), verdict_wait, resume })
+        let caps = welcome.caps;
+        Ok(Self { lanes, peer, sealers, abort, verdict, verdict_tx, readers: std::sync::Mutex::new(readers), verdict_wait, resume, caps })
     }
 
     /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
@@ -314,9 +317,31 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, false)?;
     send_manifest(&session.lanes[0].link(), &session.peer, &tree.entries, tree.data_bytes(), lock(&session.sealers[0]).as_mut())?;
+    // A resumed receiver says what it holds; only the rest is sent.
+    let held = if session.caps & wire::caps::HAVE != 0 { await_held(&session, &tree.entries)? } else { Vec::new() };
+    let held_bytes: u64 = held.iter().flat_map(|(_, r)| r).map(|x| x.len).sum();
+    let todo: std::borrow::Cow<'_, [Entry]> = if held.is_empty() {
+        std::borrow::Cow::Borrowed(&tree.entries)
+    } else {
+        let mut todo = tree.entries.clone();
+        for (id, ranges) in &held {
+            let e = &mut todo[*id as usize];
+            e.extents = crate::plan::subtract_extents(&e.extents, ranges);
+        }
+        std::borrow::Cow::Owned(todo)
+    };
+    if session.caps & wire::caps::HAVE != 0 {
+        tracing::info!(
+            "the receiver resumes an interrupted transfer: it holds {:.1} MiB of {:.1} MiB ({} files); sending the rest",
+            held_bytes as f64 / 1048576.0,
+            tree.data_bytes() as f64 / 1048576.0,
+            held.len()
+        );
+        progress.set_total(tree.data_bytes() - held_bytes);
+    }
 
-    let schedule = Schedule::new(&tree.entries, cfg.block_size);
-    let tally = SendTally::new(&tree.entries, cfg.block_size);
+    let schedule = Schedule::new(&todo, cfg.block_size);
+    let tally = SendTally::new(&todo, cfg.block_size);
     let throttle = throttle.as_ref();
     let results = session.run_streams(|_, lane, seal| {
         let ctx = StreamCtx { lane, session: &session, cfg, throttle, progress: &progress, tree: Some(tree) };
@@ -335,6 +360,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         bytes,
         wire_bytes,
         resent: progress.snapshot().resent,
+        held: held_bytes,
         elapsed: started.elapsed(),
     })
 }
@@ -366,11 +392,14 @@ where
         let producer = scope.spawn(move || {
             let mut feeder = Feeder::new(tx, cfg.block_size, Arc::clone(&abort));
             let r = produce(&mut feeder).and_then(|()| feeder.finish());
+            // A producer stopped by the session's abort (the receiver
+            // refused, a stream failed) only echoes that failure.
+            let echoed = r.is_err() && abort.is_set();
             if let Err(e) = &r {
                 let _ = failure.set(e.to_string());
                 abort.trip();
             }
-            r
+            (r, echoed)
         });
         let results = session.run_streams(|_, lane, seal| {
             let ctx = StreamCtx { lane, session: &session, cfg, throttle: throttle.as_ref(), progress: &progress, tree: None };
@@ -378,17 +407,21 @@ where
         });
         // If every stream failed, the producer must not wait on a full queue.
         drop(rx);
-        (results, producer.join().unwrap_or_else(|_| Err(Error::Aborted("the stream producer panicked".into()))))
+        (results, producer.join().unwrap_or_else(|_| (Err(Error::Aborted("the stream producer panicked".into())), false)))
     });
     let resend = |lane: &Lane, seal: &mut Option<Sealer>| {
         StreamCtx { lane, session: &session, cfg, throttle: throttle.as_ref(), progress: &progress, tree: None }
             .resume_after(seal, "the connection broke")
     };
     let (files, data_bytes) = match produced {
-        Ok(totals) => totals,
-        Err(e) => {
-            let _ = session.close(0, vec![Err(Abort::error())], &resend);
-            return Err(e);
+        (Ok(totals), _) => totals,
+        (Err(e), echoed) => {
+            let closed = session.close(0, vec![Err(Abort::error())], &resend);
+            // The root cause: the receiver's verdict, if it said one.
+            return Err(match closed {
+                Err(cause) if echoed => cause,
+                _ => e,
+            });
         }
     };
     let bytes = session.close(files, results, &resend)?;
@@ -399,6 +432,7 @@ where
         bytes,
         wire_bytes: progress.snapshot().wire,
         resent: progress.snapshot().resent,
+        held: 0,
         elapsed: started.elapsed(),
     })
 }
@@ -537,6 +571,7 @@ fn capabilities(cfg: &SendConfig, streamed: bool) -> u64 {
         | if streamed { wire::caps::STREAMED } else { 0 }
         | if cfg.filter.is_some() { wire::caps::EXTERNAL_FILTER } else { 0 }
         | if cfg.resume_window.is_zero() { 0 } else { wire::caps::RESUME }
+        | if streamed { 0 } else { wire::caps::HAVE }
 }
 
 /// Locks a stream's sealer slot (a poisoned lock only means a stream thread
@@ -1115,8 +1150,63 @@ fn next_verdict(heard: &Rx<Heard>, silence: Duration) -> std::result::Result<Opt
             Heard::Alive => {}
             Heard::Verdict(v) => return Ok(Some(v)),
             Heard::Broken => return Ok(None),
+            Heard::Have { .. } => return Ok(Some(Err(Error::peer("the receiver", "sent HAVE after the data began")))),
         }
     }
+}
+
+/// Most ranges a resumed receiver may say it holds.
+const MAX_HELD_RANGES: usize = 1 << 22;
+
+/// A resumed receiver's HAVE list, checked against the manifest: per file
+/// id, sorted ranges, each within one data extent, none overlapping.
+fn await_held(session: &Session, entries: &[Entry]) -> Result<Vec<(u32, Vec<Extent>)>> {
+    let peer = session.peer.as_str();
+    let mut held: std::collections::BTreeMap<u32, Vec<Extent>> = std::collections::BTreeMap::new();
+    let mut count = 0usize;
+    loop {
+        let (last, ranges) = match session.verdict.recv_timeout(session.verdict_wait) {
+            Ok(Heard::Have { last, ranges }) => (last, ranges),
+            Ok(Heard::Verdict(Ok((false, reason)))) => return Err(Error::ReceiverFailed(reason)),
+            Ok(Heard::Verdict(Err(e))) => return Err(e),
+            Ok(Heard::Alive | Heard::Verdict(_)) => return Err(Error::peer(peer, "sent no HAVE list after the manifest")),
+            Ok(Heard::Broken) | Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::peer(peer, "closed the connection before saying what it already holds"));
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(Error::peer(peer, format!("did not say what it already holds within {:?}", session.verdict_wait)));
+            }
+        };
+        count += ranges.len();
+        if count > MAX_HELD_RANGES {
+            return Err(Error::peer(peer, format!("said it holds more than {MAX_HELD_RANGES} ranges")));
+        }
+        for (id, x) in ranges {
+            let entry = entries
+                .get(id as usize)
+                .filter(|e| e.kind == crate::plan::EntryKind::File)
+                .ok_or_else(|| Error::peer(peer, format!("said it holds data of entry {id}, which is not a file of this manifest")))?;
+            if !entry.extents.iter().any(|e| e.offset <= x.offset && x.offset + x.len <= e.offset + e.len) {
+                return Err(Error::peer(
+                    peer,
+                    format!("said it holds {}+{} of {}, outside the file's data", x.offset, x.len, entry.display_path()),
+                ));
+            }
+            held.entry(id).or_default().push(x);
+        }
+        if last {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(held.len());
+    for (id, mut ranges) in held {
+        ranges.sort_unstable_by_key(|x| x.offset);
+        if ranges.windows(2).any(|w| w[0].offset + w[0].len > w[1].offset) {
+            return Err(Error::peer(peer, format!("said it holds overlapping ranges of {}", entries[id as usize].display_path())));
+        }
+        out.push((id, ranges));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::sys::{self, RESOLVE_CONFINED};
-use crate::plan::{Entry, EntryKind, INCOMPLETE_MARKER};
+use crate::plan::{Entry, EntryKind, INCOMPLETE_MARKER, JOURNAL_FILE};
 use crate::{Error, Result};
 
 /// How the receiver treats its destination.
@@ -70,15 +70,21 @@ pub struct Sink {
     entries: Arc<Vec<Entry>>,
     slots: Vec<Mutex<Slot>>,
     opts: SinkOptions,
+    /// Continuing an interrupted transfer: files the journal holds data of
+    /// are opened as they are; every other file is truncated.
+    resuming: bool,
+    kept: Vec<bool>,
+    /// Names each file and symlink before it is created.
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
-fn cpath(p: &[u8]) -> CString {
+pub(crate) fn cpath(p: &[u8]) -> CString {
     // Manifest paths were validated to contain no NUL.
     CString::new(p).expect("manifest paths contain no NUL")
 }
 
 /// Splits `a/b/c` into (`a/b`, `c`); a top-level name has parent `.`.
-fn split_parent(p: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_parent(p: &[u8]) -> (&[u8], &[u8]) {
     match p.iter().rposition(|&b| b == b'/') {
         Some(i) => (&p[..i], &p[i + 1..]),
         None => (b".", p),
@@ -189,6 +195,14 @@ impl Sink {
     /// Opens (creating if needed) the destination, marks it incomplete and
     /// creates the manifest's directories.
     pub fn create(root: &Path, entries: Arc<Vec<Entry>>, opts: SinkOptions) -> Result<Self> {
+        let sink = Self::prepare(root, entries, opts)?;
+        sink.make_dirs()?;
+        Ok(sink)
+    }
+
+    /// Opens (creating if needed) the destination and marks it incomplete;
+    /// [`make_dirs`](Self::make_dirs) creates the directories.
+    pub fn prepare(root: &Path, entries: Arc<Vec<Entry>>, opts: SinkOptions) -> Result<Self> {
         let dest_err = |reason: String| Error::Destination { path: root.display().to_string(), reason };
         fs::create_dir_all(root).map_err(|e| dest_err(format!("cannot create the directory: {e}")))?;
         // The root itself is never a symlink (someone who can write its
@@ -206,11 +220,40 @@ impl Sink {
             })?;
         write_marker(&root_file).map_err(|e| dest_err(format!("not writable: {e}")))?;
         let slots = entries.iter().map(|_| Mutex::new(Slot::Closed)).collect();
-        let sink = Self { root: root_file, root_path: root.to_path_buf(), entries, slots, opts };
-        for e in sink.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
-            sink.ensure_dir(&e.path)?;
+        Ok(Self { root: root_file, root_path: root.to_path_buf(), entries, slots, opts, resuming: false, kept: Vec::new(), journal: None })
+    }
+
+    /// Creates the manifest's directories.
+    pub fn make_dirs(&self) -> Result<()> {
+        for e in self.entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+            self.ensure_dir(&e.path)?;
         }
-        Ok(sink)
+        Ok(())
+    }
+
+    /// Names every file and symlink in `journal` before creating it.
+    pub fn set_journal(&mut self, journal: Arc<crate::journal::Journal>) {
+        self.journal = Some(journal);
+    }
+
+    fn journal_err(&self, rel: &[u8], e: &io::Error) -> Error {
+        self.err(rel, &format!("writing the journal ({JOURNAL_FILE}) before creating it"), e)
+    }
+
+    /// The destination's directory descriptor.
+    pub fn root(&self) -> &File {
+        &self.root
+    }
+
+    /// Continues an interrupted transfer: the files `kept` (manifest ids)
+    /// hold journaled data and are opened as they are; every other file is
+    /// created or truncated, whatever the previous run left.
+    pub fn resume(&mut self, kept: impl IntoIterator<Item = u32>) {
+        self.resuming = true;
+        self.kept = vec![false; self.entries.len()];
+        for id in kept {
+            self.kept[id as usize] = true;
+        }
     }
 
     fn err(&self, rel: &[u8], what: &str, e: &io::Error) -> Error {
@@ -238,9 +281,19 @@ impl Sink {
     }
 
     fn open_file(&self, e: &Entry) -> Result<DestFile> {
-        let excl = if self.opts.overwrite { libc::O_TRUNC } else { libc::O_EXCL };
-        let f = create_file(&self.root, &e.path, libc::O_RDWR | libc::O_CREAT | excl, 0o600)
-            .map_err(|err| self.err(&e.path, "creating file", &err))?;
+        let f = if self.kept.get(e.id as usize).copied().unwrap_or(false) {
+            create_file(&self.root, &e.path, libc::O_RDWR, 0).map_err(|err| {
+                let what = "reopening a file the journal holds data of (receive again without --resume if it was removed)";
+                self.err(&e.path, what, &err)
+            })?
+        } else {
+            if let Some(j) = &self.journal {
+                j.creating(e.id).map_err(|err| self.journal_err(&e.path, &err))?;
+            }
+            let excl = if self.opts.overwrite || self.resuming { libc::O_TRUNC } else { libc::O_EXCL };
+            create_file(&self.root, &e.path, libc::O_RDWR | libc::O_CREAT | excl, 0o600)
+                .map_err(|err| self.err(&e.path, "creating file", &err))?
+        };
         // Pre-size large files (and any file with a hole at its end); small
         // files whose data reaches EOF get their size from the write itself,
         // which saves a journaled truncate per file.
@@ -372,7 +425,17 @@ impl Sink {
             let pfd = sys::openat2(&self.root, &cpath(parent), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
                 .map_err(|err| self.err(parent, "opening directory", &err))?;
             let name = cpath(name);
-            sys::symlinkat(&cpath(&e.link_target), &pfd, &name).map_err(|err| self.err(&e.path, "creating symlink", &err))?;
+            if let Some(j) = &self.journal {
+                j.linking(&e.path).map_err(|err| self.journal_err(&e.path, &err))?;
+            }
+            let made = match sys::symlinkat(&cpath(&e.link_target), &pfd, &name) {
+                // An interrupted run may have made it already.
+                Err(err) if self.resuming && err.raw_os_error() == Some(libc::EEXIST) => {
+                    sys::unlinkat(&pfd, &name).and_then(|()| sys::symlinkat(&cpath(&e.link_target), &pfd, &name))
+                }
+                r => r,
+            };
+            made.map_err(|err| self.err(&e.path, "creating symlink", &err))?;
             if self.opts.preserve_owner && sys::is_root() {
                 sys::chown_nofollow(&pfd, &name, e.uid, e.gid).map_err(|err| self.err(&e.path, "setting owner", &err))?;
             }
@@ -385,6 +448,14 @@ impl Sink {
             let fd = sys::openat2(&self.root, &cpath(&e.path), libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_CONFINED)
                 .map_err(|err| self.err(&e.path, "opening directory", &err))?;
             self.apply_meta(&File::from(fd), e)?;
+        }
+        // The journal of an interruptible receive is done with: the tree
+        // is complete once synced.
+        match sys::unlinkat(&self.root, &cpath(JOURNAL_FILE.as_bytes())) {
+            Err(err) if err.raw_os_error() != Some(libc::ENOENT) => {
+                return Err(self.err(JOURNAL_FILE.as_bytes(), "removing the journal", &err));
+            }
+            _ => {}
         }
         // One syncfs makes every file and directory of the session durable
         // (it reports writeback errors since Linux 5.8).

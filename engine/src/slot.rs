@@ -36,9 +36,8 @@ pub(crate) struct Resumption {
     pub nonce: [u8; 16],
     pub secret: [u8; 16],
     pub token: [u8; 16],
-    /// The capabilities the sender asked for (every REJOIN repeats them).
-    pub requested: u64,
-    /// The capabilities granted (the sealing key is bound to them).
+    /// The capabilities granted: every REJOIN repeats them, and the
+    /// sealing key is bound to them.
     pub granted: u64,
     pub streams: u16,
     pub window: Duration,
@@ -124,6 +123,12 @@ impl Slot {
             let mut back = lock(&self.back);
             let _ = self.send_back(&mut back, &Frame::Ack { frames });
         }
+    }
+
+    /// Sends `frame` to the sender on the current connection.
+    pub fn tell(&self, frame: &Frame) -> Result<()> {
+        let mut back = lock(&self.back);
+        self.send_back(&mut back, frame)
     }
 
     /// Sends the verdict (once: later calls do nothing).
@@ -278,7 +283,7 @@ impl Slot {
     /// Checks a REJOIN against the session; the reason if it is refused.
     fn check(&self, j: &Joined, generation: u32, proof: &[u8; 32], res: &Resumption) -> std::result::Result<(), &'static str> {
         let h = &j.hello;
-        if h.session_salt != res.salt || h.stream_count != res.streams || h.capabilities != res.requested {
+        if h.session_salt != res.salt || h.stream_count != res.streams || h.capabilities != res.granted {
             return Err("this reconnection belongs to no running session of this receiver");
         }
         if !res.key.verify(h.stream_index, generation, proof) {

@@ -69,8 +69,14 @@ pub mod caps {
     /// its configured inverse on the receiver), e.g. an SST `compressor`
     /// that is neither lz4 nor zstd.
     pub const EXTERNAL_FILTER: u64 = 1 << 5;
+    /// The receiver continues an interrupted transfer into a tree it
+    /// partly holds (`sluice recv --resume`): after MANIFEST_END it lists
+    /// in HAVE frames the ranges its journal says are verified and
+    /// durable, and the sender sends only the rest. A sender asks for it
+    /// in every tree session; a receiver grants it only when resuming.
+    pub const HAVE: u64 = 1 << 6;
     /// Every capability this build implements.
-    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | RESUME | STREAMED | EXTERNAL_FILTER;
+    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | RESUME | STREAMED | EXTERNAL_FILTER | HAVE;
 }
 
 /// Flag of any frame whose body is sealed (AES-256-GCM, tag appended).
@@ -117,6 +123,10 @@ pub const MAX_ENTRIES: u64 = 1 << 26;
 pub const MAX_REASON: usize = 4096;
 /// Most streams one session may use.
 pub const MAX_STREAMS: u16 = 256;
+/// Bytes of one range in a HAVE frame (file id, reserved, offset, length).
+pub const HAVE_RANGE_LEN: usize = 24;
+/// Most ranges in one HAVE frame: its body fits a control frame.
+pub const HAVE_RANGES_PER_FRAME: usize = (MAX_CONTROL_BODY as usize - 8) / HAVE_RANGE_LEN;
 
 /// Everything that can be wrong with bytes received from a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,6 +201,9 @@ pub enum Kind {
     /// up (v5, capability RESUME): the receiver need not keep the verdict
     /// for a reconnection.
     Bye = 17,
+    /// R (stream 0, capability HAVE): data ranges the receiver already
+    /// holds, verified and durable; the last HAVE of a session says so.
+    Have = 18,
 }
 
 impl Kind {
@@ -213,6 +226,7 @@ impl Kind {
             15 => Self::Rejoin,
             16 => Self::Ack,
             17 => Self::Bye,
+            18 => Self::Have,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -383,6 +397,12 @@ pub enum Frame {
         frames: u64,
     },
     Bye,
+    /// Ranges the receiver holds (file id, data range); `last` ends the
+    /// list.
+    Have {
+        last: bool,
+        ranges: Vec<(u32, Extent)>,
+    },
     Reject {
         reason: String,
     },
@@ -444,6 +464,7 @@ impl Frame {
             Self::Rejoin(_) => Kind::Rejoin,
             Self::Ack { .. } => Kind::Ack,
             Self::Bye => Kind::Bye,
+            Self::Have { .. } => Kind::Have,
         }
     }
 
@@ -468,6 +489,17 @@ impl Frame {
                 out.extend_from_slice(secret);
             }
             Self::Keepalive | Self::Bye => {}
+            Self::Have { last, ranges } => {
+                out.push(u8::from(*last));
+                out.extend_from_slice(&[0; 3]);
+                put32(out, ranges.len() as u32);
+                for (id, x) in ranges {
+                    put32(out, *id);
+                    put32(out, 0);
+                    put64(out, x.offset);
+                    put64(out, x.len);
+                }
+            }
             Self::Reject { reason } | Self::Abort { reason } => put_str(out, reason),
             Self::Manifest(entries) => {
                 put32(out, entries.len() as u32);
@@ -537,6 +569,7 @@ impl Frame {
             Kind::Rejoin => "REJOIN",
             Kind::Ack => "ACK",
             Kind::Bye => "BYE",
+            Kind::Have => "HAVE",
         };
         let mut r = Reader::new(body, what);
         let frame = match header.kind {
@@ -552,6 +585,36 @@ impl Frame {
             }
             Kind::Ack => Self::Ack { frames: r.u64()? },
             Kind::Bye => Self::Bye,
+            Kind::Have => {
+                let last = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(WireError::Invalid { what: "HAVE last flag", value: u64::from(other) }),
+                };
+                let pad: [u8; 3] = r.array()?;
+                if pad != [0; 3] {
+                    return Err(WireError::Invalid { what: "HAVE reserved field", value: 1 });
+                }
+                let count = r.u32()? as usize;
+                if count > r.remaining() / HAVE_RANGE_LEN {
+                    return Err(WireError::TooLarge {
+                        what: "HAVE range count",
+                        len: count as u64,
+                        max: (r.remaining() / HAVE_RANGE_LEN) as u64,
+                    });
+                }
+                let mut ranges = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let id = r.u32()?;
+                    r.zero32("HAVE range reserved field")?;
+                    let (offset, len) = (r.u64()?, r.u64()?);
+                    if len == 0 || offset.checked_add(len).is_none() {
+                        return Err(WireError::Invalid { what: "HAVE range length", value: len });
+                    }
+                    ranges.push((id, Extent { offset, len }));
+                }
+                Self::Have { last, ranges }
+            }
             Kind::Welcome => {
                 let version = r.u16()?;
                 r.zero16("WELCOME reserved field")?;
@@ -929,6 +992,8 @@ mod tests {
             Frame::Announce { file_id: 7, mode: 0o640, path: b"db/t1.ibd".to_vec() },
             Frame::FileEnd { file_id: 7, size: 1 << 40, data_bytes: 1 << 20, digest: 42 },
             Frame::Abort { reason: "mariadb-backup failed".into() },
+            Frame::Have { last: true, ranges: vec![(3, Extent { offset: 0, len: 1 << 20 }), (9, Extent { offset: 1 << 40, len: 7 })] },
+            Frame::Have { last: false, ranges: Vec::new() },
         ];
         for f in frames {
             let mut out = Vec::new();

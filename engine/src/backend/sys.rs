@@ -309,6 +309,21 @@ pub fn unlinkat(dir: impl AsFd, name: &CStr) -> io::Result<()> {
     cvt(unsafe { libc::unlinkat(dir.as_fd().as_raw_fd(), name.as_ptr(), 0) }).map(drop)
 }
 
+/// `unlinkat(2)` with `AT_REMOVEDIR`: removes the empty directory `name`
+/// in `dir` (never through a symlink).
+pub fn rmdirat(dir: impl AsFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid C string; the fd is borrowed and open.
+    cvt(unsafe { libc::unlinkat(dir.as_fd().as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(drop)
+}
+
+/// `renameat(2)` of `from` to `to`, both names in `dir` (atomic; a
+/// symlink named `to` is replaced, never followed).
+pub fn renameat(dir: impl AsFd, from: &CStr, to: &CStr) -> io::Result<()> {
+    let fd = dir.as_fd().as_raw_fd();
+    // SAFETY: both names are valid C strings; the fd is borrowed and open.
+    cvt(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map(drop)
+}
+
 /// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`: changes the owner of the
 /// very inode `fd` refers to (an `O_PATH` descriptor works), whatever its
 /// name now points at.
