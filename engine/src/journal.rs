@@ -15,15 +15,17 @@
 //! check u64` (xxh3-64 of kind and body), little-endian:
 //!
 //! * FILE (1): `id u32, key [16], path`: the session's id for a file, and
-//!   the identity of its data ([`key`]: path, size, mtime, extents),
-//!   appended before the file is created;
+//!   the identity of its data ([`key`]: path, size, mtime, extents);
 //! * RANGE (2): `id u32, reserved u32, offset u64, len u64`: a verified,
 //!   durable data range of the file with that id (a FILE record earlier);
 //! * PATH (3): `kind u8 (2 directory, 3 symlink), reserved [3], path`: a
-//!   directory or symlink the session creates, appended before it is.
+//!   directory or symlink of the session.
 //!
-//! So the journal names everything an interrupted session may have
-//! created, and a resumed one removes what the source no longer has.
+//! The journal is started (written and synced) before the session creates
+//! anything, with a FILE or PATH record for every entry of the manifest: it
+//! names everything an interrupted session may have created, so a resumed
+//! one removes what the source no longer has, and naming costs one write
+//! per session, not one per file.
 //!
 //! A resumed session rewrites the journal (what it carries over, under the
 //! new session's ids) before any data arrives, through a temporary file
@@ -156,9 +158,6 @@ pub struct Carry {
     /// has (or has as another kind): removed before the session starts,
     /// files and symlinks first, then directories, deepest first.
     pub stale: Vec<(EntryKind, Vec<u8>)>,
-    /// Manifest ids of the files and symlinks interrupted sessions
-    /// created (whatever their data): the new journal names them too.
-    pub existing: Vec<u32>,
 }
 
 impl Carry {
@@ -183,14 +182,6 @@ impl Held {
     pub fn carry(&self, entries: &[Entry]) -> Carry {
         let mut c = Carry::default();
         let kinds: HashMap<&[u8], EntryKind> = entries.iter().map(|e| (e.path.as_slice(), e.kind)).collect();
-        c.existing = entries
-            .iter()
-            .filter(|e| match e.kind {
-                EntryKind::File => self.files.contains_key(&e.path),
-                kind => self.others.get(&e.path) == Some(&kind) && kind == EntryKind::Symlink,
-            })
-            .map(|e| e.id)
-            .collect();
         for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
             let Some(f) = self.files.get(&e.path) else { continue };
             if f.key != key(e) {
@@ -439,17 +430,9 @@ pub fn remove_stale(root: &File, stale: &[(EntryKind, Vec<u8>)]) -> usize {
 #[derive(Debug)]
 pub struct Journal {
     root: File,
-    out: Mutex<Out>,
+    out: Mutex<File>,
     /// Verified ranges not yet durable: (id, offset, len).
     pending: Mutex<Vec<(u32, u64, u64)>>,
-}
-
-#[derive(Debug)]
-struct Out {
-    file: File,
-    /// Ids whose FILE record is written.
-    named: Vec<bool>,
-    entries: std::sync::Arc<Vec<Entry>>,
 }
 
 impl Journal {
@@ -457,28 +440,17 @@ impl Journal {
     /// `root`, with what it carries over from an interrupted one (`None`
     /// for a fresh session): written to a temporary file, synced, renamed
     /// over any old journal.
-    pub fn start(root: &File, entries: std::sync::Arc<Vec<Entry>>, carry: Option<&Carry>) -> io::Result<Self> {
-        let mut buf = Vec::with_capacity(64 + carry.map_or(0, |c| c.held.len() * 80));
+    pub fn start(root: &File, entries: &[Entry], carry: Option<&Carry>) -> io::Result<Self> {
+        let mut buf = Vec::with_capacity(64 + entries.iter().map(|e| 48 + e.path.len()).sum::<usize>());
         buf.extend_from_slice(MAGIC);
-        // The directories, before the sink creates them.
-        for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
-            path_record(EntryKind::Dir, &e.path, &mut buf);
-        }
-        let mut named = vec![false; entries.len()];
-        for &id in carry.map_or(&[][..], |c| &c.existing) {
-            let e = &entries[id as usize];
-            if e.kind == EntryKind::File {
-                file_record(id, e, &mut buf);
-                named[id as usize] = true;
-            } else {
-                path_record(e.kind, &e.path, &mut buf);
+        // Every entry, before the sink creates any.
+        for e in entries.iter() {
+            match e.kind {
+                EntryKind::File => file_record(e.id, e, &mut buf),
+                kind => path_record(kind, &e.path, &mut buf),
             }
         }
         for (id, ranges) in carry.map_or(&[][..], |c| &c.held) {
-            if !named[*id as usize] {
-                file_record(*id, &entries[*id as usize], &mut buf);
-                named[*id as usize] = true;
-            }
             for x in ranges {
                 range_record(*id, *x, &mut buf);
             }
@@ -492,27 +464,7 @@ impl Journal {
         sys::renameat(root, &temp, &name)?;
         root.sync_all()?;
         let root = root.try_clone()?;
-        Ok(Self { root, out: Mutex::new(Out { file, named, entries }), pending: Mutex::default() })
-    }
-
-    /// Names file `id` before it is created (once).
-    pub fn creating(&self, id: u32) -> io::Result<()> {
-        let mut out = lock(&self.out);
-        if out.named.get(id as usize).copied().unwrap_or(true) {
-            return Ok(());
-        }
-        out.named[id as usize] = true;
-        let mut buf = Vec::with_capacity(64);
-        let entries = std::sync::Arc::clone(&out.entries);
-        file_record(id, &entries[id as usize], &mut buf);
-        out.file.write_all(&buf)
-    }
-
-    /// Names a symlink before it is created.
-    pub fn linking(&self, path: &[u8]) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(32 + path.len());
-        path_record(EntryKind::Symlink, path, &mut buf);
-        lock(&self.out).file.write_all(&buf)
+        Ok(Self { root, out: Mutex::new(file), pending: Mutex::default() })
     }
 
     /// A block of file `id` was written and verified.
@@ -530,7 +482,6 @@ impl Journal {
         }
         sys::syncfs(&self.root)?;
         batch.sort_unstable();
-        let mut out = lock(&self.out);
         let mut buf = Vec::with_capacity(batch.len() * 40);
         let mut n = 0;
         let mut i = 0;
@@ -542,18 +493,12 @@ impl Journal {
                 i += 1;
             }
             merge(&mut ranges);
-            let named = out.named.get_mut(id as usize).expect("ids come from the manifest");
-            if !*named {
-                *named = true;
-                let entries = std::sync::Arc::clone(&out.entries);
-                file_record(id, &entries[id as usize], &mut buf);
-            }
             for x in ranges {
                 range_record(id, x, &mut buf);
                 n += 1;
             }
         }
-        out.file.write_all(&buf)?;
+        lock(&self.out).write_all(&buf)?;
         Ok(n)
     }
 }

@@ -512,24 +512,18 @@ fn receive_session(
     let carried = if resuming { Some(carry_over(&sink, &entries, &tally, &slots[0], dest)?) } else { None };
     let held: u64 = carried.as_ref().map_or(0, journal::Carry::bytes);
     progress.set_total(data_bytes - held);
-    // The journal names the directories before they are created, and
-    // each file and symlink before it is.
+    // The journal names every entry before any is created.
     let journal = match cfg.journal {
         Journaling::Off => None,
         _ if streamed => None,
-        _ => Some(Arc::new(journal::Journal::start(sink.root(), Arc::clone(&entries), carried.as_ref()).map_err(|e| {
-            Error::Destination {
-                path: dest.join(crate::plan::JOURNAL_FILE).display().to_string(),
-                reason: format!("cannot write the journal: {e}"),
-            }
-        })?)),
+        _ => Some(journal::Journal::start(sink.root(), &entries, carried.as_ref()).map_err(|e| Error::Destination {
+            path: dest.join(crate::plan::JOURNAL_FILE).display().to_string(),
+            reason: format!("cannot write the journal: {e}"),
+        })?),
     };
     sink.make_dirs()?;
     if let Some(c) = &carried {
         sink.resume(c.held.iter().map(|(id, _)| *id));
-    }
-    if let Some(j) = &journal {
-        sink.set_journal(Arc::clone(j));
     }
     let journal_failed = std::sync::OnceLock::<String>::new();
     let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
@@ -556,7 +550,7 @@ fn receive_session(
                     method,
                     resumption,
                     idle: cfg.idle_timeout,
-                    journal: journal.as_deref(),
+                    journal: journal.as_ref(),
                 };
                 let seal = lock(i).take();
                 let (r, opener) = ctx.run(seal);

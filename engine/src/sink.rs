@@ -74,8 +74,6 @@ pub struct Sink {
     /// are opened as they are; every other file is truncated.
     resuming: bool,
     kept: Vec<bool>,
-    /// Names each file and symlink before it is created.
-    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 pub(crate) fn cpath(p: &[u8]) -> CString {
@@ -220,7 +218,7 @@ impl Sink {
             })?;
         write_marker(&root_file).map_err(|e| dest_err(format!("not writable: {e}")))?;
         let slots = entries.iter().map(|_| Mutex::new(Slot::Closed)).collect();
-        Ok(Self { root: root_file, root_path: root.to_path_buf(), entries, slots, opts, resuming: false, kept: Vec::new(), journal: None })
+        Ok(Self { root: root_file, root_path: root.to_path_buf(), entries, slots, opts, resuming: false, kept: Vec::new() })
     }
 
     /// Creates the manifest's directories.
@@ -229,15 +227,6 @@ impl Sink {
             self.ensure_dir(&e.path)?;
         }
         Ok(())
-    }
-
-    /// Names every file and symlink in `journal` before creating it.
-    pub fn set_journal(&mut self, journal: Arc<crate::journal::Journal>) {
-        self.journal = Some(journal);
-    }
-
-    fn journal_err(&self, rel: &[u8], e: &io::Error) -> Error {
-        self.err(rel, &format!("writing the journal ({JOURNAL_FILE}) before creating it"), e)
     }
 
     /// The destination's directory descriptor.
@@ -287,9 +276,6 @@ impl Sink {
                 self.err(&e.path, what, &err)
             })?
         } else {
-            if let Some(j) = &self.journal {
-                j.creating(e.id).map_err(|err| self.journal_err(&e.path, &err))?;
-            }
             let excl = if self.opts.overwrite || self.resuming { libc::O_TRUNC } else { libc::O_EXCL };
             create_file(&self.root, &e.path, libc::O_RDWR | libc::O_CREAT | excl, 0o600)
                 .map_err(|err| self.err(&e.path, "creating file", &err))?
@@ -425,9 +411,6 @@ impl Sink {
             let pfd = sys::openat2(&self.root, &cpath(parent), libc::O_DIRECTORY | libc::O_PATH, 0, RESOLVE_CONFINED)
                 .map_err(|err| self.err(parent, "opening directory", &err))?;
             let name = cpath(name);
-            if let Some(j) = &self.journal {
-                j.linking(&e.path).map_err(|err| self.journal_err(&e.path, &err))?;
-            }
             let made = match sys::symlinkat(&cpath(&e.link_target), &pfd, &name) {
                 // An interrupted run may have made it already.
                 Err(err) if self.resuming && err.raw_os_error() == Some(libc::EEXIST) => {
