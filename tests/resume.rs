@@ -34,9 +34,25 @@ fn ss_kills() -> bool {
 }
 
 /// Kills every established connection to or from `port` at each of
-/// `at` (from now), alternating the sender's side and the receiver's;
-/// returns how many sockets it killed.
+/// `at` (from now) plus a random 0–400 ms (the seed is printed;
+/// `SLUICE_TEST_SEED` repeats a run), alternating the sender's side and
+/// the receiver's; returns how many sockets it killed.
 fn killer(port: u16, at: Vec<Duration>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let seed: u64 = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1);
+    let mut x = seed;
+    let at: Vec<Duration> = at
+        .into_iter()
+        .map(|t| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t + Duration::from_millis(x % 400)
+        })
+        .collect();
+    eprintln!("killing connections of port {port} at {at:?} (SLUICE_TEST_SEED={seed})");
     std::thread::spawn(move || {
         let start = Instant::now();
         let mut killed = 0;
