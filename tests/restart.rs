@@ -211,7 +211,7 @@ fn a_receiver_killed_twice_resumes_twice_and_the_cli_says_what_it_held() {
     let rlog = std::fs::read_to_string(&log).unwrap();
     assert!(out.status.success() && status.success(), "sender:\n{err}\nreceiver:\n{rlog}");
     sluice_engine::diff::compare(&src, &dest).unwrap_or_else(|d| panic!("the copy differs: {d}"));
-    let held_mib = format!("{:.1} MiB the receiver held from the interrupted transfer were not sent again", second as f64 / 1048576.0);
+    let held_mib = format!("{:.1} MiB the receiver held from the interrupted transfer were not sent again", second as f64 / 1_048_576.0);
     assert!(err.contains(&held_mib), "the sender's log says what it did not send again ({held_mib}):\n{err}");
     assert!(rlog.contains("resuming into") && rlog.contains(&held_mib), "{rlog}");
 }

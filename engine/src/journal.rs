@@ -444,7 +444,7 @@ impl Journal {
         let mut buf = Vec::with_capacity(64 + entries.iter().map(|e| 48 + e.path.len()).sum::<usize>());
         buf.extend_from_slice(MAGIC);
         // Every entry, before the sink creates any.
-        for e in entries.iter() {
+        for e in entries {
             match e.kind {
                 EntryKind::File => file_record(e.id, e, &mut buf),
                 kind => path_record(kind, &e.path, &mut buf),

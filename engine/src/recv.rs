@@ -614,10 +614,9 @@ fn receive_session(
 /// Returns what is carried over.
 fn carry_over(sink: &Sink, entries: &[Entry], tally: &RecvTally, s0: &Slot, dest: &Path) -> Result<journal::Carry> {
     let bad = |reason: String| Error::Destination { path: dest.display().to_string(), reason };
-    let held = match journal::find(sink.root()).map_err(|e| bad(format!("cannot read the journal: {e}")))? {
-        journal::Found::Held(h) => h,
-        // Sink::create wrote the marker, so only a journal can be missing.
-        _ => return Err(bad("holds no journal of an interrupted transfer: receive again without --resume".into())),
+    // Sink::prepare wrote the marker, so only a journal can be missing.
+    let journal::Found::Held(held) = journal::find(sink.root()).map_err(|e| bad(format!("cannot read the journal: {e}")))? else {
+        return Err(bad("holds no journal of an interrupted transfer: receive again without --resume".into()));
     };
     if held.torn {
         tracing::info!("the journal ends in a record torn by the interruption; what came before it counts");
@@ -630,7 +629,7 @@ fn carry_over(sink: &Sink, entries: &[Entry], tally: &RecvTally, s0: &Slot, dest
     let bytes = c.bytes();
     tracing::info!(
         "resuming: {:.1} MiB in {} files are verified and durable from the interrupted transfer; {} changed at the source since and are received again; {removed} no longer at the source were removed",
-        bytes as f64 / 1048576.0,
+        bytes as f64 / 1_048_576.0,
         c.held.len(),
         c.changed
     );

@@ -333,8 +333,8 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     if session.caps & wire::caps::HAVE != 0 {
         tracing::info!(
             "the receiver resumes an interrupted transfer: it holds {:.1} MiB of {:.1} MiB ({} files); sending the rest",
-            held_bytes as f64 / 1048576.0,
-            tree.data_bytes() as f64 / 1048576.0,
+            held_bytes as f64 / 1_048_576.0,
+            tree.data_bytes() as f64 / 1_048_576.0,
             held.len()
         );
         progress.set_total(tree.data_bytes() - held_bytes);
