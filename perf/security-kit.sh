@@ -22,13 +22,14 @@ cp "$bin" "$rt/sluice.new" && mv -f "$rt/sluice.new" "$rt/sluice"
 cp "$kit"/*.py "$kit"/*.sh "$rt/"
 # The kit speaks protocol v3; newer peers refuse it on the version alone,
 # which would prove nothing. Speak v5: versions 5..5, WELCOME with its
-# nonce and session secret; the fake receiver of e21 does not grant RESUME
-# (capability bit 3), so it owes no acknowledgements and stays silent
-# after END as the attack intends. (KIT_V3=1 keeps the kit as it was, to
+# nonce and session secret; the fake receiver of e21 grants neither RESUME
+# (capability bit 3: it owes no acknowledgements) nor HAVE (bit 6: the
+# sender would wait for its list), and so stays silent after END as the
+# attack intends. (KIT_V3=1 keeps the kit as it was, to
 # run it against a build of e693a31.)
 if [ -z "${KIT_V3:-}" ]; then
   sed -i 's/minv=1, maxv=3/minv=5, maxv=5/' "$rt/sl.py"
-  sed -i 's/struct.pack("<HHQ",3,0,caps)/struct.pack("<HHQ",5,0,caps \& ~8)+bytes(32)/' "$rt/e21.py"
+  sed -i 's/struct.pack("<HHQ",3,0,caps)/struct.pack("<HHQ",5,0,caps \& ~72)+bytes(32)/' "$rt/e21.py"
 fi
 py="$rt/venv/bin/python"
 
