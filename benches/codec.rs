@@ -6,7 +6,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_engine::codec::seal::{Binding, Direction, SealKey, Sealer};
-use sluice_engine::codec::{self, Compression, Decoder, Encoder};
+use sluice_engine::codec::{Compression, Decoder, Encoder};
 
 fn mixed(n: usize) -> Vec<u8> {
     let mut x = 0x2545_F491_u32;
@@ -67,7 +67,7 @@ fn codecs(c: &mut Criterion) {
                 o2.open(b"header", &mut work).unwrap()
             });
         });
-        g.bench_function("xxh3_checksum", |b| b.iter(|| codec::checksum(&data)));
+        g.bench_function("xxh3_checksum", |b| b.iter(|| sluice_engine::digest::checksum(&data)));
         g.finish();
     }
 }

@@ -679,11 +679,11 @@ fn resumable(dir: &Path) -> Result<()> {
     match journal::find(&root).with_context(|| format!("--resume: reading the journal in {shown}"))? {
         Found::NoMarker => anyhow::bail!(
             "--resume: {shown} holds no interrupted transfer (no {} marker), so there is nothing to resume; receive without --resume",
-            sluice_engine::plan::INCOMPLETE_MARKER
+            sluice_engine::manifest::INCOMPLETE_MARKER
         ),
         Found::NoJournal => anyhow::bail!(
             "--resume: {shown} holds an interrupted transfer but no journal ({}): it was a streamed backup, or received by `sluice copy` or an SST, and cannot be resumed; receive it again from the start, without --resume (into an empty directory, or with --overwrite)",
-            sluice_engine::plan::JOURNAL_FILE
+            sluice_engine::manifest::JOURNAL_FILE
         ),
         Found::Held(h) => {
             eprintln!(

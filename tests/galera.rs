@@ -606,7 +606,7 @@ fn tree_digest(root: &Path) -> Vec<(String, u32, Vec<u8>)> {
                 out.push((rel, mode, std::fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()));
             } else {
                 let bytes = std::fs::read(&p).unwrap();
-                out.push((rel, mode, sluice_engine::codec::checksum(&bytes).to_le_bytes().to_vec()));
+                out.push((rel, mode, sluice_engine::digest::checksum(&bytes).to_le_bytes().to_vec()));
             }
         }
     }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 
-use sluice_engine::plan::{Entry, EntryKind};
+use sluice_engine::manifest::{Entry, EntryKind};
 use sluice_engine::wire::{DataHeader, Frame, Hello, MAGIC, PROTOCOL_VERSION};
 use sluice_engine::{ReceiveConfig, Receiver};
 
@@ -18,7 +18,7 @@ fn entry(id: u32, kind: EntryKind, path: &str, size: u64, target: &str) -> Entry
 /// Plays a hand-written sender: HELLO, then `frames` raw, then data for
 /// file 0 if `data` is given. Returns the receiver's result.
 fn hostile_session(dest: &Path, manifest: Vec<Entry>, data: Option<&[u8]>) -> sluice_engine::Result<sluice_engine::Summary> {
-    let sum = data.map(|d| sluice_engine::codec::checksum(d) ^ 1);
+    let sum = data.map(|d| sluice_engine::digest::checksum(d) ^ 1);
     hostile_with(dest, manifest, 0, data.map(|d| (0, d.len() as u32, d, sum.unwrap())))
 }
 
@@ -127,7 +127,7 @@ fn compressed_blocks_need_negotiation_and_must_decode() {
     let tmp = tempfile::tempdir().unwrap();
     let plain = b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let packed = lz4_flex::block::compress(plain);
-    let sum = sluice_engine::codec::checksum(plain);
+    let sum = sluice_engine::digest::checksum(plain);
     let manifest = || vec![entry(0, EntryKind::File, "z.ibd", plain.len() as u64, "")];
 
     // Not negotiated: refused even though it would decode.

@@ -17,7 +17,7 @@ use common::{io_of, methods, pattern, write_private};
 use sluice_engine::codec::Compression;
 use sluice_engine::codec::seal::SealKey;
 use sluice_engine::journal;
-use sluice_engine::plan::{Extent, INCOMPLETE_MARKER, JOURNAL_FILE};
+use sluice_engine::manifest::{Extent, INCOMPLETE_MARKER, JOURNAL_FILE};
 use sluice_engine::send::send_streamed;
 use sluice_engine::{IoMode, Journaling, Method, ReceiveConfig, Receiver, SendConfig, Summary, Token};
 

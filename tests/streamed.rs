@@ -10,7 +10,7 @@ use std::path::Path;
 
 use sluice_engine::codec::Compression;
 use sluice_engine::codec::seal::SealKey;
-use sluice_engine::plan::INCOMPLETE_MARKER;
+use sluice_engine::manifest::INCOMPLETE_MARKER;
 use sluice_engine::send::{Feeder, send_streamed};
 use sluice_engine::{Error, ReceiveConfig, Receiver, SendConfig, Summary};
 

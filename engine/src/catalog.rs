@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::codec;
+use crate::digest;
 use crate::sink::{DestFile, Sink};
 use crate::wire;
 use crate::{Error, Result};
@@ -202,7 +202,7 @@ impl<'a> Catalog<'a> {
         let mut s = f.lock();
         s.received += u64::from(len);
         s.reach = s.reach.max(offset + u64::from(len));
-        s.digest = s.digest.wrapping_add(codec::block_digest(id, offset, len, checksum));
+        s.digest = s.digest.wrapping_add(digest::block_digest(id, offset, len, checksum));
         self.settle(f, &mut s)
     }
 

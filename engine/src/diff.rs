@@ -20,7 +20,7 @@ pub fn compare(a: &Path, b: &Path) -> Result<u64, String> {
             let mut v: Vec<_> = fs::read_dir(root.join(&rel))
                 .map_err(|e| format!("listing {}: {e}", root.join(&rel).display()))?
                 .filter_map(|d| d.ok().map(|d| d.file_name()))
-                .filter(|name| name != crate::plan::INCOMPLETE_MARKER || !rel.as_os_str().is_empty())
+                .filter(|name| name != crate::manifest::INCOMPLETE_MARKER || !rel.as_os_str().is_empty())
                 .collect();
             v.sort();
             Ok(v)

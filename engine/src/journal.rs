@@ -43,14 +43,14 @@ use std::time::Duration;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use crate::backend::sys::{self, RESOLVE_CONFINED};
-use crate::plan::{Entry, EntryKind, Extent, INCOMPLETE_MARKER, JOURNAL_FILE, JOURNAL_TEMP};
+use crate::manifest::{Entry, EntryKind, Extent, INCOMPLETE_MARKER, JOURNAL_FILE, JOURNAL_TEMP};
 
 const MAGIC: &[u8; 8] = b"SLUICEJ1";
 const FILE: u8 = 1;
 const RANGE: u8 = 2;
 const PATH: u8 = 3;
 /// Largest record body: a FILE record with the longest path.
-const MAX_BODY: usize = 4 + 16 + crate::wire::MAX_PATH;
+const MAX_BODY: usize = 4 + 16 + crate::manifest::MAX_PATH;
 
 /// Most files, directories and symlinks a journal may name (twice the
 /// receiver's default entry limit).
@@ -294,7 +294,7 @@ fn walk(r: impl Read, mut visit: impl FnMut(Rec<'_>) -> bool) -> io::Result<bool
         match kind {
             FILE if len > 20 => {
                 let path = b[20..].to_vec();
-                if crate::plan::validate_rel_path(&path).is_err() {
+                if crate::manifest::validate_rel_path(&path).is_err() {
                     return Ok(true);
                 }
                 if !visit(Rec::File { path: &path, key: b[4..20].try_into().expect("16 bytes") }) {
@@ -308,7 +308,7 @@ fn walk(r: impl Read, mut visit: impl FnMut(Rec<'_>) -> bool) -> io::Result<bool
                     3 => EntryKind::Symlink,
                     _ => return Ok(true),
                 };
-                if crate::plan::validate_rel_path(&b[4..]).is_err() {
+                if crate::manifest::validate_rel_path(&b[4..]).is_err() {
                     return Ok(true);
                 }
                 if !visit(Rec::Path { path: &b[4..], kind }) {

@@ -30,7 +30,7 @@ pub(crate) enum Heard {
     /// HAVE: ranges a resumed receiver already holds.
     Have {
         last: bool,
-        ranges: Vec<(u32, crate::plan::Extent)>,
+        ranges: Vec<(u32, crate::manifest::Extent)>,
     },
 }
 

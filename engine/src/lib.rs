@@ -3,11 +3,19 @@
 //! connections, checks every block and every file, and reports success only
 //! for data that is verified and durable. It knows nothing of MariaDB.
 //!
-//! Modules, each with one job: [`wire`] (frame layout), [`plan`] (manifest,
-//! block queue, tallies), [`codec`] (checksums), [`backend`] (the only
+//! Modules, each with one job: [`manifest`] (the data model: entries,
+//! extents, the path rule and its limits; a leaf), [`digest`] (block
+//! checksums and file digests; a leaf), [`wire`] (frame layout), [`plan`]
+//! (block queue, tallies), [`codec`] (compression, sealing, external
+//! filters), [`backend`] (the only
 //! syscalls, and the only module allowed `unsafe_code`), [`source`] (reading the sender's tree), [`sink`]
 //! (writing the receiver's tree), [`net`] (sockets), [`pipeline`] (stream threads and shutdown), [`send`] and [`recv`]
-//! (the two session state machines), [`progress`] (byte accounting), [`throttle`] (the shared rate limiter).
+//! (the two session state machines), [`progress`] (byte accounting), [`throttle`] (the shared rate limiter),
+//! [`resume`] (the I/O-free core of reconnecting streams: rejoin proofs, the
+//! replay log and its budget), `gate` (admission and examination of
+//! connections), `lane` and `slot` (one stream across its connections, on
+//! each side), [`journal`] (the receiver's record of verified, durable
+//! ranges that `recv --resume` continues from).
 //! The protocol is specified in `engine/PROTOCOL.md`.
 
 #![deny(unsafe_code)]
@@ -18,10 +26,12 @@ pub mod catalog;
 pub mod cleanup;
 pub mod codec;
 pub mod diff;
+pub mod digest;
 mod error;
 mod gate;
 pub mod journal;
 mod lane;
+pub mod manifest;
 pub mod net;
 pub mod pipeline;
 pub mod plan;

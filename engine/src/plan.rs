@@ -1,181 +1,15 @@
-//! The manifest and the block queue.
+//! The block queue and the per-file tallies.
 //!
-//! Owns what a session transfers (entries with ids, kinds, modes, times and
-//! sparse data extents), the rule for which relative paths are acceptable,
-//! the order in which blocks are sent (largest files first) and the per-file
-//! tallies both ends keep to decide when a file is complete. No I/O here:
-//! everything is driven by the callers and unit-tested in memory.
+//! Owns the order in which blocks are sent (largest files first) and the
+//! per-file tallies both ends keep to decide when a file is complete; the
+//! entries themselves are [`crate::manifest`]'s. No I/O here: everything
+//! is driven by the callers and unit-tested in memory.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::codec;
-
-/// What a manifest entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum EntryKind {
-    File = 1,
-    Dir = 2,
-    Symlink = 3,
-}
-
-/// A range of a file that holds data; everything outside is a hole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    pub offset: u64,
-    pub len: u64,
-}
-
-/// One file, directory or symlink of the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Index of the entry in the manifest, starting at 0.
-    pub id: u32,
-    pub kind: EntryKind,
-    /// Relative path with `/` separators, validated by [`validate_rel_path`].
-    pub path: Vec<u8>,
-    /// Permission bits (`0o7777` at most).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime_sec: i64,
-    pub mtime_nsec: u32,
-    /// Logical size (regular files only).
-    pub size: u64,
-    /// Sorted, non-overlapping data ranges within `size` (regular files only).
-    pub extents: Vec<Extent>,
-    /// Symlink target, stored verbatim and never followed by the receiver.
-    pub link_target: Vec<u8>,
-}
-
-impl Entry {
-    /// An entry with mode 0644, owner 0:0, mtime 0, and — for a regular file
-    /// of `size` bytes — one data extent covering it all.
-    pub fn new(id: u32, kind: EntryKind, path: &[u8], size: u64) -> Self {
-        let extents = if kind == EntryKind::File && size > 0 { vec![Extent { offset: 0, len: size }] } else { Vec::new() };
-        Self {
-            id,
-            kind,
-            path: path.to_vec(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-            size,
-            extents,
-            link_target: Vec::new(),
-        }
-    }
-
-    /// Bytes of data (not holes) this entry carries.
-    pub fn data_bytes(&self) -> u64 {
-        self.extents.iter().map(|x| x.len).sum()
-    }
-
-    pub fn display_path(&self) -> String {
-        String::from_utf8_lossy(&self.path).into_owned()
-    }
-}
-
-/// Name of the marker the receiver keeps in its destination until the
-/// session is verified and durable; a manifest may not use it.
-pub const INCOMPLETE_MARKER: &str = ".sluice-incomplete";
-
-/// Name of the receiver's journal of verified, durable ranges (see
-/// [`crate::journal`]); a manifest may not use it, nor its temporary name.
-pub const JOURNAL_FILE: &str = ".sluice-journal";
-
-/// The journal's name while it is rewritten.
-pub const JOURNAL_TEMP: &str = ".sluice-journal.tmp";
-
-/// Checks that a peer-supplied path stays inside the destination: relative,
-/// no `.` or `..` or empty components, no NUL, bounded lengths, and not the
-/// receiver's own marker.
-pub fn validate_rel_path(path: &[u8]) -> Result<(), &'static str> {
-    if path.is_empty() {
-        return Err("empty path");
-    }
-    if path.len() > crate::wire::MAX_PATH {
-        return Err("path too long");
-    }
-    if path[0] == b'/' {
-        return Err("absolute path");
-    }
-    if path.contains(&0) {
-        return Err("NUL byte in path");
-    }
-    for comp in path.split(|&b| b == b'/') {
-        match comp {
-            b"" => return Err("empty path component"),
-            b"." | b".." => return Err("`.` or `..` component"),
-            c if c.len() > crate::wire::MAX_COMPONENT => return Err("path component too long"),
-            _ => {}
-        }
-    }
-    if [INCOMPLETE_MARKER, JOURNAL_FILE, JOURNAL_TEMP].iter().any(|n| path == n.as_bytes()) {
-        return Err("reserved name");
-    }
-    Ok(())
-}
-
-/// Merges extents until at most `max` remain, so a badly fragmented sparse
-/// file still fits in one manifest entry (merged gaps are sent as zeros).
-pub fn coalesce_extents(mut extents: Vec<Extent>, max: usize) -> Vec<Extent> {
-    if extents.len() <= max || extents.is_empty() {
-        return extents;
-    }
-    // Merge across the smallest gaps first: pick the gap threshold that
-    // leaves at most `max` extents.
-    let mut gaps: Vec<u64> = extents.windows(2).map(|w| w[1].offset - (w[0].offset + w[0].len)).collect();
-    gaps.sort_unstable();
-    let threshold = gaps[extents.len() - max - 1];
-    let mut out: Vec<Extent> = Vec::with_capacity(max);
-    for x in extents.drain(..) {
-        let full = out.len() >= max;
-        if let Some(last) = out.last_mut() {
-            let gap = x.offset - (last.offset + last.len);
-            if gap <= threshold || full {
-                last.len = x.offset + x.len - last.offset;
-                continue;
-            }
-        }
-        out.push(x);
-    }
-    out
-}
-
-/// `extents` less the ranges of `held` (sorted, non-overlapping): what is
-/// left to send of a file whose receiver already holds `held`.
-pub fn subtract_extents(extents: &[Extent], held: &[Extent]) -> Vec<Extent> {
-    let mut out = Vec::with_capacity(extents.len());
-    let mut h = 0;
-    for x in extents {
-        let (mut at, end) = (x.offset, x.offset + x.len);
-        // Skip held ranges that end before this extent.
-        while h < held.len() && held[h].offset + held[h].len <= at {
-            h += 1;
-        }
-        let mut k = h;
-        while at < end {
-            match held.get(k) {
-                Some(r) if r.offset < end => {
-                    if r.offset > at {
-                        out.push(Extent { offset: at, len: r.offset - at });
-                    }
-                    at = at.max(r.offset + r.len);
-                    k += 1;
-                }
-                _ => {
-                    out.push(Extent { offset: at, len: end - at });
-                    at = end;
-                }
-            }
-        }
-    }
-    out
-}
+use crate::digest;
+use crate::manifest::{Entry, EntryKind, Extent};
 
 /// One unit of work for a sender stream: a block of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +102,7 @@ impl SendTally {
     /// Records a sent block; returns the file digest if it was the last one.
     pub fn record(&self, b: &Block, checksum: u64) -> Option<u64> {
         let i = b.file_id as usize;
-        self.digest[i].fetch_add(codec::block_digest(b.file_id, b.offset, b.len, checksum), Ordering::AcqRel);
+        self.digest[i].fetch_add(digest::block_digest(b.file_id, b.offset, b.len, checksum), Ordering::AcqRel);
         // AcqRel on both counters: the thread that takes `remaining` to zero
         // sees every other thread's digest contribution.
         if self.remaining[i].fetch_sub(1, Ordering::AcqRel) == 1 { Some(self.digest[i].load(Ordering::Acquire)) } else { None }
@@ -277,7 +111,7 @@ impl SendTally {
 
 /// What the receiver learns from one event about a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+pub enum Completion {
     /// More data or the FILE_DONE frame is still to come.
     Pending,
     /// Every byte arrived and the digest matched: finalize the file.
@@ -347,18 +181,18 @@ impl RecvTally {
     }
 
     /// Records a verified block (its checksum was checked by the caller).
-    pub fn record_block(&self, id: u32, offset: u64, len: u32, checksum: u64) -> Result<Progress, TallyError> {
+    pub fn record_block(&self, id: u32, offset: u64, len: u32, checksum: u64) -> Result<Completion, TallyError> {
         let mut f = self.lock(id);
         f.received += u64::from(len);
         if f.received > f.expected {
             return Err(TallyError::TooMuch { got: f.received, expected: f.expected });
         }
-        f.digest = f.digest.wrapping_add(codec::block_digest(id, offset, len, checksum));
+        f.digest = f.digest.wrapping_add(digest::block_digest(id, offset, len, checksum));
         self.progress(&f)
     }
 
     /// Records the sender's FILE_DONE digest.
-    pub fn record_done(&self, id: u32, digest: u64) -> Result<Progress, TallyError> {
+    pub fn record_done(&self, id: u32, digest: u64) -> Result<Completion, TallyError> {
         let mut f = self.lock(id);
         if f.announced.is_some() {
             return Err(TallyError::DoneTwice);
@@ -367,16 +201,16 @@ impl RecvTally {
         self.progress(&f)
     }
 
-    fn progress(&self, f: &FileState) -> Result<Progress, TallyError> {
+    fn progress(&self, f: &FileState) -> Result<Completion, TallyError> {
         match f.announced {
             Some(d) if f.received == f.expected => {
                 if d != f.digest {
                     return Err(TallyError::Digest { sender: d, receiver: f.digest });
                 }
                 self.completed.fetch_add(1, Ordering::AcqRel);
-                Ok(Progress::Complete)
+                Ok(Completion::Complete)
             }
-            _ => Ok(Progress::Pending),
+            _ => Ok(Completion::Pending),
         }
     }
 
@@ -419,18 +253,6 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_confined() {
-        assert!(validate_rel_path(b"a/b/c.ibd").is_ok());
-        assert!(validate_rel_path("données/é x".as_bytes()).is_ok());
-        for bad in
-            [&b"/a"[..], b"..", b"a/..", b"a//b", b"a/", b"", b"a\0b", b".sluice-incomplete", b".sluice-journal", b".sluice-journal.tmp"]
-        {
-            assert!(validate_rel_path(bad).is_err(), "{bad:?}");
-        }
-        assert!(validate_rel_path(&vec![b'x'; 256]).is_err());
-    }
-
-    #[test]
     fn schedule_sends_largest_first_and_splits_on_extents() {
         let entries = vec![
             file(0, vec![Extent { offset: 0, len: 10 }], 10),
@@ -459,11 +281,11 @@ mod tests {
             digest = send.record(b, u64::from(b.len) * 7).or(digest);
         }
         let digest = digest.expect("last block yields the digest");
-        assert_eq!(recv.record_done(0, digest), Ok(Progress::Pending));
+        assert_eq!(recv.record_done(0, digest), Ok(Completion::Pending));
         for b in blocks.iter().rev() {
             RecvTally::check_range(&entries[0], b.offset, b.len).unwrap();
             let p = recv.record_block(0, b.offset, b.len, u64::from(b.len) * 7).unwrap();
-            assert_eq!(p == Progress::Complete, b.offset == 0);
+            assert_eq!(p == Completion::Complete, b.offset == 0);
         }
         assert!(recv.incomplete().is_empty());
     }
@@ -481,63 +303,15 @@ mod tests {
     }
 
     #[test]
-    fn subtracting_held_ranges_leaves_the_rest() {
-        let x = |offset, len| Extent { offset, len };
-        let extents = [x(0, 100), x(200, 50), x(300, 10)];
-        assert_eq!(subtract_extents(&extents, &[]), extents.to_vec());
-        assert_eq!(subtract_extents(&extents, &[x(0, 100), x(200, 50), x(300, 10)]), vec![]);
-        assert_eq!(subtract_extents(&extents, &[x(10, 20), x(90, 120)]), vec![x(0, 10), x(30, 60), x(210, 40), x(300, 10)]);
-        assert_eq!(subtract_extents(&extents, &[x(0, 1000)]), vec![]);
-        assert_eq!(subtract_extents(&extents, &[x(305, 1)]), vec![x(0, 100), x(200, 50), x(300, 5), x(306, 4)]);
-    }
-
-    proptest::proptest! {
-        /// Held ranges (any, even outside the data) and what is left to
-        /// send partition the extents: every data byte exactly once.
-        #[test]
-        fn what_is_left_and_what_is_held_cover_each_byte_once(
-            cuts in proptest::collection::btree_set(0u64..400, 0..24),
-            held_cuts in proptest::collection::btree_set(0u64..400, 0..24),
-        ) {
-            let pairs = |c: &std::collections::BTreeSet<u64>| -> Vec<Extent> {
-                let v: Vec<u64> = c.iter().copied().collect();
-                v.chunks_exact(2).filter(|p| p[1] > p[0]).map(|p| Extent { offset: p[0], len: p[1] - p[0] }).collect()
-            };
-            let (extents, held) = (pairs(&cuts), pairs(&held_cuts));
-            let left = subtract_extents(&extents, &held);
-            let in_any = |xs: &[Extent], b: u64| xs.iter().filter(|x| x.offset <= b && b < x.offset + x.len).count();
-            for b in 0..400 {
-                let data = in_any(&extents, b);
-                proptest::prop_assert_eq!(in_any(&left, b), usize::from(data == 1 && in_any(&held, b) == 0), "byte {}", b);
-            }
-            // Each piece lies within one extent, so it can be sent as blocks.
-            for x in &left {
-                proptest::prop_assert!(extents.iter().any(|e| e.offset <= x.offset && x.offset + x.len <= e.offset + e.len));
-            }
-        }
-    }
-
-    #[test]
     fn a_credited_file_completes_with_the_rest() {
         let entries = vec![file(0, vec![Extent { offset: 0, len: 30 }], 30), file(1, vec![Extent { offset: 0, len: 10 }], 10)];
         let recv = RecvTally::new(&entries);
         recv.credit(0, 20);
         recv.credit(1, 10);
         assert!(recv.is_complete(1), "a file held whole needs no frame");
-        assert_eq!(recv.record_block(0, 20, 10, 5), Ok(Progress::Pending));
-        let digest = codec::block_digest(0, 20, 10, 5);
-        assert_eq!(recv.record_done(0, digest), Ok(Progress::Complete));
+        assert_eq!(recv.record_block(0, 20, 10, 5), Ok(Completion::Pending));
+        let digest = digest::block_digest(0, 20, 10, 5);
+        assert_eq!(recv.record_done(0, digest), Ok(Completion::Complete));
         assert!(recv.incomplete().is_empty());
-    }
-
-    #[test]
-    fn coalescing_bounds_extent_count() {
-        let x: Vec<Extent> = (0..100).map(|i| Extent { offset: i * 10 + (i % 3), len: 5 }).collect();
-        let c = coalesce_extents(x.clone(), 10);
-        assert!(c.len() <= 10);
-        assert_eq!(c[0].offset, x[0].offset);
-        let last = c.last().unwrap();
-        assert_eq!(last.offset + last.len, x[99].offset + 5);
-        assert!(c.windows(2).all(|w| w[0].offset + w[0].len < w[1].offset));
     }
 }

@@ -33,9 +33,10 @@ use crate::codec::seal::{Binding, Direction, SealKey, Sealer, SessionKey};
 pub use crate::gate::hello_refusal;
 use crate::gate::{Gate, Joined, Rules, reject};
 use crate::journal;
+use crate::manifest::{Entry, EntryKind};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
-use crate::plan::{Entry, EntryKind, Progress as FileProgress, RecvTally};
+use crate::plan::{Completion, RecvTally, TallyError};
 use crate::progress::Progress;
 use crate::resume::RejoinKey;
 use crate::sink::{Sink, SinkOptions};
@@ -517,7 +518,7 @@ fn receive_session(
         Journaling::Off => None,
         _ if streamed => None,
         _ => Some(journal::Journal::start(sink.root(), &entries, carried.as_ref()).map_err(|e| Error::Destination {
-            path: dest.join(crate::plan::JOURNAL_FILE).display().to_string(),
+            path: dest.join(crate::manifest::JOURNAL_FILE).display().to_string(),
             reason: format!("cannot write the journal: {e}"),
         })?),
     };
@@ -633,7 +634,7 @@ fn carry_over(sink: &Sink, entries: &[Entry], tally: &RecvTally, s0: &Slot, dest
         c.held.len(),
         c.changed
     );
-    let ranges: Vec<(u32, crate::plan::Extent)> = c.held.iter().flat_map(|(id, r)| r.iter().map(move |x| (*id, *x))).collect();
+    let ranges: Vec<(u32, crate::manifest::Extent)> = c.held.iter().flat_map(|(id, r)| r.iter().map(move |x| (*id, *x))).collect();
     let mut chunks = ranges.chunks(wire::HAVE_RANGES_PER_FRAME).peekable();
     if chunks.peek().is_none() {
         s0.tell(&Frame::Have { last: true, ranges: Vec::new() })?;
@@ -989,10 +990,10 @@ impl StreamCtx<'_> {
         }
     }
 
-    fn settle(&self, entry: &Entry, state: Result<FileProgress, crate::plan::TallyError>) -> Result<()> {
+    fn settle(&self, entry: &Entry, state: Result<Completion, TallyError>) -> Result<()> {
         match state.map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })? {
-            FileProgress::Complete => self.sink.finish_file(entry.id),
-            FileProgress::Pending => Ok(()),
+            Completion::Complete => self.sink.finish_file(entry.id),
+            Completion::Pending => Ok(()),
         }
     }
 }

@@ -19,10 +19,11 @@ use crate::backend::{self, IoMode, StreamIo};
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
 use crate::lane::{self, Hail, Heard, Lane, Replay, Resumer};
+use crate::manifest::{Entry, Extent};
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
 use crate::pipeline::{self, Abort};
-use crate::plan::{Entry, Extent, Schedule, SendTally};
+use crate::plan::{Schedule, SendTally};
 use crate::progress::Progress;
 use crate::resume::{Budget, RejoinKey};
 use crate::source::{self, SourceTree};
@@ -326,7 +327,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         let mut todo = tree.entries.clone();
         for (id, ranges) in &held {
             let e = &mut todo[*id as usize];
-            e.extents = crate::plan::subtract_extents(&e.extents, ranges);
+            e.extents = crate::manifest::subtract_extents(&e.extents, ranges);
         }
         std::borrow::Cow::Owned(todo)
     };
@@ -352,7 +353,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
             .resume_after(seal, "the connection broke")
     };
     let bytes = session.close(tree.entries.len() as u64, results, &resend)?;
-    let files = tree.entries.iter().filter(|e| e.kind == crate::plan::EntryKind::File).count() as u64;
+    let files = tree.entries.iter().filter(|e| e.kind == crate::manifest::EntryKind::File).count() as u64;
     let wire_bytes = progress.snapshot().wire;
     Ok(Summary {
         entries: tree.entries.len() as u64,
@@ -502,7 +503,7 @@ impl Feeder {
 
     fn file(&mut self, path: &[u8]) -> Result<&mut OpenFile> {
         if !self.open.contains_key(path) {
-            crate::plan::validate_rel_path(path)
+            crate::manifest::validate_rel_path(path)
                 .map_err(|reason| Error::Config(format!("the source names a file {:?}: {reason}", String::from_utf8_lossy(path))))?;
             if self.ended.contains(path) {
                 return Err(Error::Config(format!("the source sent more data for {} after ending it", String::from_utf8_lossy(path))));
@@ -523,9 +524,9 @@ impl Feeder {
             let n = (data.len() - pos).min(block);
             let chunk = data[pos..pos + n].to_vec();
             let at = offset + pos as u64;
-            let checksum = crate::codec::checksum(&chunk);
+            let checksum = crate::digest::checksum(&chunk);
             let f = self.file(path)?;
-            f.digest = f.digest.wrapping_add(crate::codec::block_digest(f.id, at, n as u32, checksum));
+            f.digest = f.digest.wrapping_add(crate::digest::block_digest(f.id, at, n as u32, checksum));
             f.size = f.size.max(at + n as u64);
             f.data_bytes += n as u64;
             let item = Item { file_id: f.id, path: Arc::clone(&f.path), what: ItemKind::Data { offset: at, data: chunk, checksum } };
@@ -708,7 +709,7 @@ impl StreamCtx<'_> {
                     let file = &open.as_ref().expect("opened above").1;
                     let mut data = vec![0u8; *len as usize];
                     std::os::unix::fs::FileExt::read_exact_at(file, &mut data, *offset)?;
-                    if crate::codec::checksum(&data) != *checksum {
+                    if crate::digest::checksum(&data) != *checksum {
                         return Err(std::io::Error::other(format!(
                             "{} changed while it was being sent (a block sent again after a reconnection differs from the first time); send it again once it is quiet",
                             tree.paths[*file_id as usize].display()
@@ -1184,7 +1185,7 @@ fn await_held(session: &Session, entries: &[Entry]) -> Result<Vec<(u32, Vec<Exte
         for (id, x) in ranges {
             let entry = entries
                 .get(id as usize)
-                .filter(|e| e.kind == crate::plan::EntryKind::File)
+                .filter(|e| e.kind == crate::manifest::EntryKind::File)
                 .ok_or_else(|| Error::peer(peer, format!("said it holds data of entry {id}, which is not a file of this manifest")))?;
             if !entry.extents.iter().any(|e| e.offset <= x.offset && x.offset + x.len <= e.offset + e.len) {
                 return Err(Error::peer(

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::sys::{self, RESOLVE_CONFINED};
-use crate::plan::{Entry, EntryKind, INCOMPLETE_MARKER, JOURNAL_FILE};
+use crate::manifest::{Entry, EntryKind, INCOMPLETE_MARKER, JOURNAL_FILE};
 use crate::{Error, Result};
 
 /// How the receiver treats its destination.

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::backend::sys;
-use crate::plan::{Entry, EntryKind, Extent, coalesce_extents, validate_rel_path};
+use crate::manifest::{Entry, EntryKind, Extent, coalesce_extents, validate_rel_path};
 use crate::wire::{MAX_ENTRIES, MAX_EXTENTS, MAX_PATH};
 use crate::{Error, Result};
 

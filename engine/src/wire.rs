@@ -6,7 +6,7 @@
 //! reads through [`Reader`], which returns [`WireError`] instead of
 //! panicking. The full specification is `engine/PROTOCOL.md`.
 
-use crate::plan::{Entry, EntryKind, Extent, validate_rel_path};
+use crate::manifest::{Entry, EntryKind, Extent, validate_rel_path};
 
 /// Bytes every sluice connection starts with (sender → receiver).
 ///
@@ -111,12 +111,10 @@ pub const MAX_PAYLOAD: u32 = 16 << 20;
 pub const MAX_MANIFEST_BODY: u32 = 4 << 20;
 /// Largest body of any other control frame.
 pub const MAX_CONTROL_BODY: u32 = 64 << 10;
-/// Longest relative path accepted in a manifest (Linux PATH_MAX).
-pub const MAX_PATH: usize = 4096;
-/// Longest single path component (NAME_MAX).
-pub const MAX_COMPONENT: usize = 255;
-/// Most data extents one file may list; the sender coalesces beyond that.
-pub const MAX_EXTENTS: usize = 1 << 16;
+/// The manifest's limits (the data model's, stated in [`crate::manifest`]).
+pub use crate::manifest::{MAX_COMPONENT, MAX_EXTENTS, MAX_PATH};
+/// Bytes of the AES-256-GCM tag a sealed frame body ends with.
+pub const SEAL_TAG_LEN: usize = 16;
 /// Most manifest entries one session may carry.
 pub const MAX_ENTRIES: u64 = 1 << 26;
 /// Longest reason text in REJECT and VERDICT frames.
@@ -233,7 +231,7 @@ impl Kind {
 
     /// Largest body this kind may declare (room for a seal tag included).
     fn max_body(self) -> u32 {
-        let tag = crate::codec::seal::TAG_LEN as u32;
+        let tag = SEAL_TAG_LEN as u32;
         match self {
             Self::Manifest => MAX_MANIFEST_BODY + tag,
             Self::Data => DATA_HEADER_LEN as u32 + MAX_PAYLOAD + tag,
@@ -365,7 +363,7 @@ impl DataHeader {
             },
         };
         let compressed = flags & data_flags::COMPRESSED != 0;
-        let tag = if flags & SEALED != 0 { crate::codec::seal::TAG_LEN as u32 } else { 0 };
+        let tag = if flags & SEALED != 0 { SEAL_TAG_LEN as u32 } else { 0 };
         let plain_len = payload_len.checked_sub(tag).ok_or(WireError::Truncated { what: "sealed DATA payload" })?;
         if compressed && (h.raw_len == 0 || h.raw_len > MAX_PAYLOAD || plain_len == 0) {
             return Err(WireError::Invalid { what: "DATA decoded length", value: u64::from(h.raw_len) });

@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sluice_engine::journal::{self, Held};
-use sluice_engine::plan::{Entry, EntryKind};
+use sluice_engine::manifest::{Entry, EntryKind};
 
 fuzz_target!(|data: &[u8]| {
     let mut bytes = b"SLUICEJ1".to_vec();

@@ -78,7 +78,7 @@ pub fn check_path(p: &str) -> Result<(), &'static str> {
     if p.contains('\\') {
         return Err("backslash in path");
     }
-    sluice_engine::plan::validate_rel_path(p.strip_prefix("./").unwrap_or(p).as_bytes())
+    sluice_engine::manifest::validate_rel_path(p.strip_prefix("./").unwrap_or(p).as_bytes())
 }
 
 /// Reads chunks from a stream.

@@ -27,6 +27,7 @@ use std::sync::OnceLock;
 
 use crate::Error;
 use crate::codec;
+use crate::digest;
 use crate::wire::DATA_PREFIX_LEN;
 
 /// Environment variable that forces a backend when the mode is `auto`.
@@ -193,7 +194,7 @@ impl StreamIo {
         file.read_exact_at(data, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::new(e.kind(), "file shrank while being sent") } else { e }
         })?;
-        Ok(codec::checksum(data))
+        Ok(digest::checksum(data))
     }
 
     /// The block last [`load`](Self::load)ed (its first `len` bytes).
@@ -306,7 +307,7 @@ impl StreamIo {
             decoder.decode(compression, &packed[..plain], data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         }
         let data = &self.buf[self.data_at..self.data_at + n];
-        let sum = codec::checksum(data);
+        let sum = digest::checksum(data);
         self.store(file, direct, offset, n)?;
         Ok(sum)
     }
@@ -350,7 +351,7 @@ impl StreamIo {
             Method::Copy => {
                 let data = &mut self.buf[self.data_at..self.data_at + n];
                 src.read_exact(data)?;
-                let sum = codec::checksum(data);
+                let sum = digest::checksum(data);
                 self.store(file, direct, offset, n)?;
                 return Ok(sum);
             }
@@ -380,7 +381,7 @@ impl StreamIo {
         // us: read them back (cache-hot) to verify them.
         let data = &mut self.buf[self.data_at..self.data_at + n];
         file.read_exact_at(data, offset)?;
-        Ok(codec::checksum(data))
+        Ok(digest::checksum(data))
     }
 
     #[cfg(feature = "uring")]

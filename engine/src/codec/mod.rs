@@ -1,12 +1,11 @@
-//! Checksums and compression of block payloads (sealing comes later).
+//! Compression of block payloads (sealing in [`seal`], external filters in
+//! [`external`]).
 //!
-//! Owns the transforms both ends must agree on: the per-block checksum and
-//! file digest, per-chunk lz4/zstd compression with its raw fallback, and
-//! the adaptive policy of `--compress auto`. It knows nothing of streams or
-//! files; the policy takes durations as arguments and reads no clock. v1 uses xxh3-64 per block: measured at 19–22 GB/s per
-//! core on this machine class against 8–14 GB/s for crc32c
-//! (shared/MEASURED-IO.md §4); integrity against accidents is all it must
-//! give, authentication comes from sealing and TLS.
+//! Owns the transforms both ends must agree on: per-chunk lz4/zstd
+//! compression with its raw fallback, and the adaptive policy of
+//! `--compress auto`. It knows nothing of streams or files; the policy
+//! takes durations as arguments and reads no clock. (Checksums and file
+//! digests are [`crate::digest`]'s.)
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -14,28 +13,8 @@ use std::time::{Duration, Instant};
 pub mod external;
 pub mod seal;
 
-use xxhash_rust::xxh3::xxh3_64;
-
 use crate::wire::{caps, data_flags};
 use crate::{Error, Result};
-
-/// Checksum of a block's decoded payload.
-pub fn checksum(payload: &[u8]) -> u64 {
-    xxh3_64(payload)
-}
-
-/// One block's contribution to its file's digest. The file digest is the
-/// wrapping sum of these over all blocks: independent of the order in which
-/// blocks arrive on different streams, yet a missing, duplicated or moved
-/// block changes it.
-pub fn block_digest(file_id: u32, offset: u64, len: u32, checksum: u64) -> u64 {
-    let mut b = [0u8; 24];
-    b[0..4].copy_from_slice(&file_id.to_le_bytes());
-    b[4..8].copy_from_slice(&len.to_le_bytes());
-    b[8..16].copy_from_slice(&offset.to_le_bytes());
-    b[16..24].copy_from_slice(&checksum.to_le_bytes());
-    xxh3_64(&b)
-}
 
 /// What `--compress` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -276,6 +255,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::checksum;
 
     fn mixed(n: usize) -> Vec<u8> {
         let mut x = 0x1234_5678_u32;
@@ -380,15 +360,5 @@ mod tests {
         assert_eq!("zstd".parse::<Compression>().unwrap(), Compression::Zstd(1));
         assert!("zstd:99".parse::<Compression>().is_err());
         assert!("gzip".parse::<Compression>().unwrap_err().to_string().contains("gzip"));
-    }
-
-    #[test]
-    fn digest_depends_on_every_field() {
-        let base = block_digest(1, 2, 3, 4);
-        assert_ne!(base, block_digest(9, 2, 3, 4));
-        assert_ne!(base, block_digest(1, 9, 3, 4));
-        assert_ne!(base, block_digest(1, 2, 9, 4));
-        assert_ne!(base, block_digest(1, 2, 3, 9));
-        assert_ne!(checksum(b"a"), checksum(b"b"));
     }
 }

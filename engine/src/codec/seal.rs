@@ -25,8 +25,9 @@ use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
 
 use crate::{Error, Result};
 
-/// Bytes of the authentication tag appended to every sealed body.
-pub const TAG_LEN: usize = 16;
+/// Bytes of the authentication tag appended to every sealed body (a
+/// layout constant: [`crate::wire`] states it).
+pub use crate::wire::SEAL_TAG_LEN as TAG_LEN;
 
 /// Which way a frame travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
