@@ -16,6 +16,11 @@
 //! -K`, both ends) three times, 1 s apart, from 0.5 s after the first
 //! connection: the SST that survives it is timed, one that fails is
 //! reported as failed (the stock method's socat pipe cannot resume).
+//! `FAULT=outage` is a 5 s outage 1 s into the transfer: every connection
+//! on the SST port is killed as soon as it is established, for 5 s, so the
+//! sender's reconnections fail and (backup mode) its replay buffer fills
+//! and holds mariadb-backup back: the peak RSS shows what a full buffer
+//! costs.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -101,9 +106,11 @@ fn main() {
                 let stop = std::sync::Arc::clone(&stop);
                 std::thread::spawn(move || peak_rss(&stop))
             };
-            let killer = (std::env::var("FAULT").as_deref() == Ok("kill3")).then(|| {
+            let fault = std::env::var("FAULT").unwrap_or_default();
+            let killer = matches!(fault.as_str(), "kill3" | "outage").then(|| {
                 let port = c.nodes[1].sst_port;
-                std::thread::spawn(move || kill_connections(port, 3))
+                let outage = fault == "outage";
+                std::thread::spawn(move || if outage { outage_of(port, Duration::from_secs(5)) } else { kill_connections(port, 3) })
             });
             let synced = c.wait_synced(1, Duration::from_secs(1200));
             stop.store(true, std::sync::atomic::Ordering::Release);
@@ -196,6 +203,31 @@ fn kill_connections(port: u16, times: usize) -> usize {
     for i in 0..times {
         std::thread::sleep(Duration::from_millis(if i == 0 { 500 } else { 1000 }));
         killed += ss(true);
+    }
+    killed
+}
+
+/// Waits for the first connection on `port`, then 1 s later kills every
+/// established connection on it every 20 ms for `span`; returns how many
+/// it killed.
+fn outage_of(port: u16, span: Duration) -> usize {
+    let ss = |kill: bool| {
+        let mut c = std::process::Command::new("ss");
+        if kill {
+            c.arg("-K");
+        }
+        let out = c.args(["-t", "-n", "state", "established", &format!("( dport = :{port} or sport = :{port} )")]).output().expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count()
+    };
+    let t = Instant::now();
+    while ss(false) == 0 && t.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (start, mut killed) = (Instant::now(), 0);
+    while start.elapsed() < span {
+        killed += ss(true);
+        std::thread::sleep(Duration::from_millis(20));
     }
     killed
 }
