@@ -20,7 +20,7 @@
 //! on the SST port is killed as soon as it is established, for 5 s, so the
 //! sender's reconnections fail and (backup mode) its replay buffer fills
 //! and holds mariadb-backup back: the peak RSS shows what a full buffer
-//! costs.
+//! costs. A list (`FAULT=kill3,outage`) names one fault per round.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -106,7 +106,10 @@ fn main() {
                 let stop = std::sync::Arc::clone(&stop);
                 std::thread::spawn(move || peak_rss(&stop))
             };
-            let fault = std::env::var("FAULT").unwrap_or_default();
+            // FAULT may list one fault per round ("kill3,outage").
+            let faults = std::env::var("FAULT").unwrap_or_default();
+            let list: Vec<&str> = faults.split(',').collect();
+            let fault = list[(round - 1) % list.len()].to_string();
             let killer = matches!(fault.as_str(), "kill3" | "outage").then(|| {
                 let port = c.nodes[1].sst_port;
                 let outage = fault == "outage";
