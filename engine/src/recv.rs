@@ -795,23 +795,39 @@ impl StreamCtx<'_> {
             };
             let res = self.resumption.expect("checked above");
             tracing::warn!(stream = index, "stream {index} broke ({failure}); waiting up to {:?} for the sender to reconnect", res.window);
-            let waiting = self.progress.resuming();
-            let rejoined = self.slot.await_rejoin(Instant::now() + res.window, self.abort);
-            drop(waiting);
-            let Some((j, generation)) = rejoined else {
-                if self.abort.is_set() {
-                    return Err(Abort::error());
+            // One window from the break, however many reconnections die
+            // before they are answered (an outage kills them as they come).
+            let deadline = Instant::now() + res.window;
+            let mut failure = failure.to_string();
+            loop {
+                let waiting = self.progress.resuming();
+                let rejoined = self.slot.await_rejoin(deadline, self.abort);
+                drop(waiting);
+                let Some((j, generation)) = rejoined else {
+                    if self.abort.is_set() {
+                        return Err(Abort::error());
+                    }
+                    return Err(Error::broken(
+                        &self.slot.peer,
+                        format!(
+                            "stream {index} broke ({failure}) and the sender did not reconnect within the resume window of {:?}",
+                            res.window
+                        ),
+                    ));
+                };
+                net::configure(j.sock.tcp(), self.idle).map_err(|e| Error::io("configuring a socket", e))?;
+                match self.slot.answer(j, generation, res) {
+                    Ok(opener) => {
+                        *seal = opener;
+                        break;
+                    }
+                    // The new connection died too: wait for the next.
+                    Err(e) => {
+                        tracing::warn!(stream = index, "stream {index}: reconnection {generation} broke before it was answered ({e})");
+                        failure = e.to_string();
+                    }
                 }
-                return Err(Error::broken(
-                    &self.slot.peer,
-                    format!(
-                        "stream {index} broke ({failure}) and the sender did not reconnect within the resume window of {:?}",
-                        res.window
-                    ),
-                ));
-            };
-            net::configure(j.sock.tcp(), self.idle).map_err(|e| Error::io("configuring a socket", e))?;
-            *seal = self.slot.answer(j, generation, res)?;
+            }
             t.acked = (t.processed, 0, Some(Instant::now()));
         }
     }

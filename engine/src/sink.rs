@@ -248,7 +248,7 @@ impl Sink {
     fn err(&self, rel: &[u8], what: &str, e: &io::Error) -> Error {
         let path = self.root_path.join(String::from_utf8_lossy(rel).as_ref());
         let hint = match e.raw_os_error() {
-            Some(libc::EEXIST) => " (receive into an empty directory, or pass --overwrite)",
+            Some(libc::EEXIST) => " (receive into an empty directory, pass --overwrite, or continue an interrupted receive with --resume)",
             Some(libc::ELOOP) => " (a symlink is in the way; sluice never writes through symlinks)",
             Some(libc::ENOSPC) => " (the destination filesystem is full)",
             Some(libc::EACCES | libc::EPERM | libc::EROFS) => " (check the destination's permissions)",
