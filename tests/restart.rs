@@ -19,7 +19,7 @@ use sluice_engine::codec::seal::SealKey;
 use sluice_engine::journal;
 use sluice_engine::manifest::{Extent, INCOMPLETE_MARKER, JOURNAL_FILE};
 use sluice_engine::send::send_streamed;
-use sluice_engine::{IoMode, Journaling, Method, ReceiveConfig, Receiver, SendConfig, Summary, Token};
+use sluice_engine::{IoMode, Journaling, Method, ReceiveConfig, SendConfig, Summary};
 
 const SEAL_KEY: &str = "4f7e3c2a9d1b8e6f0a5c7d3e2b1f9a8c6d4e2f0a1b3c5d7e9f8a6b4c2d0e1f3a";
 
@@ -129,14 +129,7 @@ fn resumed_recv(io: IoMode, sealed: bool) -> ReceiveConfig {
 /// Runs the resumed session in process (exact figures); returns the
 /// sender's and the receiver's summaries.
 fn resume_in_process(src: &Path, dest: &Path, recv: ReceiveConfig, send: &SendConfig) -> (Summary, Summary) {
-    let r = Receiver::bind("127.0.0.1:0", recv).unwrap();
-    let addr = r.local_addr().unwrap().to_string();
-    let token = r.token().clone();
-    let d = dest.to_path_buf();
-    let h = std::thread::spawn(move || r.run(&d));
-    let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], send);
-    let received = h.join().unwrap();
-    match (sent, received) {
+    match common::transfer_with(src, dest, recv, send) {
         (Ok(s), Ok(r)) => (s, r),
         (s, r) => {
             panic!("the resumed session failed: sender {:?}, receiver {:?}", s.err().map(|e| e.to_string()), r.err().map(|e| e.to_string()))
@@ -263,12 +256,8 @@ fn resume_refuses_what_it_cannot_continue() {
 
     // An interrupted streamed session leaves a marker and no journal.
     let streamed = tmp.path().join("streamed");
-    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { journal: Journaling::Write, ..ReceiveConfig::default() }).unwrap();
-    let addr = r.local_addr().unwrap().to_string();
-    let token = r.token().clone();
-    let d = streamed.clone();
-    let h = std::thread::spawn(move || r.run(&d));
-    let sent = send_streamed(&addr, &token, &SendConfig::default(), |f| {
+    let (addr, token, h) = common::spawn_receiver(ReceiveConfig { journal: Journaling::Write, ..ReceiveConfig::default() }, &streamed);
+    let sent = send_streamed(&addr.to_string(), &token, &SendConfig::default(), |f| {
         f.file_bytes(b"ibdata1", &pattern(3 << 20, 1))?;
         Err(sluice_engine::Error::Aborted("the backup program failed".into()))
     });
@@ -281,12 +270,8 @@ fn resume_refuses_what_it_cannot_continue() {
     let resumable = tmp.path().join("resumable");
     let src = tree(tmp.path());
     let held = killed_receiver(&src, &resumable, &tmp.path().join("recv.log"), &[], &[], 1);
-    let r = Receiver::bind("127.0.0.1:0", resumed_recv(IoMode::Auto, false)).unwrap();
-    let addr = r.local_addr().unwrap().to_string();
-    let token: Token = r.token().clone();
-    let d = resumable.clone();
-    let h = std::thread::spawn(move || r.run(&d));
-    let sent = send_streamed(&addr, &token, &SendConfig::default(), |f| f.file_bytes(b"ibdata1", &pattern(1 << 20, 1)));
+    let (addr, token, h) = common::spawn_receiver(resumed_recv(IoMode::Auto, false), &resumable);
+    let sent = send_streamed(&addr.to_string(), &token, &SendConfig::default(), |f| f.file_bytes(b"ibdata1", &pattern(1 << 20, 1)));
     let received = h.join().unwrap();
     let e = sent.expect_err("refused").to_string();
     assert!(e.contains("streamed backup, which cannot be rewound"), "{e}");

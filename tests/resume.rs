@@ -102,11 +102,7 @@ fn base_recv() -> ReceiveConfig {
 
 /// Runs one tree transfer with kills; returns the sender's summary.
 fn killed_transfer(name: &str, src: &Path, dest: &Path, recv: ReceiveConfig, send: &SendConfig) -> (Summary, usize) {
-    let r = Receiver::bind("127.0.0.1:0", recv).unwrap();
-    let addr = r.local_addr().unwrap();
-    let token = r.token().clone();
-    let d = dest.to_path_buf();
-    let h = std::thread::spawn(move || r.run(&d));
+    let (addr, token, h) = common::spawn_receiver(recv, dest);
     let done = Arc::new(AtomicBool::new(false));
     let k =
         killer(addr.port(), vec![Duration::from_millis(700), Duration::from_millis(1600), Duration::from_millis(2500)], Arc::clone(&done));
@@ -199,11 +195,7 @@ fn a_streamed_session_resumes_from_its_replay_buffer() {
         [("plain", None, Compression::None), ("sealed", key(), Compression::None), ("lz4", None, Compression::Lz4)]
     {
         let dest = dest.join(name);
-        let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { seal_key: seal.clone(), ..base_recv() }).unwrap();
-        let addr = r.local_addr().unwrap();
-        let token = r.token().clone();
-        let d = dest.clone();
-        let h = std::thread::spawn(move || r.run(&d));
+        let (addr, token, h) = common::spawn_receiver(ReceiveConfig { seal_key: seal.clone(), ..base_recv() }, &dest);
         let done = Arc::new(AtomicBool::new(false));
         let k = killer(
             addr.port(),
@@ -250,11 +242,7 @@ fn a_gone_receiver_or_a_zero_window_fails_promptly() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tree(tmp.path());
     // Window 0 on the receiver: the sender learns it cannot resume.
-    let r = Receiver::bind("127.0.0.1:0", ReceiveConfig { resume_window: Duration::ZERO, ..base_recv() }).unwrap();
-    let addr = r.local_addr().unwrap();
-    let token = r.token().clone();
-    let d = tmp.path().join("zero");
-    let h = std::thread::spawn(move || r.run(&d));
+    let (addr, token, h) = common::spawn_receiver(ReceiveConfig { resume_window: Duration::ZERO, ..base_recv() }, &tmp.path().join("zero"));
     let done = Arc::new(AtomicBool::new(false));
     let k = killer(addr.port(), vec![Duration::from_millis(700)], Arc::clone(&done));
     let t = Instant::now();
@@ -441,11 +429,7 @@ fn an_outage_that_kills_every_reconnection_is_survived() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let src = tree(tmp.path());
-    let r = Receiver::bind("127.0.0.1:0", base_recv()).unwrap();
-    let addr = r.local_addr().unwrap();
-    let token = r.token().clone();
-    let d = tmp.path().join("tree");
-    let h = std::thread::spawn(move || r.run(&d));
+    let (addr, token, h) = common::spawn_receiver(base_recv(), &tmp.path().join("tree"));
     let done = Arc::new(AtomicBool::new(false));
     let k = outage(addr.port(), Duration::from_millis(800), Duration::from_millis(2500), Arc::clone(&done));
     let sent = sluice_engine::send(&addr.to_string(), &token, std::slice::from_ref(&src), &base_send(2));
@@ -458,11 +442,7 @@ fn an_outage_that_kills_every_reconnection_is_survived() {
     assert!(kills >= 4, "the outage missed the session ({kills} kills)");
 
     let data = pattern(24 << 20, 9);
-    let r = Receiver::bind("127.0.0.1:0", base_recv()).unwrap();
-    let addr = r.local_addr().unwrap();
-    let token = r.token().clone();
-    let d = tmp.path().join("streamed");
-    let h = std::thread::spawn(move || r.run(&d));
+    let (addr, token, h) = common::spawn_receiver(base_recv(), &tmp.path().join("streamed"));
     let done = Arc::new(AtomicBool::new(false));
     let k = outage(addr.port(), Duration::from_millis(600), Duration::from_millis(2500), Arc::clone(&done));
     let cfg = SendConfig { replay_budget: 4 << 20, ..base_send(2) };

@@ -129,14 +129,23 @@ pub fn transfer(src: &Path, dest: &Path, send: IoMode, recv: IoMode, streams: u1
     transfer_with(src, dest, ReceiveConfig { io: recv, ..ReceiveConfig::default() }, &cfg)
 }
 
-/// One in-process transfer with full configurations.
-pub fn transfer_with(src: &Path, dest: &Path, recv: ReceiveConfig, send: &SendConfig) -> Outcome {
+/// A receiver on a loopback port, receiving one session into `dest` on
+/// its own thread: its address, its token and the thread.
+pub fn spawn_receiver(
+    recv: ReceiveConfig,
+    dest: &Path,
+) -> (std::net::SocketAddr, sluice_engine::Token, std::thread::JoinHandle<sluice_engine::Result<Summary>>) {
     let r = Receiver::bind("127.0.0.1:0", recv).unwrap();
-    let addr = r.local_addr().unwrap().to_string();
+    let addr = r.local_addr().unwrap();
     let token = r.token().clone();
     let dest = dest.to_path_buf();
-    let h = std::thread::spawn(move || r.run(&dest));
-    let sent = sluice_engine::send(&addr, &token, &[src.to_path_buf()], send);
+    (addr, token, std::thread::spawn(move || r.run(&dest)))
+}
+
+/// One in-process transfer with full configurations.
+pub fn transfer_with(src: &Path, dest: &Path, recv: ReceiveConfig, send: &SendConfig) -> Outcome {
+    let (addr, token, h) = spawn_receiver(recv, dest);
+    let sent = sluice_engine::send(&addr.to_string(), &token, &[src.to_path_buf()], send);
     (sent, h.join().unwrap())
 }
 
