@@ -21,6 +21,17 @@
 //! sender's reconnections fail and (backup mode) its replay buffer fills
 //! and holds mariadb-backup back: the peak RSS shows what a full buffer
 //! costs. A list (`FAULT=kill3,outage`) names one fault per round.
+//!
+//! With `LINK=1gbit` (any tc rate) the two nodes run as two hosts: each in
+//! a network namespace of its own, joined by a veth pair shaped by `tc …
+//! tbf` to that rate (`CC=cubic` to change the congestion control from
+//! BBR); each SST then also reports the bytes that crossed the link and the
+//! CPU seconds per GiB of table data of each node's SST processes (the
+//! script and every helper it waited for: mariadb-backup, socat, the
+//! compressor, sluice). Methods beyond the three above: `mariabackup-zstd`
+//! (the stock method with `compressor=zstd -1` / `decompressor=zstd -d`),
+//! `rsync` (the stock rsync method; needs `SST_OS_USER`, it will not run as
+//! root), `sluice-none` (backup mode with `compressor=none`).
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -44,6 +55,10 @@ fn main() {
     spec.sst = std::env::var("SST_SECTION").unwrap_or_default().replace("\\n", "\n");
     // The stock rsync method cannot run as root (GALERA-TESTING.md §4).
     spec.os_user = std::env::var("SST_OS_USER").ok();
+    let link = std::env::var("LINK").ok().filter(|l| !l.is_empty());
+    if link.is_some() {
+        spec.netns = Some(79);
+    }
     let mut c = Cluster::new(&work, &spec, &sluice.canonicalize().expect("sluice binary"));
     if let Ok(old) = std::env::var("SLUICE_OLD") {
         // The old build under another method name (it recognises only its
@@ -53,6 +68,13 @@ fn main() {
         std::fs::write(&w, format!("#!/bin/sh\nexec {} sst \"$@\"\n", old.display())).unwrap();
         std::fs::set_permissions(&w, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
+    if let (Some(rate), Some(rig)) = (&link, &c.rig) {
+        rig.shape(rate);
+        rig.congestion_control(&std::env::var("CC").unwrap_or_else(|_| "bbr".into()));
+        println!("two hosts: network namespaces {} ↔ {} over a {rate} tbf link", rig.addr[0], rig.addr[1]);
+    }
+    // Each SST writes its method's [sst] lines after these.
+    let base_cnf: Vec<String> = c.nodes.iter().map(|n| std::fs::read_to_string(&n.cnf).unwrap()).collect();
     c.install(0);
     c.start(0, true);
     c.wait_synced(0, Duration::from_secs(120)).expect("bootstrap");
@@ -69,6 +91,7 @@ fn main() {
         String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap_or("?")
     );
     let expect = c.checksums(0);
+    let table_gib = size.trim().parse::<f64>().unwrap_or(0.0) / 1024.0;
     for round in 1..=rounds {
         let methods: Vec<String> = std::env::var("METHODS").map_or_else(
             |_| vec!["mariabackup".into(), "sluice".into(), "sluice-copy".into()],
@@ -88,18 +111,28 @@ fn main() {
             let copy = method.starts_with("sluice-copy");
             let old = method.ends_with("-old");
             let _ = std::fs::remove_file(c.nodes[1].dir.join("console.log"));
+            // Both nodes' [sst] lines for this method: the donor reads its
+            // own at SST time (compression is the sender's choice), the
+            // joiner's mode decides the mode.
+            let extra = match method {
+                "mariabackup-zstd" => "compressor=zstd -1\ndecompressor=zstd -d\n".to_string(),
+                "sluice-none" => "compressor=none\nmode=backup\n".to_string(),
+                m if m.starts_with("sluice") => format!("mode={}\n", if copy { "copy" } else { "backup" }),
+                _ => String::new(),
+            };
+            for (i, base) in base_cnf.iter().enumerate() {
+                std::fs::write(&c.nodes[i].cnf, format!("{base}{extra}")).unwrap();
+            }
             c.set_sst_method(
                 1,
                 match (old, method.starts_with("sluice")) {
                     (true, _) => "sluiceold",
                     (false, true) => "sluice",
-                    (false, false) => method,
+                    (false, false) => method.trim_end_matches("-zstd"),
                 },
             );
-            // The joiner's mode decides; the last `mode=` line of [sst] wins.
-            let cnf = std::fs::read_to_string(&c.nodes[1].cnf).unwrap();
-            std::fs::write(&c.nodes[1].cnf, format!("{cnf}mode={}\n", if copy { "copy" } else { "backup" })).unwrap();
             let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            let (cpu0, tx0) = (c.children_cpu(0), c.rig.as_ref().map_or(0, |r| r.tx_bytes(0)));
             c.start(1, false);
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let rss = {
@@ -113,7 +146,11 @@ fn main() {
             let killer = matches!(fault.as_str(), "kill3" | "outage").then(|| {
                 let port = c.nodes[1].sst_port;
                 let outage = fault == "outage";
-                std::thread::spawn(move || if outage { outage_of(port, Duration::from_secs(5)) } else { kill_connections(port, 3) })
+                // `ss` where the joiner's sockets are.
+                let ns = c.nodes[1].ns.clone();
+                std::thread::spawn(move || {
+                    if outage { outage_of(ns.as_deref(), port, Duration::from_secs(5)) } else { kill_connections(ns.as_deref(), port, 3) }
+                })
             });
             let synced = c.wait_synced(1, Duration::from_secs(1200));
             stop.store(true, std::sync::atomic::Ordering::Release);
@@ -129,6 +166,12 @@ fn main() {
                 Err(e) => panic!("{method}: {e}"),
             };
             assert_eq!(c.checksums(1), expect, "{method}: tables differ");
+            // The donor's SST process may end a moment after the joiner
+            // is Synced; its CPU counts once mariadbd has reaped it, and
+            // the donor is Synced again only then.
+            let _ = c.wait_synced(0, Duration::from_secs(30));
+            let (cpu_donor, cpu_joiner) = (c.children_cpu(0) - cpu0, c.children_cpu(1));
+            let wire = c.rig.as_ref().map(|r| r.tx_bytes(0) - tx0);
             if let Some(k) = killed {
                 let resent = c.error_log(0).lines().filter(|l| l.contains("resumed after")).count();
                 println!("round {round} {method:<12} survived {k} killed sockets ({resent} stream resumptions on the donor)");
@@ -138,6 +181,17 @@ fn main() {
                 took.as_secs_f64(),
                 load.split_whitespace().next().unwrap_or("?")
             );
+            if let Some(w) = wire {
+                let _ = std::fmt::Write::write_fmt(
+                    &mut line,
+                    format_args!(
+                        "  wire {} MiB  CPU s/GiB donor {:.1} joiner {:.1}",
+                        w >> 20,
+                        cpu_donor / table_gib,
+                        cpu_joiner / table_gib
+                    ),
+                );
+            }
             if method == "sluice" || method == "sluice-old" {
                 line += &breakdown(&c.error_log(1));
             }
@@ -188,9 +242,9 @@ fn breakdown(log: &str) -> String {
 /// Kills every established connection on `port` (both ends) `times`
 /// times, 1 s apart, starting 0.5 s after the first connection is
 /// established; returns how many sockets it killed.
-fn kill_connections(port: u16, times: usize) -> usize {
+fn kill_connections(ns: Option<&str>, port: u16, times: usize) -> usize {
     let ss = |kill: bool| {
-        let mut c = std::process::Command::new("ss");
+        let mut c = ss_in(ns);
         if kill {
             c.arg("-K");
         }
@@ -210,12 +264,24 @@ fn kill_connections(port: u16, times: usize) -> usize {
     killed
 }
 
+/// `ss`, run in namespace `ns` if given.
+fn ss_in(ns: Option<&str>) -> std::process::Command {
+    match ns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => std::process::Command::new("ss"),
+    }
+}
+
 /// Waits for the first connection on `port`, then 1 s later kills every
 /// established connection on it every 20 ms for `span`; returns how many
 /// it killed.
-fn outage_of(port: u16, span: Duration) -> usize {
+fn outage_of(ns: Option<&str>, port: u16, span: Duration) -> usize {
     let ss = |kill: bool| {
-        let mut c = std::process::Command::new("ss");
+        let mut c = ss_in(ns);
         if kill {
             c.arg("-K");
         }

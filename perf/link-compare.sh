@@ -13,7 +13,13 @@
 #
 # Usage: perf/link-compare.sh [WORKDIR]
 #   env: RATES="1gbit 100mbit" COMPRESS="none lz4 zstd:1 auto" BIG_MIB=1024
+#        (a rate of "unshaped" runs the veth without tbf: both ends on the
+#        same cores, what a 10 GbE link to a busy receiver looks like)
 #        SMALL=0 RUNS=1 STREAMS=2 CC=bbr
+#        PIN=0: both ends pinned to that CPU (taskset), a receiver that is
+#        short of CPU behind a fast link
+#        SLUICE_OLD=<another build>: a setting written old-X (old-auto)
+#        runs that build with --compress X, in the same run
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -64,7 +70,11 @@ for rate in $RATES; do
   # tbf on both egresses: the data direction and the acks.
   for pair in "$a va" "$b vb"; do
     set -- $pair
-    tc -n "$1" qdisc replace dev "$2" root tbf rate "$rate" burst 256kb latency 50ms
+    if [ "$rate" = unshaped ]; then
+      tc -n "$1" qdisc del dev "$2" root 2>/dev/null || true
+    else
+      tc -n "$1" qdisc replace dev "$2" root tbf rate "$rate" burst 256kb latency 50ms
+    fi
   done
   for run in $(seq 1 "$RUNS"); do
     for c in $COMPRESS; do
@@ -73,13 +83,19 @@ for rate in $RATES; do
       tokfile=$work/token-$$
       rm -f "$tokfile"
       ip netns exec "$b" /usr/bin/time -f "%U %S" -o "$work/recv.time" \
-        "$sluice" -q recv --listen 10.77.0.2:4444 --dir "$dest" --token-file "$tokfile" &
+        ${PIN:+taskset -c "$PIN"} "$sluice" -q recv --listen 10.77.0.2:4444 --dir "$dest" --token-file "$tokfile" &
       rpid=$!
       for _ in $(seq 1 100); do [ -s "$tokfile" ] && break; sleep 0.05; done
       tx0=$(ip netns exec "$a" cat /sys/class/net/va/statistics/tx_bytes)
       t0=$(date +%s.%N)
+      bin=$sluice
+      mode=$c
+      if [ "${c#old-}" != "$c" ]; then
+        bin=${SLUICE_OLD:?old-$mode needs SLUICE_OLD}
+        mode=${c#old-}
+      fi
       SLUICE_TOKEN=$(cat "$tokfile") ip netns exec "$a" /usr/bin/time -f "%U %S" -o "$work/send.time" \
-        "$sluice" -q send --to 10.77.0.2:4444 --streams "$STREAMS" --compress "$c" "${sources[@]}"
+        ${PIN:+taskset -c "$PIN"} "$bin" -q send --to 10.77.0.2:4444 --streams "$STREAMS" --compress "$mode" "${sources[@]}"
       wait "$rpid"
       t1=$(date +%s.%N)
       tx1=$(ip netns exec "$a" cat /sys/class/net/va/statistics/tx_bytes)

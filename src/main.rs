@@ -216,11 +216,15 @@ impl Default for ControlArgs {
 #[derive(Args, Debug)]
 struct TransformArgs {
     /// Per-chunk compression: none, lz4, zstd, zstd:LEVEL or auto (lz4 only
-    /// where chunks shrink and the link is slower than the codec). Default:
-    /// auto, or none with `--io uring|splice` (zero-copy needs untouched
-    /// bytes).
+    /// where chunks shrink and the link is slower than the codec, zstd:1 or
+    /// none when they are measured to deliver more). Default: auto, or none
+    /// with `--io uring|splice` (zero-copy needs untouched bytes).
     #[arg(long, value_parser = engine_value::<Compression>)]
     compress: Option<Compression>,
+    /// Seconds before `auto` first measures another codec against lz4 (a
+    /// knob for tests and experiments).
+    #[arg(long, hide = true, default_value_t = 8.0)]
+    adapt_after: f64,
     /// Limit the wire rate of all streams together, e.g. 200M (bytes per
     /// second; K, M, G are powers of 1024).
     #[arg(long, value_parser = parse_size)]
@@ -645,6 +649,7 @@ fn send_config(io: IoMode, streams: Option<u16>, block: u64, t: &TransformArgs, 
         io,
         block_size: u32::try_from(block).map_err(|_| anyhow::anyhow!("--block-size {block} is too large"))?,
         compress: t.compression(io),
+        adapt_after: Duration::try_from_secs_f64(t.adapt_after).map_err(|e| anyhow::anyhow!("--adapt-after {}: {e}", t.adapt_after))?,
         rate_limit: t.rate_limit,
         seal_key: t.seal_key()?,
         tls: c.tls(),
@@ -852,7 +857,7 @@ fn demo(a: &DemoArgs) -> Result<()> {
     let t = Instant::now();
     sample::datadir(&src, a.size).with_context(|| format!("generating the sample datadir in {}", src.display()))?;
     eprintln!("sluice demo: generated a {} MiB sample datadir in {} ({:.1} s)", a.size, src.display(), t.elapsed().as_secs_f64());
-    let none = TransformArgs { compress: Some(Compression::None), rate_limit: None, encrypt_key_file: None };
+    let none = TransformArgs { compress: Some(Compression::None), adapt_after: 8.0, rate_limit: None, encrypt_key_file: None };
     let control = ControlArgs::default();
     let scfg = send_config(a.io.io, a.streams, 1 << 20, &none, &control)?;
     let s = copy(&src, &dest, &scfg, recv_config(a.io.io, SinkOptions::default(), &control), report::Mode::Off)?;

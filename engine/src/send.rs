@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver as Rx, RecvTimeoutError, bounded, unbounded};
 
 use crate::backend::{self, IoMode, StreamIo};
+use crate::codec::governor::Governor;
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
 use crate::lane::{self, Hail, Heard, Lane, Replay, Resumer};
@@ -65,6 +66,9 @@ pub struct SendConfig {
     /// Most bytes of a streamed source kept for resending until the
     /// receiver acknowledges them (all streams together).
     pub replay_budget: u64,
+    /// With `Compression::Auto`: how long the session runs lz4 before it
+    /// first measures another codec against it.
+    pub adapt_after: Duration,
 }
 
 /// How far ahead of each block the sender asks the kernel to read.
@@ -91,6 +95,7 @@ impl Default for SendConfig {
             tls: TlsOptions::default(),
             progress: None,
             resume_window: crate::resume::DEFAULT_WINDOW,
+            adapt_after: crate::codec::governor::MIN_GAP,
             replay_budget: crate::resume::DEFAULT_REPLAY_BUDGET,
         }
     }
@@ -126,6 +131,8 @@ struct Session {
     resume: Option<Arc<Resumer>>,
     /// The capabilities the receiver granted.
     caps: u64,
+    /// `--compress auto`'s choice of codec, shared by the streams.
+    governor: Option<Arc<Governor>>,
 }
 
 impl Session {
@@ -206,7 +213,25 @@ impl Session {
         }
         let verdict_wait = if cfg.idle_timeout.is_zero() { Duration::from_secs(120) } else { cfg.idle_timeout };
         let caps = welcome.caps;
-        Ok(Self { lanes, peer, sealers, abort, verdict, verdict_tx, readers: std::sync::Mutex::new(readers), verdict_wait, resume, caps })
+        let governor = (cfg.compress == Compression::Auto).then(|| {
+            let arms = Compression::arms(caps);
+            let names: Vec<String> = arms.iter().map(ToString::to_string).collect();
+            tracing::info!("adaptive compression: starting with {}, measuring {} against it", names[0], names[1..].join(" and "));
+            Arc::new(Governor::new(&arms, cfg.adapt_after))
+        });
+        Ok(Self {
+            lanes,
+            peer,
+            sealers,
+            abort,
+            verdict,
+            verdict_tx,
+            readers: std::sync::Mutex::new(readers),
+            verdict_wait,
+            resume,
+            caps,
+            governor,
+        })
     }
 
     /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
@@ -619,9 +644,10 @@ struct StreamCtx<'a> {
 
 impl StreamCtx<'_> {
     fn encoder(&self) -> Result<Option<Encoder>> {
-        match self.cfg.compress {
-            Compression::None => Ok(None),
-            mode => Ok(Some(Encoder::new(mode, self.cfg.block_size)?)),
+        match (self.cfg.compress, &self.session.governor) {
+            (Compression::None, _) => Ok(None),
+            (Compression::Auto, Some(g)) => Ok(Some(Encoder::governed(self.cfg.block_size, Arc::clone(g))?)),
+            (mode, _) => Ok(Some(Encoder::new(mode, self.cfg.block_size)?)),
         }
     }
 
@@ -826,7 +852,7 @@ impl StreamCtx<'_> {
                 }
                 io.transmit(link.tcp(), &prefix, file, b.offset, b.len, &trailer).map(|()| {
                     if let Some(e) = encoder.as_mut() {
-                        e.record_send(b.len as usize, started.elapsed());
+                        e.record_send(b.len as usize, b.len as usize, started.elapsed());
                     }
                     u64::from(b.len)
                 })
@@ -837,7 +863,7 @@ impl StreamCtx<'_> {
                 };
                 self.send_memory(&link, header, flags, payload, done.as_ref(), seal).map(|(wire, took)| {
                     if let Some(e) = encoder.as_mut() {
-                        e.record_send(wire as usize, took);
+                        e.record_send(b.len as usize, wire as usize, took);
                     }
                     wire
                 })
@@ -931,9 +957,15 @@ impl StreamCtx<'_> {
                             let link = self.lane.link();
                             let prefix = header.encode_prefix(len, 0);
                             self.throttle(len as usize);
+                            let started = Instant::now();
                             let sent = backend::write_parts(&*link, &[&control, &prefix, &kept]);
                             match sent {
-                                Ok(()) => self.progress.add_wire(u64::from(len)),
+                                Ok(()) => {
+                                    if let Some(e) = encoder.as_mut() {
+                                        e.record_send(len as usize, len as usize, started.elapsed());
+                                    }
+                                    self.progress.add_wire(u64::from(len));
+                                }
                                 Err(e) => self.recover(e, seal, &path())?,
                             }
                             seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream".into()))?;
@@ -958,7 +990,7 @@ impl StreamCtx<'_> {
                     match sent {
                         Ok((wire, took)) => {
                             if let Some(e) = encoder.as_mut() {
-                                e.record_send(wire as usize, took);
+                                e.record_send(len as usize, wire as usize, took);
                             }
                             self.progress.add_wire(wire);
                         }

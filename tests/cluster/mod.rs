@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 pub const MARIADBD: &str = "/usr/sbin/mariadbd";
 pub const GALERA: &str = "/usr/lib/galera/libgalera_smm.so";
 
@@ -58,6 +60,11 @@ pub struct Node {
     pub gcomm_port: u16,
     pub ist_port: u16,
     pub sst_port: u16,
+    /// The address Galera, IST and SST use (127.0.0.1 unless the node has
+    /// a namespace of its own).
+    pub addr: String,
+    /// The network namespace mariadbd runs in, if not this one.
+    pub ns: Option<String>,
     child: Option<Child>,
     install_args: Vec<String>,
 }
@@ -94,6 +101,11 @@ pub struct Spec {
     /// RLIMIT_NOFILE (soft and hard) for mariadbd and so for its SST
     /// scripts.
     pub nofile: Option<u64>,
+    /// Two hosts: node 1 and node 2 each in a network namespace of their
+    /// own, joined by a veth pair on `10.<net>.0.0/24` (see [`netns`]);
+    /// Galera, IST and SST traffic crosses the veth, SQL stays on each
+    /// namespace's loopback and the harness's client uses the sockets.
+    pub netns: Option<u8>,
 }
 
 impl Spec {
@@ -109,6 +121,7 @@ impl Spec {
             env: Vec::new(),
             os_user: None,
             nofile: None,
+            netns: None,
         }
     }
 }
@@ -123,6 +136,9 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub bin_dir: PathBuf,
     keep: bool,
+    /// The namespaces of a two-host cluster; declared last, so it is
+    /// removed after `drop` has stopped every node.
+    pub rig: Option<netns::Rig>,
 }
 
 impl Cluster {
@@ -134,7 +150,12 @@ impl Cluster {
         std::os::unix::fs::symlink(sluice, bin_dir.join("wsrep_sst_sluice")).unwrap();
         let b = spec.base_port;
         let n = spec.nodes as u16;
-        let gcomm: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", b + 10 + i)).collect();
+        let rig = spec.netns.map(|net| {
+            assert_eq!(n, 2, "a cluster in network namespaces has two nodes");
+            netns::Rig::new(&format!("c{b}"), net)
+        });
+        let addr = |i: u16| rig.as_ref().map_or_else(|| "127.0.0.1".to_string(), |r| r.addr[usize::from(i)].clone());
+        let gcomm: Vec<String> = (0..n).map(|i| format!("{}:{}", addr(i), b + 10 + i)).collect();
         let mut nodes = Vec::new();
         for i in 0..n {
             let dir = root.join(format!("node{}", i + 1));
@@ -149,6 +170,8 @@ impl Cluster {
                 gcomm_port: b + 10 + i,
                 ist_port: b + 20 + i,
                 sst_port: b + 30 + i,
+                addr: addr(i),
+                ns: rig.as_ref().map(|r| r.ns[usize::from(i)].clone()),
                 install_args: spec.install_args.iter().map(|a| a.replace("{node}", &dir.to_string_lossy())).collect(),
                 dir,
                 datadir,
@@ -160,9 +183,9 @@ impl Cluster {
                  bind-address=127.0.0.1\nskip-name-resolve\nbinlog_format=ROW\ndefault_storage_engine=InnoDB\n\
                  innodb_autoinc_lock_mode=2\ninnodb_buffer_pool_size=256M\ninnodb_log_file_size=96M\n\
                  innodb_flush_log_at_trx_commit=2\nwsrep_on=ON\nwsrep_provider={GALERA}\nwsrep_cluster_name=sluice_test\n\
-                 wsrep_cluster_address=gcomm://{gcomm}\nwsrep_node_address=127.0.0.1\nwsrep_node_name={name}\n\
-                 wsrep_provider_options=\"gmcast.listen_addr=tcp://127.0.0.1:{gp};ist.recv_addr=127.0.0.1:{ip};gcache.size=128M\"\n\
-                 wsrep_sst_method={method}\nwsrep_sst_receive_address=127.0.0.1:{sp}\nwsrep_sst_auth={auth}\n{extra}\n\
+                 wsrep_cluster_address=gcomm://{gcomm}\nwsrep_node_address={a}\nwsrep_node_name={name}\n\
+                 wsrep_provider_options=\"gmcast.listen_addr=tcp://{a}:{gp};ist.recv_addr={a}:{ip};gcache.size=128M\"\n\
+                 wsrep_sst_method={method}\nwsrep_sst_receive_address={a}:{sp}\nwsrep_sst_auth={auth}\n{extra}\n\
                  [sst]\nsst-log-archive-dir={dir}/sst_log_archive\n{sst}\n",
                 user = spec.os_user.as_deref().unwrap_or("root"),
                 data = node.datadir.display(),
@@ -172,6 +195,7 @@ impl Cluster {
                 log = node.error_log.display(),
                 gcomm = gcomm.join(","),
                 name = node.name,
+                a = node.addr,
                 gp = node.gcomm_port,
                 ip = node.ist_port,
                 method = spec.sst_method,
@@ -190,6 +214,7 @@ impl Cluster {
             nodes,
             bin_dir,
             keep: std::env::var_os("SLUICE_KEEP_CLUSTER").is_some(),
+            rig,
         };
         c.give_to_os_user(&c.root);
         c
@@ -269,15 +294,18 @@ impl Cluster {
     pub fn start(&mut self, i: usize, bootstrap: bool) -> Instant {
         let n = &mut self.nodes[i];
         let console = fs::File::create(n.dir.join("console.log")).unwrap();
-        let mut c = match self.nofile {
-            // prlimit execs mariadbd with the limit set: same pid.
-            Some(n) => {
-                let mut c = Command::new("/usr/bin/prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(MARIADBD);
-                c
-            }
-            None => Command::new(MARIADBD),
-        };
+        // `ip netns exec` and prlimit exec what follows: the child's pid
+        // is mariadbd's.
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(ns) = &n.ns {
+            argv.extend(["/usr/bin/ip", "netns", "exec", ns].map(String::from));
+        }
+        if let Some(n) = self.nofile {
+            argv.extend(["/usr/bin/prlimit".to_string(), format!("--nofile={n}:{n}"), "--".into()]);
+        }
+        argv.push(MARIADBD.into());
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
         c.env_clear()
             .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", self.bin_dir.display()))
             .env("HOME", "/root")
@@ -425,6 +453,29 @@ impl Cluster {
         }
         let _ = c.kill();
         let _ = c.wait();
+    }
+
+    /// CPU seconds (user + system) of node `i`'s reaped children so far:
+    /// the SST scripts and everything they waited for (mariadb-backup,
+    /// socat, compressors, sluice).
+    pub fn children_cpu(&self, i: usize) -> f64 {
+        let Some(pid) = self.nodes[i].child_id() else { return 0.0 };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command; cutime and cstime are
+        // the 16th and 17th of the whole line.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        // rest starts at field 3 (state, not a number, skipped by the parse).
+        let ticks = f.get(12).copied().unwrap_or(0.0) + f.get(13).copied().unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    /// Runs `program` in node `i`'s network namespace (or here).
+    pub fn on_node(&self, i: usize, program: &str) -> Command {
+        match (&self.rig, &self.nodes[i].ns) {
+            (Some(r), Some(_)) => r.exec(i, program),
+            _ => Command::new(program),
+        }
     }
 
     /// Creates the SST user on node `i` with what mariadb-backup needs.

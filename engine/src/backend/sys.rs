@@ -198,6 +198,25 @@ pub fn set_sockopt_int(sock: impl AsFd, level: libc::c_int, name: libc::c_int, v
     .map(drop)
 }
 
+/// `setsockopt(2)` with a byte-string value (`TCP_CONGESTION`'s name).
+pub fn set_sockopt_bytes(sock: impl AsFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(value.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: we pass a pointer to a live byte slice and its exact length.
+    cvt(unsafe { libc::setsockopt(sock.as_fd().as_raw_fd(), level, name, value.as_ptr().cast(), len) }).map(drop)
+}
+
+/// The TCP congestion control algorithm a socket runs (`TCP_CONGESTION`).
+pub fn congestion_control(sock: impl AsFd) -> io::Result<String> {
+    let mut name = [0u8; 16];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: `name` is valid for writes of `len` bytes and `len` is a live socklen_t.
+    cvt(unsafe {
+        libc::getsockopt(sock.as_fd().as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &raw mut len)
+    })?;
+    let name = &name[..(len as usize).min(name.len())];
+    Ok(String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]).into_owned())
+}
+
 /// `syncfs(2)`: flushes the whole filesystem holding `fd`, data and metadata.
 pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
     // SAFETY: syncfs touches no memory of ours; the fd is borrowed and open.

@@ -8,10 +8,14 @@
 //! digests are [`crate::digest`]'s.)
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod external;
+pub mod governor;
 pub mod seal;
+
+use governor::{Arm, Governor};
 
 use crate::wire::{caps, data_flags};
 use crate::{Error, Result};
@@ -24,7 +28,8 @@ pub enum Compression {
     Lz4,
     /// zstd at a level (1 = fastest; negative levels are faster still).
     Zstd(i32),
-    /// lz4 on chunks that shrink, and only while compressing pays off.
+    /// lz4 or fast zstd on chunks that shrink, only while compressing
+    /// pays off, the codec chosen by measurement ([`governor`]).
     Auto,
 }
 
@@ -68,9 +73,25 @@ impl Compression {
     pub fn capabilities(self) -> u64 {
         match self {
             Self::None => 0,
-            Self::Lz4 | Self::Auto => caps::COMPRESS_LZ4,
+            Self::Lz4 => caps::COMPRESS_LZ4,
             Self::Zstd(_) => caps::COMPRESS_ZSTD,
+            Self::Auto => caps::COMPRESS_LZ4 | caps::COMPRESS_ZSTD,
         }
+    }
+
+    /// The codecs `auto` may choose among, given what the receiver
+    /// granted: a session starts with lz4; no compression challenges it
+    /// first (the trap of a CPU-bound receiver), then zstd.
+    pub fn arms(granted: u64) -> Vec<Arm> {
+        let mut arms = Vec::new();
+        if granted & caps::COMPRESS_LZ4 != 0 {
+            arms.push(Arm::Lz4);
+        }
+        arms.push(Arm::Raw);
+        if granted & caps::COMPRESS_ZSTD != 0 {
+            arms.push(Arm::Zstd);
+        }
+        arms
     }
 }
 
@@ -148,6 +169,8 @@ pub struct Encoder {
     zstd: Option<zstd::bulk::Compressor<'static>>,
     out: Vec<u8>,
     policy: AutoPolicy,
+    /// `auto`'s session-wide choice of codec.
+    governor: Option<Arc<Governor>>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -166,39 +189,64 @@ impl Encoder {
         };
         // lz4_flex wants room for its worst case; zstd is bounded by `cap` below.
         let out = vec![0u8; lz4_flex::block::get_maximum_output_size(block_size as usize)];
-        Ok(Self { mode, zstd, out, policy: AutoPolicy::default() })
+        Ok(Self { mode, zstd, out, policy: AutoPolicy::default(), governor: None })
+    }
+
+    /// An `auto` encoder whose codec `governor` chooses.
+    pub fn governed(block_size: u32, governor: Arc<Governor>) -> Result<Self> {
+        Ok(Self { governor: Some(governor), ..Self::new(Compression::Auto, block_size)? })
+    }
+
+    /// The codec for the next chunk: `auto`'s governor decides (lz4 without one).
+    fn arm(&self) -> Arm {
+        match self.mode {
+            Compression::None => Arm::Raw,
+            Compression::Lz4 => Arm::Lz4,
+            Compression::Zstd(_) => Arm::Zstd,
+            Compression::Auto => self.governor.as_ref().map_or(Arm::Lz4, |g| g.arm()),
+        }
     }
 
     /// Compresses `data` if that is worth it; returns the DATA flag and the
     /// compressed bytes (mutable, so they can be sealed in place), or `None`
     /// to send `data` raw.
     pub fn encode(&mut self, data: &[u8]) -> Option<(u8, &mut [u8])> {
-        if data.len() < 64 || (self.mode == Compression::Auto && !self.policy.should_try()) {
+        let auto = self.mode == Compression::Auto;
+        let arm = self.arm();
+        if data.len() < 64 || arm == Arm::Raw || (auto && !self.policy.should_try()) {
             return None;
         }
         let cap = worth(data.len());
         let started = Instant::now();
-        let (flag, n) = match self.mode {
-            Compression::None => return None,
-            Compression::Lz4 | Compression::Auto => {
+        let (flag, n) = match arm {
+            Arm::Raw => return None,
+            Arm::Lz4 => {
                 let room = lz4_flex::block::get_maximum_output_size(data.len());
                 (data_flags::LZ4, lz4_flex::block::compress_into(data, &mut self.out[..room]).ok())
             }
-            Compression::Zstd(_) => {
+            Arm::Zstd => {
+                if self.zstd.is_none() {
+                    self.zstd = zstd::bulk::Compressor::new(governor::ZSTD_LEVEL).ok();
+                }
                 let out = &mut self.out[..cap];
                 (data_flags::ZSTD, self.zstd.as_mut().and_then(|z| z.compress_to_buffer(data, out).ok()))
             }
         };
         let n = n.filter(|&n| n < cap);
-        if self.mode == Compression::Auto && !self.policy.record_attempt(data.len(), n, started.elapsed()) {
+        if auto && !self.policy.record_attempt(data.len(), n, started.elapsed()) {
             return None;
         }
         n.map(|n| (flag, &mut self.out[..n]))
     }
 
-    /// Feeds the link speed to the auto policy.
-    pub fn record_send(&mut self, bytes: usize, elapsed: Duration) {
-        self.policy.record_send(bytes, elapsed);
+    /// Reports a chunk sent: `raw` source bytes as `wire` bytes, handed to
+    /// the socket in `elapsed` (the link speed for the per-chunk policy,
+    /// the goodput for the governor).
+    pub fn record_send(&mut self, raw: usize, wire: usize, elapsed: Duration) {
+        self.policy.record_send(wire, elapsed);
+        if let Some(g) = &self.governor {
+            g.delivered(raw as u64);
+        }
     }
 }
 

@@ -91,15 +91,44 @@ pub enum Family {
     V6,
 }
 
+/// TCP congestion control for sluice's sockets (`cc=` in the list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// BBR where the kernel lets this process use it, else the system's
+    /// default, silently. BBR paces at the measured bottleneck rate instead
+    /// of filling the bottleneck's queue, so Galera's replication traffic
+    /// on the same link is not stuck behind the SST (measured on the tbf
+    /// rig: perf/RESULTS.md), and it keeps its rate on lossy paths.
+    #[default]
+    Preferred,
+    /// `cc=system`: the kernel's default (`net.ipv4.tcp_congestion_control`).
+    System,
+    /// `cc=NAME`: that algorithm, or an error naming how to enable it.
+    Named([u8; 16]),
+}
+
+impl Congestion {
+    /// The algorithm's name, if one is set.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Self::Preferred => Some("bbr"),
+            Self::System => None,
+            Self::Named(n) => std::str::from_utf8(&n[..n.iter().position(|&b| b == 0).unwrap_or(n.len())]).ok(),
+        }
+    }
+}
+
 /// Socket options from a socat-style list, as the stock `sockopt` option
-/// holds it: `pf=ip6,keepalive,nodelay,sndbuf=N,rcvbuf=N` (a leading comma
-/// is fine; sizes accept K/M/G).
+/// holds it: `pf=ip6,keepalive,nodelay,sndbuf=N,rcvbuf=N,cc=NAME` (a
+/// leading comma is fine; sizes accept K/M/G). Socket buffers are left to
+/// the kernel's autotuning unless set: a fixed size switches it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SockOpts {
     pub family: Option<Family>,
     pub keepalive: bool,
     pub sndbuf: Option<usize>,
     pub rcvbuf: Option<usize>,
+    pub congestion: Congestion,
 }
 
 impl FromStr for SockOpts {
@@ -125,9 +154,20 @@ impl FromStr for SockOpts {
                 ("nodelay", None) => {}
                 ("sndbuf", v) => o.sndbuf = Some(size(v)?),
                 ("rcvbuf", v) => o.rcvbuf = Some(size(v)?),
+                ("cc" | "congestion", Some(name)) => {
+                    o.congestion = match name.to_ascii_lowercase().as_str() {
+                        "system" | "default" => Congestion::System,
+                        n if !n.is_empty() && n.len() < 16 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                            let mut buf = [0u8; 16];
+                            buf[..n.len()].copy_from_slice(n.as_bytes());
+                            Congestion::Named(buf)
+                        }
+                        _ => return Err(Error::Config(format!("{item:?} is not a congestion control name (bbr, cubic, system)"))),
+                    }
+                }
                 _ => {
                     return Err(Error::Config(format!(
-                        "unsupported socket option {item:?}: sluice understands pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N"
+                        "unsupported socket option {item:?}: sluice understands pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N, cc=NAME"
                     )));
                 }
             }
@@ -157,6 +197,25 @@ impl SockOpts {
         }
         if let Some(n) = self.rcvbuf {
             set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n.min(i32::MAX as usize) as i32)?;
+        }
+        if let Some(name) = self.congestion.name() {
+            let set = crate::backend::sys::set_sockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_bytes());
+            match (set, self.congestion) {
+                (Ok(()), _) => {}
+                // Not loaded, or not in net.ipv4.tcp_allowed_congestion_control
+                // for an unprivileged process: the system's default it is.
+                (Err(e), Congestion::Preferred) => tracing::debug!("TCP congestion control bbr unavailable ({e}); using the system's"),
+                (Err(e), _) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "TCP congestion control {name:?}: {e} (see /proc/sys/net/ipv4/tcp_available_congestion_control; \
+                             `modprobe tcp_{name}` loads it, and an unprivileged process needs it in \
+                             net.ipv4.tcp_allowed_congestion_control)"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -331,13 +390,52 @@ mod tests {
     #[test]
     fn socat_style_options_parse_and_name_what_is_wrong() {
         let o: SockOpts = ",pf=ip6,keepalive,nodelay,sndbuf=4M,rcvbuf=262144".parse().unwrap();
-        assert_eq!(o, SockOpts { family: Some(Family::V6), keepalive: true, sndbuf: Some(4 << 20), rcvbuf: Some(262_144) });
+        assert_eq!(
+            o,
+            SockOpts {
+                family: Some(Family::V6),
+                keepalive: true,
+                sndbuf: Some(4 << 20),
+                rcvbuf: Some(262_144),
+                congestion: Congestion::Preferred
+            }
+        );
+        assert_eq!("cc=system".parse::<SockOpts>().unwrap().congestion, Congestion::System);
+        assert_eq!("cc=cubic".parse::<SockOpts>().unwrap().congestion.name(), Some("cubic"));
+        assert!("cc=../../x".parse::<SockOpts>().unwrap_err().to_string().contains("congestion control"));
         let e = "keepalive,cork".parse::<SockOpts>().unwrap_err().to_string();
         assert!(e.contains("\"cork\""), "{e}");
         assert!("pf=ipx".parse::<SockOpts>().unwrap_err().to_string().contains("pf=ipx"));
         assert!("sndbuf".parse::<SockOpts>().is_err());
         assert!(resolve_with("127.0.0.1:1", &SockOpts { family: Some(Family::V6), ..SockOpts::default() }).is_err());
         assert_eq!(resolve_with("[::1]:1", &"pf=ip6".parse().unwrap()).unwrap().len(), 1);
+    }
+
+    /// On real sockets: BBR by default where the kernel has it, the
+    /// system's choice with `cc=system`, a named algorithm or an error that
+    /// names it.
+    #[test]
+    fn congestion_control_is_bbr_by_default_and_settable() {
+        use crate::backend::sys::congestion_control;
+        let available = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap_or_default();
+        let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
+        let sock = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = sock();
+        SockOpts::default().apply(&s).unwrap();
+        let got = congestion_control(&s).unwrap();
+        // BBR loads on first use for a privileged process; otherwise it must
+        // already be available (and allowed) to be chosen.
+        if available.split_whitespace().any(|a| a == "bbr") {
+            assert_eq!(got, "bbr");
+        }
+        let s = sock();
+        "cc=system".parse::<SockOpts>().unwrap().apply(&s).unwrap();
+        assert_eq!(congestion_control(&s).unwrap(), system.trim());
+        let s = sock();
+        "cc=reno".parse::<SockOpts>().unwrap().apply(&s).unwrap();
+        assert_eq!(congestion_control(&s).unwrap(), "reno");
+        let e = "cc=nosuchcc".parse::<SockOpts>().unwrap().apply(sock()).unwrap_err().to_string();
+        assert!(e.contains("\"nosuchcc\"") && e.contains("tcp_available_congestion_control"), "{e}");
     }
 
     #[test]
