@@ -21,6 +21,14 @@
 //! sender's reconnections fail and (backup mode) its replay buffer fills
 //! and holds mariadb-backup back: the peak RSS shows what a full buffer
 //! costs. A list (`FAULT=kill3,outage`) names one fault per round.
+//! `FAULT=linkdown` (with `LINK`) takes the donor's end of the SST's link
+//! down for 20 s, 1 s into the transfer, and brings it up again:
+//! connections are not killed, nothing is acknowledged meanwhile, and the
+//! sender's replay buffer fills. (The SST has a link of its own in this
+//! rig: down, the one link of a two-node cluster would partition it and
+//! the donor would lose quorum, as a first try showed — mariadb-backup's
+//! BACKUP LOCK failed with "WSREP has not yet prepared node for
+//! application use".)
 //!
 //! With `LINK=1gbit` (any tc rate) the two nodes run as two hosts: each in
 //! a network namespace of its own, joined by a veth pair shaped by `tc …
@@ -143,6 +151,13 @@ fn main() {
             let faults = std::env::var("FAULT").unwrap_or_default();
             let list: Vec<&str> = faults.split(',').collect();
             let fault = list[(round - 1) % list.len()].to_string();
+            let linkdown = (fault == "linkdown").then(|| {
+                let rig = c.rig.as_ref().expect("FAULT=linkdown needs LINK (two hosts)");
+                let sst = rig.second.as_ref().expect("the rig's SST link");
+                let (ns, dev, port) = (rig.ns[0].clone(), sst.dev[0].clone(), c.nodes[1].sst_port);
+                let joiner_ns = c.nodes[1].ns.clone();
+                std::thread::spawn(move || link_down(joiner_ns.as_deref(), &ns, &dev, port, Duration::from_secs(20)))
+            });
             let killer = matches!(fault.as_str(), "kill3" | "outage").then(|| {
                 let port = c.nodes[1].sst_port;
                 let outage = fault == "outage";
@@ -156,6 +171,10 @@ fn main() {
             stop.store(true, std::sync::atomic::Ordering::Release);
             let (donor_rss, joiner_rss) = rss.join().unwrap_or_default();
             let killed = killer.map(|k| k.join().unwrap_or(0));
+            if let Some(l) = linkdown {
+                let _ = l.join();
+                println!("round {round} {method:<12} link down for 20 s, 1 s into the transfer");
+            }
             let took = match synced {
                 Ok(t) => t,
                 Err(e) if killed.is_some() => {
@@ -262,6 +281,24 @@ fn kill_connections(ns: Option<&str>, port: u16, times: usize) -> usize {
         killed += ss(true);
     }
     killed
+}
+
+/// Waits for the first connection on `port` (seen in namespace `seen_in`),
+/// then 1 s later sets `dev` in namespace `ns` down for `span`, then up.
+fn link_down(seen_in: Option<&str>, ns: &str, dev: &str, port: u16, span: Duration) {
+    let t = Instant::now();
+    loop {
+        let out = ss_in(seen_in).args(["-t", "-n", "state", "established", &format!("( sport = :{port} )")]).output().expect("ss");
+        if String::from_utf8_lossy(&out.stdout).lines().skip(1).any(|l| !l.trim().is_empty()) || t.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let ip = |state: &str| std::process::Command::new("ip").args(["-n", ns, "link", "set", dev, state]).status().expect("ip");
+    assert!(ip("down").success());
+    std::thread::sleep(span);
+    assert!(ip("up").success());
 }
 
 /// `ss`, run in namespace `ns` if given.

@@ -16,6 +16,10 @@
 #        (a rate of "unshaped" runs the veth without tbf: both ends on the
 #        same cores, what a 10 GbE link to a busy receiver looks like)
 #        SMALL=0 RUNS=1 STREAMS=2 CC=bbr
+#        CCS="bbr cubic": sluice's own sockopt cc=, one row each (the
+#        namespaces' default stays CC); with it, the rtt_ms column is the
+#        median round trip of pings across the link during the transfer
+#        (what Galera's replication traffic beside the SST sees)
 #        PIN=0: both ends pinned to that CPU (taskset), a receiver that is
 #        short of CPU behind a fast link
 #        SLUICE_OLD=<another build>: a setting written old-X (old-auto)
@@ -65,7 +69,8 @@ sources=("$corpus/big")
 bytes=$(du -sb "${sources[@]}" | awk '{s += $1} END {print s}')
 
 echo "machine: $(nproc) vCPU, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -r), $(date -u +%F); corpus $((bytes >> 20)) MiB; streams $STREAMS; $CC"
-printf '%-8s %-8s %4s %8s %9s %10s %9s %9s\n' rate compress run wall_s MiB/s wire_MiB ratio cpu_s
+CCS=${CCS:-default}
+printf '%-8s %-8s %4s %8s %9s %10s %9s %9s %7s %7s\n' rate compress run wall_s MiB/s wire_MiB ratio cpu_s cc rtt_ms
 for rate in $RATES; do
   # tbf on both egresses: the data direction and the acks.
   for pair in "$a va" "$b vb"; do
@@ -78,6 +83,7 @@ for rate in $RATES; do
   done
   for run in $(seq 1 "$RUNS"); do
     for c in $COMPRESS; do
+     for cc in $CCS; do
       dest=$work/dest-$rate-$c-$run
       rm -rf "$dest"
       tokfile=$work/token-$$
@@ -87,24 +93,38 @@ for rate in $RATES; do
       rpid=$!
       for _ in $(seq 1 100); do [ -s "$tokfile" ] && break; sleep 0.05; done
       tx0=$(ip netns exec "$a" cat /sys/class/net/va/statistics/tx_bytes)
-      t0=$(date +%s.%N)
       bin=$sluice
       mode=$c
       if [ "${c#old-}" != "$c" ]; then
         bin=${SLUICE_OLD:?old-$mode needs SLUICE_OLD}
         mode=${c#old-}
       fi
+      opts=()
+      [ "$cc" = default ] || opts=(--sockopt "cc=$cc")
+      ppid=
+      if [ "$CCS" != default ]; then
+        ip netns exec "$b" ping -i 0.1 10.77.0.1 >"$work/ping.out" 2>&1 &
+        ppid=$!
+      fi
+      t0=$(date +%s.%N)
       SLUICE_TOKEN=$(cat "$tokfile") ip netns exec "$a" /usr/bin/time -f "%U %S" -o "$work/send.time" \
-        ${PIN:+taskset -c "$PIN"} "$bin" -q send --to 10.77.0.2:4444 --streams "$STREAMS" --compress "$mode" "${sources[@]}"
+        ${PIN:+taskset -c "$PIN"} "$bin" -q send --to 10.77.0.2:4444 --streams "$STREAMS" --compress "$mode" "${opts[@]}" "${sources[@]}"
       wait "$rpid"
       t1=$(date +%s.%N)
+      rtt=-
+      if [ -n "$ppid" ]; then
+        kill "$ppid" 2>/dev/null || true
+        wait "$ppid" 2>/dev/null || true
+        rtt=$(sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' "$work/ping.out" | sort -n | awk '{v[NR] = $1} END {if (NR) printf "%.1f", v[int((NR + 1) / 2)]; else print "-"}')
+      fi
       tx1=$(ip netns exec "$a" cat /sys/class/net/va/statistics/tx_bytes)
       cpu=$(cat "$work/recv.time" "$work/send.time" | awk '{s += $1 + $2} END {printf "%.2f", s}')
       wall=$(echo "$t1 - $t0" | bc -l)
       wire=$(( (tx1 - tx0) >> 20 ))
-      printf '%-8s %-8s %4s %8.2f %9.0f %10s %9.2f %9s\n' "$rate" "$c" "$run" "$wall" "$(echo "($bytes / 1048576) / $wall" | bc -l)" "$wire" \
-        "$(echo "$bytes / ($tx1 - $tx0)" | bc -l)" "$cpu"
+      printf '%-8s %-8s %4s %8.2f %9.0f %10s %9.2f %9s %7s %7s\n' "$rate" "$c" "$run" "$wall" "$(echo "($bytes / 1048576) / $wall" | bc -l)" "$wire" \
+        "$(echo "$bytes / ($tx1 - $tx0)" | bc -l)" "$cpu" "$cc" "$rtt"
       rm -rf "$dest" "$tokfile"
+     done
     done
   done
 done

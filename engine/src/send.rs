@@ -216,7 +216,7 @@ impl Session {
         let governor = (cfg.compress == Compression::Auto).then(|| {
             let arms = Compression::arms(caps);
             let names: Vec<String> = arms.iter().map(ToString::to_string).collect();
-            tracing::info!("adaptive compression: starting with {}, measuring {} against it", names[0], names[1..].join(" and "));
+            tracing::debug!("adaptive compression: starting with {}, measuring {} against it", names[0], names[1..].join(" and "));
             Arc::new(Governor::new(&arms, cfg.adapt_after))
         });
         Ok(Self {
@@ -280,6 +280,9 @@ impl Session {
         results: Vec<Result<(u64, u64)>>,
         resend: &dyn Fn(&Lane, &mut Option<Sealer>) -> Result<()>,
     ) -> Result<u64> {
+        if let Some(g) = &self.governor {
+            g.report();
+        }
         let outcome = finish(self, entries, results, resend);
         if outcome.is_err() {
             for l in self.lanes.iter() {

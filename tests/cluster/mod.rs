@@ -63,6 +63,9 @@ pub struct Node {
     /// The address Galera, IST and SST use (127.0.0.1 unless the node has
     /// a namespace of its own).
     pub addr: String,
+    /// The address the node receives an SST on (a link of its own when
+    /// the node has a namespace).
+    pub sst_addr: String,
     /// The network namespace mariadbd runs in, if not this one.
     pub ns: Option<String>,
     child: Option<Child>,
@@ -152,9 +155,18 @@ impl Cluster {
         let n = spec.nodes as u16;
         let rig = spec.netns.map(|net| {
             assert_eq!(n, 2, "a cluster in network namespaces has two nodes");
-            netns::Rig::new(&format!("c{b}"), net)
+            let mut rig = netns::Rig::new(&format!("c{b}"), net);
+            // The SST gets a link of its own: taking it down (a fault
+            // test) must not partition a two-node cluster, which would
+            // leave the donor without quorum; with a third node that is
+            // what a shared link does too.
+            rig.add_link(&format!("t{b}"), net + 1);
+            rig
         });
         let addr = |i: u16| rig.as_ref().map_or_else(|| "127.0.0.1".to_string(), |r| r.addr[usize::from(i)].clone());
+        let sst_addr = |i: u16| {
+            rig.as_ref().and_then(|r| r.second.as_ref()).map_or_else(|| "127.0.0.1".to_string(), |l| l.addr[usize::from(i)].clone())
+        };
         let gcomm: Vec<String> = (0..n).map(|i| format!("{}:{}", addr(i), b + 10 + i)).collect();
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -171,6 +183,7 @@ impl Cluster {
                 ist_port: b + 20 + i,
                 sst_port: b + 30 + i,
                 addr: addr(i),
+                sst_addr: sst_addr(i),
                 ns: rig.as_ref().map(|r| r.ns[usize::from(i)].clone()),
                 install_args: spec.install_args.iter().map(|a| a.replace("{node}", &dir.to_string_lossy())).collect(),
                 dir,
@@ -185,7 +198,7 @@ impl Cluster {
                  innodb_flush_log_at_trx_commit=2\nwsrep_on=ON\nwsrep_provider={GALERA}\nwsrep_cluster_name=sluice_test\n\
                  wsrep_cluster_address=gcomm://{gcomm}\nwsrep_node_address={a}\nwsrep_node_name={name}\n\
                  wsrep_provider_options=\"gmcast.listen_addr=tcp://{a}:{gp};ist.recv_addr={a}:{ip};gcache.size=128M\"\n\
-                 wsrep_sst_method={method}\nwsrep_sst_receive_address={a}:{sp}\nwsrep_sst_auth={auth}\n{extra}\n\
+                 wsrep_sst_method={method}\nwsrep_sst_receive_address={sa}:{sp}\nwsrep_sst_auth={auth}\n{extra}\n\
                  [sst]\nsst-log-archive-dir={dir}/sst_log_archive\n{sst}\n",
                 user = spec.os_user.as_deref().unwrap_or("root"),
                 data = node.datadir.display(),
@@ -196,6 +209,7 @@ impl Cluster {
                 gcomm = gcomm.join(","),
                 name = node.name,
                 a = node.addr,
+                sa = node.sst_addr,
                 gp = node.gcomm_port,
                 ip = node.ist_port,
                 method = spec.sst_method,

@@ -13,6 +13,15 @@ pub struct Rig {
     pub ns: [String; 2],
     pub dev: [String; 2],
     pub addr: [String; 2],
+    /// A second link between the same namespaces, if added ([`Rig::add_link`]).
+    pub second: Option<Link>,
+}
+
+/// One veth pair's ends and addresses.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub dev: [String; 2],
+    pub addr: [String; 2],
 }
 
 /// Why a rig cannot be built here (not root, no iproute2), if it cannot.
@@ -38,32 +47,53 @@ impl Rig {
     pub fn new(tag: &str, net: u8) -> Self {
         let id = std::process::id();
         let ns = [format!("sluice-{tag}a-{id}"), format!("sluice-{tag}b-{id}")];
-        let dev = [format!("s{tag}a{id}"), format!("s{tag}b{id}")].map(|d| d[..d.len().min(15)].to_string());
-        let addr = [format!("10.{net}.0.1"), format!("10.{net}.0.2")];
+        let first = Link::named(&format!("s{tag}"), net);
         // Built before anything exists, so a failure half-way is removed too.
-        let rig = Self { ns, dev, addr };
+        let rig = Self { ns, dev: first.dev.clone(), addr: first.addr.clone(), second: None };
         for n in &rig.ns {
             ip(&["netns", "add", n]);
             ip(&["-n", n, "link", "set", "lo", "up"]);
         }
-        ip(&["link", "add", &rig.dev[0], "type", "veth", "peer", "name", &rig.dev[1]]);
-        for i in 0..2 {
-            ip(&["link", "set", &rig.dev[i], "netns", &rig.ns[i]]);
-            ip(&["-n", &rig.ns[i], "addr", "add", &format!("{}/24", rig.addr[i]), "dev", &rig.dev[i]]);
-            ip(&["-n", &rig.ns[i], "link", "set", &rig.dev[i], "up"]);
-        }
+        rig.connect(&first);
         rig
     }
 
-    /// Shapes both egresses to `rate` (tc syntax: `1gbit`, `100mbit`).
-    pub fn shape(&self, rate: &str) {
+    /// A second veth pair between the two namespaces, on `10.<net>.0.0/24`
+    /// (say, a separate path for the SST, so that taking it down leaves the
+    /// cluster's own traffic alone).
+    pub fn add_link(&mut self, tag: &str, net: u8) -> Link {
+        let link = Link::named(&format!("s{tag}"), net);
+        self.connect(&link);
+        self.second = Some(link.clone());
+        link
+    }
+
+    fn connect(&self, link: &Link) {
+        ip(&["link", "add", &link.dev[0], "type", "veth", "peer", "name", &link.dev[1]]);
         for i in 0..2 {
-            let tc = Command::new("tc")
-                .args(["-n", &self.ns[i], "qdisc", "replace", "dev", &self.dev[i], "root", "tbf", "rate", rate])
-                .args(["burst", "256kb", "latency", "50ms"])
-                .status()
-                .expect("tc");
-            assert!(tc.success(), "tc tbf {rate} on {}", self.dev[i]);
+            ip(&["link", "set", &link.dev[i], "netns", &self.ns[i]]);
+            ip(&["-n", &self.ns[i], "addr", "add", &format!("{}/24", link.addr[i]), "dev", &link.dev[i]]);
+            ip(&["-n", &self.ns[i], "link", "set", &link.dev[i], "up"]);
+        }
+    }
+
+    /// Every link's ends, side by side.
+    fn links(&self) -> Vec<Link> {
+        std::iter::once(Link { dev: self.dev.clone(), addr: self.addr.clone() }).chain(self.second.clone()).collect()
+    }
+
+    /// Shapes both egresses of every link to `rate` (tc syntax: `1gbit`,
+    /// `100mbit`).
+    pub fn shape(&self, rate: &str) {
+        for link in self.links() {
+            for i in 0..2 {
+                let tc = Command::new("tc")
+                    .args(["-n", &self.ns[i], "qdisc", "replace", "dev", &link.dev[i], "root", "tbf", "rate", rate])
+                    .args(["burst", "256kb", "latency", "50ms"])
+                    .status()
+                    .expect("tc");
+                assert!(tc.success(), "tc tbf {rate} on {}", link.dev[i]);
+            }
         }
     }
 
@@ -83,10 +113,23 @@ impl Rig {
         c
     }
 
-    /// Bytes sent so far from side `i` over its veth end.
+    /// Bytes sent so far from side `i` over its veth ends (every link).
     pub fn tx_bytes(&self, i: usize) -> u64 {
-        let out = self.exec(i, "cat").arg(format!("/sys/class/net/{}/statistics/tx_bytes", self.dev[i])).output();
-        out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(0)
+        let read = |dev: &str| {
+            let out = self.exec(i, "cat").arg(format!("/sys/class/net/{dev}/statistics/tx_bytes")).output();
+            out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        self.links().iter().map(|l| read(&l.dev[i])).sum()
+    }
+}
+
+impl Link {
+    /// Devices `<prefix>a<pid>`/`<prefix>b<pid>` (at most 15 bytes) with
+    /// `10.<net>.0.1` and `10.<net>.0.2`.
+    fn named(prefix: &str, net: u8) -> Self {
+        let id = std::process::id();
+        let dev = [format!("{prefix}a{id}"), format!("{prefix}b{id}")].map(|d| d[..d.len().min(15)].to_string());
+        Self { dev, addr: [format!("10.{net}.0.1"), format!("10.{net}.0.2")] }
     }
 }
 

@@ -11,7 +11,11 @@
 //! second, over every stream — with the codec it runs ("the incumbent"),
 //! and now and then runs another candidate (none, lz4, zstd at a fast
 //! level) for one epoch. A candidate that delivers at least
-//! [`WIN_MARGIN`] more takes over; one that loses is tried again after
+//! [`WIN_MARGIN`] more than the incumbent's epochs before and after it
+//! takes over (the second epoch guards against conditions that changed
+//! under the challenger: a link back from an outage made a first version
+//! drop compression for 9 s); an epoch that delivers almost nothing is a
+//! stall, not a measurement, and is ignored. One that loses is tried again after
 //! twice the wait, up to [`MAX_GAP`], so a settled session pays a probe of
 //! well under a second per minute and codec. Compressibility that changes (a run of
 //! LOB pages) shows up in the incumbent's own epochs and the probes that
@@ -108,6 +112,12 @@ pub struct Trial {
     /// Per arm: when it may challenge next, and the wait after a loss.
     due: [Duration; 3],
     gap: [Duration; 3],
+    /// Per arm: how long it ran, up to `last`.
+    ran: [Duration; 3],
+    last: Duration,
+    /// A challenger that beat the incumbent, and its rate, while the
+    /// incumbent runs the confirming epoch.
+    confirming: Option<(Arm, f64)>,
 }
 
 impl Trial {
@@ -124,6 +134,9 @@ impl Trial {
             settle_until: SETTLE,
             due: [Duration::ZERO; 3],
             gap: [MIN_GAP; 3],
+            ran: [Duration::ZERO; 3],
+            last: Duration::ZERO,
+            confirming: None,
         };
         t.stagger(Duration::ZERO, first);
         t
@@ -144,9 +157,25 @@ impl Trial {
         self.running
     }
 
+    /// How the session's time was shared, e.g. "lz4 93 %, none 4 %,
+    /// zstd:1 3 %" (arms that ran, most first); `None` for a session
+    /// shorter than a second (nothing was measured).
+    pub fn shares(&self) -> Option<String> {
+        let total: f64 = self.ran.iter().map(Duration::as_secs_f64).sum();
+        if total < 1.0 {
+            return None;
+        }
+        let mut arms: Vec<(Arm, f64)> = self.arms.iter().map(|a| (*a, self.ran[a.index()].as_secs_f64() / total)).collect();
+        arms.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let parts: Vec<String> = arms.into_iter().filter(|(_, f)| *f >= 0.005).map(|(a, f)| format!("{a} {:.0} %", f * 100.0)).collect();
+        Some(parts.join(", "))
+    }
+
     /// Advances to `now` with `done` source bytes delivered so far; returns
     /// a switch of the incumbent when one happened.
     pub fn tick(&mut self, now: Duration, done: u64) -> Option<Switch> {
+        self.ran[self.running.index()] += now.saturating_sub(self.last);
+        self.last = self.last.max(now);
         let Some((start, base)) = self.measuring else {
             if now >= self.settle_until {
                 self.measuring = Some((now, done));
@@ -157,24 +186,51 @@ impl Trial {
         if took < EPOCH || (bytes < EPOCH_BYTES && took < MAX_EPOCH) {
             return None;
         }
-        let rate = bytes as f64 / took.as_secs_f64();
         let ran = self.running;
+        if bytes < EPOCH_BYTES {
+            // Too little in MAX_EPOCH: a stall (a link down, a producer
+            // waiting), not a measurement of the codec. Nothing is
+            // recorded, and every challenge waits until MIN_GAP after the
+            // last stall: a link that comes back refills its buffers in a
+            // burst that would flatter whichever codec ran then.
+            self.confirming = None;
+            for a in self.arms.clone() {
+                let d = &mut self.due[a.index()];
+                *d = (*d).max(now + MIN_GAP);
+            }
+            if ran == self.incumbent {
+                self.measuring = Some((now, done));
+            } else {
+                self.running = self.incumbent;
+                self.measuring = None;
+                self.settle_until = now + SETTLE;
+            }
+            return None;
+        }
+        let rate = bytes as f64 / took.as_secs_f64();
         self.rate[ran.index()] = rate;
         let mut switch = None;
         if ran != self.incumbent {
-            // A challenger's epoch ends: it wins by a margin or steps back
-            // and waits twice as long for its next try.
-            let held = self.rate[self.incumbent.index()];
-            if rate > held * WIN_MARGIN {
-                switch = Some(Switch { from: self.incumbent, to: ran, from_rate: held, to_rate: rate });
-                self.incumbent = ran;
-                self.stagger(now, MIN_GAP);
+            // A challenger's epoch ends. If it beat the incumbent's last
+            // epoch by the margin, the incumbent runs one more epoch to
+            // confirm (conditions may have changed under the challenger,
+            // as when a link comes back from an outage); otherwise the
+            // challenger steps back and waits twice as long.
+            if rate > self.rate[self.incumbent.index()] * WIN_MARGIN {
+                self.confirming = Some((ran, rate));
             } else {
-                let g = &mut self.gap[ran.index()];
-                *g = (*g * 2).min(MAX_GAP);
-                self.due[ran.index()] = now + *g;
+                self.lost(ran, now);
             }
             self.running = self.incumbent;
+        } else if let Some((challenger, won_at)) = self.confirming.take() {
+            if won_at > rate * WIN_MARGIN {
+                switch = Some(Switch { from: self.incumbent, to: challenger, from_rate: rate, to_rate: won_at });
+                self.incumbent = challenger;
+                self.running = challenger;
+                self.stagger(now, MIN_GAP);
+            } else {
+                self.lost(challenger, now);
+            }
         } else if let Some(next) =
             self.arms.iter().copied().filter(|a| *a != self.incumbent && self.due[a.index()] <= now).min_by_key(|a| self.due[a.index()])
         {
@@ -189,6 +245,13 @@ impl Trial {
             self.settle_until = now + SETTLE;
         }
         switch
+    }
+
+    /// `arm` lost a challenge at `now`: twice the wait before its next.
+    fn lost(&mut self, arm: Arm, now: Duration) {
+        let g = &mut self.gap[arm.index()];
+        *g = (*g * 2).min(MAX_GAP);
+        self.due[arm.index()] = now + *g;
     }
 }
 
@@ -228,6 +291,14 @@ impl Governor {
             );
         }
         self.running.store(t.running() as u8, Ordering::Relaxed);
+    }
+
+    /// Logs how the session's time was shared among the codecs.
+    pub fn report(&self) {
+        let t = self.trial.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(shares) = t.shares() {
+            tracing::info!("adaptive compression: {shares} of the transfer (incumbent at the end: {})", t.incumbent);
+        }
     }
 }
 
@@ -286,6 +357,10 @@ mod tests {
         assert!(*at < MIN_GAP.as_secs_f64() + 2.0, "switched at {at} s");
         assert!((first.to_rate / MIB - 300.0).abs() < 30.0 && (first.from_rate / MIB - 180.0).abs() < 20.0, "{first:?}");
         assert_eq!(switches.len(), 1, "no switching back and forth: {switches:?}");
+        let mut t = Trial::new(&ALL, MIN_GAP);
+        t.tick(Duration::ZERO, 0);
+        t.tick(Duration::from_secs(10), 1 << 30);
+        assert_eq!(t.shares().as_deref(), Some("lz4 100 %"));
         assert!(share[Arm::Raw.index()] > 45.0, "{share:?}");
     }
 
@@ -308,6 +383,33 @@ mod tests {
         assert_eq!(switches.last().unwrap().1.to, Arm::Zstd, "{switches:?}");
     }
 
+    /// The link goes down for 20 s while lz4 runs and comes back just as
+    /// no compression challenges it: the challenger's epoch sees the
+    /// burst of a link back from an outage, the incumbent's confirming
+    /// epoch sees the link as it is, and nothing switches.
+    #[test]
+    fn an_outage_does_not_make_a_challenger_win() {
+        // (7 MiB/s trickles through while it is down: what the SST log
+        // showed, enough bytes for an epoch to count.)
+        let (switches, share) = simulate(&ALL, 60.0, |t, a| match ((6.0..26.0).contains(&t), a) {
+            (true, _) => 7.0,
+            (false, Arm::Raw) => 112.0,
+            (false, Arm::Lz4) => 200.0,
+            (false, Arm::Zstd) => 205.0,
+        });
+        assert!(switches.is_empty(), "{switches:?}");
+        assert!(share[Arm::Lz4.index()] > 50.0, "{share:?}");
+        // Nothing at all while down (every epoch a stall), then a burst
+        // as the socket buffers refill, whatever the codec.
+        let (switches, _) = simulate(&ALL, 60.0, |t, a| match (t, a) {
+            (t, _) if (6.0..26.0).contains(&t) => 0.0,
+            (t, _) if (26.0..26.4).contains(&t) => 900.0,
+            (_, Arm::Raw) => 112.0,
+            (_, _) => 200.0,
+        });
+        assert!(switches.is_empty(), "a burst after the outage made a challenger win: {switches:?}");
+    }
+
     #[test]
     fn one_arm_never_switches_and_slow_epochs_wait_for_bytes() {
         let (switches, share) = simulate(&[Arm::Raw], 20.0, |_, _| 1.0);
@@ -321,6 +423,8 @@ mod tests {
         t.tick(SETTLE + EPOCH + Duration::from_millis(10), 1 << 20);
         assert!(t.rate.iter().all(|r| *r == 0.0), "judged too early");
         t.tick(SETTLE + MAX_EPOCH, 4 << 20);
-        assert!(t.rate[Arm::Lz4.index()] > 0.9 * MIB);
+        assert!(t.rate.iter().all(|r| *r == 0.0), "4 MiB in MAX_EPOCH is a stall, not a measurement");
+        t.tick(SETTLE + MAX_EPOCH * 2, (4 << 20) + EPOCH_BYTES);
+        assert!((t.rate[Arm::Lz4.index()] - EPOCH_BYTES as f64 / MAX_EPOCH.as_secs_f64()).abs() < 1.0, "{:?}", t.rate);
     }
 }
