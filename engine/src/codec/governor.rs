@@ -15,11 +15,11 @@
 //! takes over (the second epoch guards against conditions that changed
 //! under the challenger: a link back from an outage made a first version
 //! drop compression for 9 s); an epoch that delivers almost nothing is a
-//! stall, not a measurement, and is ignored. One that loses is tried again after
-//! twice the wait, up to [`MAX_GAP`], so a settled session pays a probe of
-//! well under a second per minute and codec. Compressibility that changes (a run of
-//! LOB pages) shows up in the incumbent's own epochs and the probes that
-//! follow.
+//! stall, not a measurement, and is ignored. One that loses is tried again
+//! after twice the wait, up to [`MAX_GAP`], so a settled session pays a
+//! probe of well under a second per minute and codec. Compressibility that
+//! changes (a run of LOB pages) shows up in the incumbent's own epochs and
+//! the probes that follow.
 //!
 //! Pure logic: time comes in as a [`Duration`] since the session began,
 //! bytes as a running total; [`Governor`] wraps it for the stream threads.
@@ -37,9 +37,9 @@ pub enum Arm {
     Zstd,
 }
 
-/// The zstd level `auto` tries: level 1 compresses this machine class's
-/// mixed pages at 300–400 MB/s per core, a fraction of lz4's speed but with
-/// a better ratio, which wins on links slower than about 100 MiB/s.
+/// The zstd level `auto` tries: the fastest positive level, slower than
+/// lz4 but with a better ratio, which can win on a slow link (perf/RESULTS.md:
+/// the 100 Mbit/s rows of the link and SST comparisons).
 pub const ZSTD_LEVEL: i32 = 1;
 
 impl Arm {
