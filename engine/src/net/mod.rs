@@ -204,7 +204,16 @@ impl SockOpts {
                 (Ok(()), _) => {}
                 // Not loaded, or not in net.ipv4.tcp_allowed_congestion_control
                 // for an unprivileged process: the system's default it is.
-                (Err(e), Congestion::Preferred) => tracing::debug!("TCP congestion control bbr unavailable ({e}); using the system's"),
+                (Err(e), Congestion::Preferred) => {
+                    // Said once per process: every socket would say the same.
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| {
+                        tracing::info!(
+                            "TCP congestion control: the system's default, not bbr ({e}); to use bbr, load tcp_bbr and list it in \
+                             net.ipv4.tcp_allowed_congestion_control, or set sockopt cc=system to silence this"
+                        );
+                    });
+                }
                 (Err(e), _) => {
                     return Err(io::Error::new(
                         e.kind(),
