@@ -959,8 +959,9 @@ impl StreamCtx<'_> {
                             // Raw and unsealed: written straight from the kept copy.
                             let link = self.lane.link();
                             let prefix = header.encode_prefix(len, 0);
-                            self.throttle(len as usize);
+                            // Timed with the throttle, as every other send is.
                             let started = Instant::now();
+                            self.throttle(len as usize);
                             let sent = backend::write_parts(&*link, &[&control, &prefix, &kept]);
                             match sent {
                                 Ok(()) => {
