@@ -221,8 +221,9 @@ struct TransformArgs {
     /// with `--io uring|splice` (zero-copy needs untouched bytes).
     #[arg(long, value_parser = engine_value::<Compression>)]
     compress: Option<Compression>,
-    /// Seconds before `auto` first measures another codec against lz4 (a
-    /// knob for tests and experiments).
+    /// Seconds before `auto` first measures another codec against lz4, and
+    /// the shortest wait between such measurements (a knob for tests and
+    /// experiments).
     #[arg(long, hide = true, default_value_t = 8.0)]
     adapt_after: f64,
     /// Limit the wire rate of all streams together, e.g. 200M (bytes per

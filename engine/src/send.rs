@@ -67,7 +67,8 @@ pub struct SendConfig {
     /// receiver acknowledges them (all streams together).
     pub replay_budget: u64,
     /// With `Compression::Auto`: how long the session runs lz4 before it
-    /// first measures another codec against it.
+    /// first measures another codec against it, and the shortest wait
+    /// between such measurements.
     pub adapt_after: Duration,
 }
 

@@ -112,6 +112,8 @@ pub struct Trial {
     /// Per arm: when it may challenge next, and the wait after a loss.
     due: [Duration; 3],
     gap: [Duration; 3],
+    /// The shortest wait between challenges ([`MIN_GAP`] unless asked).
+    base: Duration,
     /// Per arm: how long it ran, up to `last`.
     ran: [Duration; 3],
     last: Duration,
@@ -122,7 +124,9 @@ pub struct Trial {
 
 impl Trial {
     /// An experiment over `arms`: the first is the first incumbent, the
-    /// others challenge it in the order given, the first after `first`.
+    /// others challenge it in the order given, the first after `first`,
+    /// which is also the shortest wait between challenges ([`MIN_GAP`]
+    /// in production; tests shorten it).
     pub fn new(arms: &[Arm], first: Duration) -> Self {
         assert!(!arms.is_empty(), "at least one arm");
         let mut t = Self {
@@ -133,22 +137,23 @@ impl Trial {
             measuring: None,
             settle_until: SETTLE,
             due: [Duration::ZERO; 3],
-            gap: [MIN_GAP; 3],
+            gap: [first; 3],
+            base: first,
             ran: [Duration::ZERO; 3],
             last: Duration::ZERO,
             confirming: None,
         };
-        t.stagger(Duration::ZERO, first);
+        t.stagger(Duration::ZERO);
         t
     }
 
-    /// Every challenger due again: the first `first` after `now`, the
-    /// others one [`MIN_GAP`] apart after it.
-    fn stagger(&mut self, now: Duration, first: Duration) {
+    /// Every challenger due again: the first one base wait after `now`,
+    /// the others one base wait apart after it.
+    fn stagger(&mut self, now: Duration) {
         let others: Vec<Arm> = self.arms.iter().copied().filter(|a| *a != self.incumbent).collect();
         for (k, a) in others.into_iter().enumerate() {
-            self.gap[a.index()] = MIN_GAP;
-            self.due[a.index()] = now + first + MIN_GAP * k as u32;
+            self.gap[a.index()] = self.base;
+            self.due[a.index()] = now + self.base * (k as u32 + 1);
         }
     }
 
@@ -196,7 +201,7 @@ impl Trial {
             self.confirming = None;
             for a in self.arms.clone() {
                 let d = &mut self.due[a.index()];
-                *d = (*d).max(now + MIN_GAP);
+                *d = (*d).max(now + self.base);
             }
             if ran == self.incumbent {
                 self.measuring = Some((now, done));
@@ -227,7 +232,7 @@ impl Trial {
                 switch = Some(Switch { from: self.incumbent, to: challenger, from_rate: rate, to_rate: won_at });
                 self.incumbent = challenger;
                 self.running = challenger;
-                self.stagger(now, MIN_GAP);
+                self.stagger(now);
             } else {
                 self.lost(challenger, now);
             }
