@@ -36,6 +36,7 @@ pub mod net;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod proto;
 pub mod recv;
 pub mod resume;
 pub mod secret;

@@ -33,11 +33,12 @@ use crate::codec::seal::{Binding, Direction, SealKey, Sealer, SessionKey};
 pub use crate::gate::hello_refusal;
 use crate::gate::{Gate, Joined, Rules, reject};
 use crate::journal;
-use crate::manifest::{Entry, EntryKind};
+use crate::manifest::Entry;
 use crate::net::tls::TlsOptions;
 use crate::net::{self, Link, Token};
-use crate::plan::{Completion, RecvTally, TallyError};
+use crate::plan::{Completion, RecvTally};
 use crate::progress::Progress;
+use crate::proto::{Arrived, Event, Inbound, Intake, ManifestTable, Processed, check_end};
 use crate::resume::RejoinKey;
 use crate::sink::{Sink, SinkOptions};
 use crate::slot::{self, Resumption, Slot};
@@ -528,7 +529,8 @@ fn receive_session(
     }
     let journal_failed = std::sync::OnceLock::<String>::new();
     let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
-    let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest { entries: &entries, tally: &tally } };
+    let table = ManifestTable { entries: &entries, tally: &tally };
+    let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest(table) };
     let abort = Abort::default();
     let (stop_journal, journal_stopped) = bounded::<()>(0);
     let results = std::thread::scope(|scope| {
@@ -582,25 +584,8 @@ fn receive_session(
     let bytes: u64 = per_stream.iter().map(|r| r.1).sum();
     let end = per_stream.first().and_then(|r| r.2);
     let (count, expected_bytes) = if streamed { catalog.check_complete()? } else { (entries.len() as u64, data_bytes - held) };
-    match end {
-        Some((n, b, f)) => {
-            if n != count || b != bytes || f != frames || b != expected_bytes {
-                return Err(Error::peer(
-                    peer,
-                    format!(
-                        "END totals ({n} entries, {b} bytes, {f} frames) disagree with what arrived ({count} entries, {bytes} bytes of {expected_bytes} announced, {frames} frames)"
-                    ),
-                ));
-            }
-        }
-        None => return Err(Error::peer(peer, "ended stream 0 without END")),
-    }
-    if let Some((id, got, want)) = tally.incomplete().first() {
-        return Err(Error::Verify {
-            path: entries[*id as usize].display_path(),
-            reason: format!("{got} of {want} data bytes arrived and verified"),
-        });
-    }
+    check_end(peer, end, Arrived { entries: count, bytes, frames, expected_bytes })?;
+    table.check_complete()?;
     // Syncing may take long on a large datadir: keep the sender's wait
     // for the verdict alive meanwhile.
     verdict.keeping_alive(|| sink.finish())?;
@@ -661,7 +646,7 @@ fn journal_rounds(j: &journal::Journal, stopped: &crossbeam_channel::Receiver<()
 /// Where a session's files are described: its manifest, or (streamed) the
 /// announcements that arrive with the data.
 enum Files<'a> {
-    Manifest { entries: &'a [Entry], tally: &'a RecvTally },
+    Manifest(ManifestTable<'a>),
     Streamed(&'a Catalog<'a>),
 }
 
@@ -690,52 +675,13 @@ impl Target<'_> {
     }
 }
 
-/// Reads MANIFEST frames up to MANIFEST_END and checks ids, uniqueness and
-/// that every entry's parent is a directory of the manifest.
+/// Reads MANIFEST frames up to MANIFEST_END; [`Intake`] checks them.
 fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>, max_entries: u64) -> Result<(Vec<Entry>, u64)> {
-    let mut entries: Vec<Entry> = Vec::new();
-    let bad = |reason: String| Error::peer(peer, format!("sent a bad manifest: {reason}"));
+    let mut intake = Intake::new(peer, max_entries);
     loop {
-        match net::read_frame(sock, peer, "while sending the manifest", seal.as_deref_mut())? {
-            Frame::Manifest(batch) => {
-                for e in batch {
-                    if e.id as usize != entries.len() {
-                        return Err(bad(format!("entry id {} out of sequence", e.id)));
-                    }
-                    if entries.len() as u64 >= max_entries.min(wire::MAX_ENTRIES) {
-                        return Err(bad(format!(
-                            "more than {max_entries} entries (the receiver's limit; raise it on the receiver for a larger tree)"
-                        )));
-                    }
-                    entries.push(e);
-                }
-            }
-            Frame::ManifestEnd { entries: n, data_bytes } => {
-                if n != entries.len() as u64 {
-                    return Err(bad(format!("announced {n} entries but listed {}", entries.len())));
-                }
-                let sum: u64 = entries.iter().map(Entry::data_bytes).sum();
-                if sum != data_bytes {
-                    return Err(bad(format!("announced {data_bytes} data bytes but the extents add up to {sum}")));
-                }
-                let mut dirs = std::collections::HashSet::new();
-                let mut all = std::collections::HashSet::new();
-                for e in &entries {
-                    if !all.insert(e.path.as_slice()) {
-                        return Err(bad(format!("path {} listed twice", e.display_path())));
-                    }
-                    if let Some(i) = e.path.iter().rposition(|&b| b == b'/') {
-                        if !dirs.contains(&e.path[..i]) {
-                            return Err(bad(format!("{} comes before (or without) its parent directory", e.display_path())));
-                        }
-                    }
-                    if e.kind == EntryKind::Dir {
-                        dirs.insert(e.path.as_slice());
-                    }
-                }
-                return Ok((entries, data_bytes));
-            }
-            other => return Err(Error::peer(peer, format!("sent {:?} inside the manifest", other.kind()))),
+        let frame = net::read_frame(sock, peer, "while sending the manifest", seal.as_deref_mut())?;
+        if let Some(manifest) = intake.take(frame)? {
+            return Ok(manifest);
         }
     }
 }
@@ -758,22 +704,6 @@ struct StreamCtx<'a> {
 /// totals (entries, data bytes, frames).
 type Streamed = (u64, u64, Option<(u64, u64, u64)>);
 
-/// A stream's progress, which survives its connections.
-#[derive(Default)]
-struct Tally {
-    next_seq: u32,
-    /// DATA frames and their data bytes (for STREAM_END).
-    frames: u64,
-    bytes: u64,
-    /// Every frame processed since the manifest (what ACK counts).
-    processed: u64,
-    /// When and at what count the last ACK went out, and the data bytes
-    /// since.
-    acked: (u64, u64, Option<Instant>),
-    /// STREAM_END arrived (stream 0 reads on, up to END).
-    ended: bool,
-}
-
 impl StreamCtx<'_> {
     /// Handles the frames of this stream until STREAM_END (stream 0: until
     /// END), across reconnections in a resumable session; returns (frames,
@@ -785,11 +715,14 @@ impl StreamCtx<'_> {
 
     fn run_all(&self, seal: &mut Option<Sealer>) -> Result<Streamed> {
         let index = self.slot.index;
-        let mut t = Tally::default();
+        let mut t = Inbound::new(index, &self.slot.peer, self.granted, seal.is_some());
         loop {
             let link = self.slot.link();
             let failure = match self.run_on(&link, seal, &mut t) {
-                Ok(end) => return Ok((t.frames, t.bytes, end)),
+                Ok(end) => {
+                    let (frames, bytes) = t.totals();
+                    return Ok((frames, bytes, end));
+                }
                 Err(e @ Error::Broken { .. }) if self.resumption.is_some() && !self.abort.is_set() => e,
                 Err(e) => return Err(e),
             };
@@ -828,37 +761,26 @@ impl StreamCtx<'_> {
                     }
                 }
             }
-            t.acked = (t.processed, 0, Some(Instant::now()));
+            t.rejoined(Instant::now());
         }
     }
 
-    /// One frame processed: counts it and, in a resumable session, tells
-    /// the sender now and then (always when `now`).
-    fn processed(&self, t: &mut Tally, data: u64, now: bool) {
-        t.processed += 1;
-        if self.resumption.is_none() {
-            return;
-        }
-        t.acked.1 += data;
-        let due = now
-            || t.processed - t.acked.0 >= crate::resume::ACK_FRAMES
-            || t.acked.1 >= crate::resume::ACK_BYTES
-            || t.acked.2.is_none_or(|at| at.elapsed() >= crate::resume::ACK_INTERVAL);
-        self.slot.processed(t.processed, due);
-        if due {
-            t.acked = (t.processed, 0, Some(Instant::now()));
+    /// One frame processed: in a resumable session, recorded for the
+    /// sender and told now and then.
+    fn processed(&self, p: Option<Processed>) {
+        if let Some(p) = p {
+            self.slot.processed(p.frames, p.tell);
         }
     }
 
     /// Reads and handles frames from `link` until this stream's end (`Ok`)
     /// or a failure.
-    fn run_on(&self, link: &Link, seal: &mut Option<Sealer>, t: &mut Tally) -> Result<Option<(u64, u64, u64)>> {
+    fn run_on(&self, link: &Link, seal: &mut Option<Sealer>, t: &mut Inbound) -> Result<Option<(u64, u64, u64)>> {
         let (sock, peer) = (link, self.slot.peer.as_str());
         let index = self.slot.index;
         let mut io = StreamIo::new(self.method, wire::MAX_PAYLOAD).map_err(|e| Error::io("setting up receive I/O", e))?;
         let mut inbound = io.inbound(sock);
         let mut decoder = Decoder::with_external(self.unfilter.clone());
-        let granted = self.granted;
         let what = format!("on stream {index} before its end");
         loop {
             if self.abort.is_set() {
@@ -869,29 +791,11 @@ impl StreamCtx<'_> {
                 r => r?,
             };
             if h.kind == Kind::Data {
-                if t.ended {
-                    return Err(Error::peer(peer, format!("sent data on stream {index} after its end")));
-                }
                 let (d, wire_len) = net::read_data_header(&mut inbound, peer, h)?;
                 let len = d.raw_len;
+                t.data(h, &d)?;
                 let target = self.target(d.file_id, d.offset, len, peer)?;
-                if d.seq != t.next_seq {
-                    return Err(Error::peer(
-                        peer,
-                        format!("stream {index} sent block {} where block {} was due (replayed or lost)", d.seq, t.next_seq),
-                    ));
-                }
                 let flag = h.flags & data_flags::COMPRESSED;
-                let needed = match flag {
-                    data_flags::LZ4 => caps::COMPRESS_LZ4,
-                    data_flags::ZSTD => caps::COMPRESS_ZSTD,
-                    data_flags::EXTERNAL => caps::EXTERNAL_FILTER,
-                    _ => 0,
-                };
-                if granted & needed != needed {
-                    return Err(Error::peer(peer, "sent a compressed block without negotiating compression"));
-                }
-                net::check_sealing(peer, h, seal.is_some())?;
                 let file = target.dest();
                 let received = if flag == 0 && seal.is_none() {
                     io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len)
@@ -924,66 +828,51 @@ impl StreamCtx<'_> {
                     }
                     _ => self.sink.write_error_at(target.path(), d.offset, &e),
                 })?;
-                if sum != d.checksum {
-                    return Err(Error::Verify {
-                        path: target.display_path(),
-                        reason: format!("checksum mismatch in the block at offset {} ({len} bytes)", d.offset),
-                    });
-                }
-                t.next_seq = t.next_seq.wrapping_add(1);
-                t.frames += 1;
-                t.bytes += u64::from(len);
+                let processed = t.verified(&d, sum, Instant::now(), || target.display_path())?;
                 self.progress.add(u64::from(len));
                 self.progress.add_wire(u64::from(wire_len));
                 match (&target, self.files) {
-                    (Target::Manifest(entry, _), Files::Manifest { tally, .. }) => {
+                    (Target::Manifest(entry, _), Files::Manifest(table)) => {
                         if let Some(j) = self.journal {
                             j.record(d.file_id, d.offset, u64::from(len));
                         }
-                        self.settle(entry, tally.record_block(d.file_id, d.offset, len, sum))?;
+                        self.settle(entry, table.block(entry, d.offset, len, sum)?)?;
                     }
                     (Target::Streamed(f, _), Files::Streamed(catalog)) => catalog.record_block(f, d.file_id, d.offset, len, sum)?,
                     _ => unreachable!("a target comes from its session's file table"),
                 }
-                self.processed(t, u64::from(len), false);
+                self.processed(processed);
                 continue;
             }
-            match (net::read_body(&mut inbound, peer, h, seal.as_mut())?, self.files) {
-                (Frame::End { entries, data_bytes, frames }, _) if t.ended && index == 0 => {
-                    self.processed(t, 0, true);
+            let frame = net::read_body(&mut inbound, peer, h, seal.as_mut())?;
+            let (event, processed) = t.control(frame, Instant::now())?;
+            match (event, self.files) {
+                (Event::End { entries, data_bytes, frames }, _) => {
+                    self.processed(processed);
                     return Ok(Some((entries, data_bytes, frames)));
                 }
-                (_, _) if t.ended => return Err(Error::peer(peer, format!("sent a frame on stream {index} after its end"))),
-                (Frame::FileDone { file_id, digest }, Files::Manifest { entries, tally }) => {
-                    let entry = entries
-                        .get(file_id as usize)
-                        .filter(|e| e.kind == EntryKind::File && !e.extents.is_empty())
-                        .ok_or_else(|| Error::peer(peer, format!("sent FILE_DONE for file id {file_id}, which carries no data")))?;
-                    self.settle(entry, tally.record_done(file_id, digest))?;
-                }
-                (Frame::Announce { file_id, mode, path }, Files::Streamed(catalog)) => catalog.announce(file_id, mode, &path)?,
-                (Frame::FileEnd { file_id, size, data_bytes, digest }, Files::Streamed(catalog)) => {
-                    let f = catalog.get(file_id, peer)?;
-                    catalog.record_end(&f, size, data_bytes, digest)?;
-                }
-                (Frame::Abort { reason }, _) => return Err(Error::SenderFailed(reason)),
-                (Frame::StreamEnd { frames: f, bytes: b }, _) => {
-                    if (f, b) != (t.frames, t.bytes) {
-                        return Err(Error::peer(
-                            peer,
-                            format!("stream {index} ended claiming {f} frames / {b} bytes, but {} / {} arrived", t.frames, t.bytes),
-                        ));
-                    }
-                    t.ended = true;
-                    self.processed(t, 0, true);
-                    if index != 0 {
+                (Event::StreamEnded { last }, _) => {
+                    self.processed(processed);
+                    if last {
                         return Ok(None);
                     }
                     continue;
                 }
-                (other, _) => return Err(Error::peer(peer, format!("sent {:?} in the middle of the data", other.kind()))),
+                (Event::FileDone { file_id, digest }, Files::Manifest(table)) => {
+                    let (entry, state) = table.done(file_id, digest, peer)?;
+                    self.settle(entry, state)?;
+                }
+                (Event::Announce { file_id, mode, path }, Files::Streamed(catalog)) => catalog.announce(file_id, mode, &path)?,
+                (Event::FileEnd { file_id, size, data_bytes, digest }, Files::Streamed(catalog)) => {
+                    let f = catalog.get(file_id, peer)?;
+                    catalog.record_end(&f, size, data_bytes, digest)?;
+                }
+                (Event::FileDone { .. }, _) => return Err(Error::peer(peer, "sent FileDone in a streamed session")),
+                (Event::Announce { .. } | Event::FileEnd { .. }, _) => {
+                    return Err(Error::peer(peer, "sent Announce or FileEnd in a session with a manifest"));
+                }
             }
-            self.processed(t, 0, false);
+            self.processed(processed);
         }
     }
 
@@ -991,10 +880,8 @@ impl StreamCtx<'_> {
     /// range checked.
     fn target(&self, id: u32, offset: u64, len: u32, peer: &str) -> Result<Target<'_>> {
         match self.files {
-            Files::Manifest { entries, .. } => {
-                let entry = entries.get(id as usize).ok_or_else(|| Error::peer(peer, format!("sent data for unknown file id {id}")))?;
-                RecvTally::check_range(entry, offset, len)
-                    .map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })?;
+            Files::Manifest(table) => {
+                let entry = table.target(id, offset, len, peer)?;
                 Ok(Target::Manifest(entry, self.sink.file(id)?))
             }
             Files::Streamed(catalog) => {
@@ -1006,8 +893,8 @@ impl StreamCtx<'_> {
         }
     }
 
-    fn settle(&self, entry: &Entry, state: Result<Completion, TallyError>) -> Result<()> {
-        match state.map_err(|e| Error::Verify { path: entry.display_path(), reason: e.to_string() })? {
+    fn settle(&self, entry: &Entry, state: Completion) -> Result<()> {
+        match state {
             Completion::Complete => self.sink.finish_file(entry.id),
             Completion::Pending => Ok(()),
         }

@@ -26,6 +26,7 @@ use crate::net::{self, Link, Token};
 use crate::pipeline::{self, Abort};
 use crate::plan::{Schedule, SendTally};
 use crate::progress::Progress;
+use crate::proto::Outbound;
 use crate::resume::{Budget, RejoinKey};
 use crate::source::{self, SourceTree};
 use crate::throttle::Throttle;
@@ -789,8 +790,8 @@ impl StreamCtx<'_> {
 
     /// Writes STREAM_END and, in a resumable session, waits until the
     /// receiver has processed everything this stream sent.
-    fn end_stream(&self, frames: u64, bytes: u64, seal: &mut Option<Sealer>) -> Result<()> {
-        let end = Frame::StreamEnd { frames, bytes };
+    fn end_stream(&self, out: &Outbound, seal: &mut Option<Sealer>) -> Result<()> {
+        let end = out.end();
         self.record(Replay::Frame(end.clone()), 0);
         if let Err(e) = self.write_frame(&end, seal) {
             self.recover(e, seal, "the end of the stream")?;
@@ -822,7 +823,7 @@ impl StreamCtx<'_> {
         let mut io = StreamIo::new(method, self.cfg.block_size).map_err(|e| Error::io(format!("setting up {method} I/O"), e))?;
         let mut encoder = self.encoder()?;
         let mut open: Option<(u32, File)> = None;
-        let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
+        let mut out = Outbound::new();
         while let Some(b) = schedule.next_block() {
             if self.session.abort.is_set() {
                 return Err(Abort::error());
@@ -836,10 +837,10 @@ impl StreamCtx<'_> {
             let _ = backend::sys::will_need(file, b.offset + u64::from(b.len), READ_AHEAD);
             let path = || tree.paths[b.file_id as usize].display().to_string();
             let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
-            let header = DataHeader { file_id: b.file_id, seq, offset: b.offset, raw_len: b.len, checksum };
+            let header = out.block(b.file_id, b.offset, b.len, checksum)?;
             // The FILE_DONE of a file's last block rides in the same write.
             let done = tally.record(&b, checksum).map(|digest| Frame::FileDone { file_id: b.file_id, digest });
-            self.record(Replay::Block { file_id: b.file_id, seq, offset: b.offset, len: b.len, checksum }, 0);
+            self.record(Replay::Block { file_id: b.file_id, seq: header.seq, offset: b.offset, len: b.len, checksum }, 0);
             if let Some(f) = &done {
                 self.record(Replay::Frame(f.clone()), 0);
             }
@@ -876,13 +877,10 @@ impl StreamCtx<'_> {
                 Ok(wire) => self.progress.add_wire(wire),
                 Err(e) => self.recover(e, seal, &path())?,
             }
-            seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream; raise --block-size".into()))?;
-            frames += 1;
-            bytes += u64::from(b.len);
             self.progress.add(u64::from(b.len));
         }
-        self.end_stream(frames, bytes, seal)?;
-        Ok((frames, bytes))
+        self.end_stream(&out, seal)?;
+        Ok(out.totals())
     }
 
     /// Sends items of a streamed session until the producer is done;
@@ -891,7 +889,7 @@ impl StreamCtx<'_> {
     fn run_items(&self, rx: &Rx<Item>, failure: &std::sync::OnceLock<String>, seal: &mut Option<Sealer>) -> Result<(u64, u64)> {
         let mut encoder = self.encoder()?;
         let mut announced = std::collections::HashSet::new();
-        let (mut frames, mut bytes, mut seq) = (0u64, 0u64, 0u32);
+        let mut out = Outbound::new();
         // The producer's failure, told to the receiver on every stream.
         let stop = |seal: &mut Option<Sealer>| {
             if let Some(reason) = failure.get() {
@@ -934,7 +932,7 @@ impl StreamCtx<'_> {
                 }
                 ItemKind::Data { offset, mut data, checksum } => {
                     let len = data.len() as u32;
-                    let header = DataHeader { file_id: item.file_id, seq, offset, raw_len: len, checksum };
+                    let header = out.block(item.file_id, offset, len, checksum)?;
                     let mut filtered = match &self.cfg.filter {
                         Some(cmd) => Some(
                             crate::codec::external::run_filter(cmd, &data, wire::MAX_PAYLOAD as usize)
@@ -949,49 +947,38 @@ impl StreamCtx<'_> {
                     // A resumable session keeps the block until the receiver
                     // processed it, within the replay budget: a full budget
                     // holds this stream, and so the producer, back.
+                    let mut kept = None;
                     if self.resumable() {
                         self.reserve(u64::from(len), seal, &stop)?;
                         // Sealing encrypts a raw block in place: keep a copy.
                         let raw_sealed = encoded.is_none() && filtered.is_none() && seal.is_some();
-                        let kept = Arc::new(if raw_sealed { data.clone() } else { std::mem::take(&mut data) });
-                        let frame = Replay::Bytes { file_id: item.file_id, seq, offset, data: Arc::clone(&kept), checksum };
+                        let k = Arc::new(if raw_sealed { data.clone() } else { std::mem::take(&mut data) });
+                        let frame = Replay::Bytes { file_id: item.file_id, seq: header.seq, offset, data: Arc::clone(&k), checksum };
                         self.lane.record(frame, u64::from(len));
-                        if data.is_empty() && encoded.is_none() && filtered.is_none() {
-                            // Raw and unsealed: written straight from the kept copy.
-                            let link = self.lane.link();
-                            let prefix = header.encode_prefix(len, 0);
-                            // Timed with the throttle, as every other send is.
-                            let started = Instant::now();
-                            self.throttle(len as usize);
-                            let sent = backend::write_parts(&*link, &[&control, &prefix, &kept]);
-                            match sent {
-                                Ok(()) => {
-                                    if let Some(e) = encoder.as_mut() {
-                                        e.record_send(len as usize, len as usize, started.elapsed());
-                                    }
-                                    self.progress.add_wire(u64::from(len));
-                                }
-                                Err(e) => self.recover(e, seal, &path())?,
-                            }
-                            seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream".into()))?;
-                            frames += 1;
-                            bytes += u64::from(len);
-                            self.progress.add(u64::from(len));
-                            continue;
-                        }
+                        kept = Some(k);
                     }
                     let link = self.lane.link();
-                    let sent = (|| {
-                        if !control.is_empty() {
-                            backend::write_parts(&*link, &[&control])?;
+                    let sent = match kept.filter(|_| data.is_empty() && encoded.is_none() && filtered.is_none()) {
+                        // Raw and unsealed: written straight from the kept
+                        // copy, timed with the throttle as every other send is.
+                        Some(kept) => {
+                            let prefix = header.encode_prefix(len, 0);
+                            let started = Instant::now();
+                            self.throttle(len as usize);
+                            backend::write_parts(&*link, &[&control, &prefix, &kept]).map(|()| (u64::from(len), started.elapsed()))
                         }
-                        let (flags, payload) = match (encoded, filtered.as_mut()) {
-                            (_, Some(f)) => (wire::data_flags::EXTERNAL, &mut f[..]),
-                            (Some((flag, packed)), None) => (flag, packed),
-                            (None, None) => (0, &mut data[..]),
-                        };
-                        self.send_memory(&link, header, flags, payload, None, seal)
-                    })();
+                        None => (|| {
+                            if !control.is_empty() {
+                                backend::write_parts(&*link, &[&control])?;
+                            }
+                            let (flags, payload) = match (encoded, filtered.as_mut()) {
+                                (_, Some(f)) => (wire::data_flags::EXTERNAL, &mut f[..]),
+                                (Some((flag, packed)), None) => (flag, packed),
+                                (None, None) => (0, &mut data[..]),
+                            };
+                            self.send_memory(&link, header, flags, payload, None, seal)
+                        })(),
+                    };
                     match sent {
                         Ok((wire, took)) => {
                             if let Some(e) = encoder.as_mut() {
@@ -1001,15 +988,12 @@ impl StreamCtx<'_> {
                         }
                         Err(e) => self.recover(e, seal, &path())?,
                     }
-                    seq = seq.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 blocks on one stream".into()))?;
-                    frames += 1;
-                    bytes += u64::from(len);
                     self.progress.add(u64::from(len));
                 }
             }
         }
-        self.end_stream(frames, bytes, seal)?;
-        Ok((frames, bytes))
+        self.end_stream(&out, seal)?;
+        Ok(out.totals())
     }
 
     /// Tells the receiver this sender gives up and why (ABORT): a

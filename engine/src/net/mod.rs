@@ -340,22 +340,13 @@ pub fn read_data_header(mut sock: impl Read, peer: &str, h: FrameHeader) -> Resu
     DataHeader::decode(h.len, h.flags, &b).map_err(|source| Error::Wire { peer: peer.into(), source })
 }
 
-/// Checks that a frame is sealed exactly when the session seals.
-pub fn check_sealing(peer: &str, h: FrameHeader, sealed_session: bool) -> Result<()> {
-    match (h.flags & SEALED != 0, sealed_session) {
-        (true, false) => Err(Error::peer(peer, format!("sent a sealed {:?} frame in an unsealed session", h.kind))),
-        (false, true) => Err(Error::peer(peer, format!("sent an unsealed {:?} frame in a sealed session", h.kind))),
-        _ => Ok(()),
-    }
-}
-
 /// Reads the body of a control frame whose header was already read,
 /// opening it with `seal` in a sealed session.
 pub fn read_body(mut sock: impl Read, peer: &str, h: FrameHeader, seal: Option<&mut Sealer>) -> Result<Frame> {
     if h.kind == Kind::Data {
         return Err(Error::peer(peer, "sent a DATA frame where a control frame was expected"));
     }
-    check_sealing(peer, h, seal.is_some())?;
+    crate::proto::check_sealing(peer, h, seal.is_some())?;
     // Bounded: FrameHeader::decode capped `len` for this kind.
     let mut body = vec![0u8; h.len as usize];
     sock.read_exact(&mut body).map_err(|e| read_err(peer, "inside a control frame", &e))?;
