@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 
 use crate::admission::{self, Admission};
-use crate::backend::{self, IoMode, StreamIo};
+use crate::backend::{self, IoMode, Payload, StreamIo};
 use crate::catalog::{Announced, Catalog};
 use crate::codec::Decoder;
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, SessionKey};
@@ -675,6 +675,36 @@ impl Target<'_> {
     }
 }
 
+/// Opens (sealed) and decodes (compressed, per the DATA flag `flag`) a
+/// payload the backend read, leaving the block of `raw_len` bytes in its
+/// block buffer. Input that fails to open or decode is `InvalidData`.
+fn unwrap_payload(
+    payload: Payload<'_>,
+    flag: u8,
+    raw_len: u32,
+    decoder: &mut Decoder,
+    open: Option<(&mut Sealer, &[u8])>,
+) -> std::io::Result<()> {
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let unseal = |sealed: &mut [u8]| match open {
+        Some((sealer, aad)) => sealer.open(aad, sealed).map_err(|e| invalid(e.to_string())),
+        None => Ok(sealed.len()),
+    };
+    match payload {
+        Payload::InPlace(sealed) => {
+            let plain = unseal(sealed)?;
+            if plain != raw_len as usize {
+                return Err(invalid(format!("block of {plain} bytes, {raw_len} announced")));
+            }
+            Ok(())
+        }
+        Payload::Apart { wire, block } => {
+            let plain = unseal(wire)?;
+            decoder.decode(flag, &wire[..plain], block).map_err(invalid)
+        }
+    }
+}
+
 /// Reads MANIFEST frames up to MANIFEST_END; [`Intake`] checks them.
 fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>, max_entries: u64) -> Result<(Vec<Entry>, u64)> {
     let mut intake = Intake::new(peer, max_entries);
@@ -804,17 +834,9 @@ impl StreamCtx<'_> {
                     // (decoding checked that the reserved fields are zero, so it is exact).
                     let aad = d.encode_prefix(wire_len, h.flags);
                     let open = seal.as_mut().map(|s| (s, &aad[..]));
-                    io.receive_transformed(
-                        &mut inbound,
-                        &file.file,
-                        file.direct.as_ref(),
-                        d.offset,
-                        wire_len,
-                        len,
-                        flag,
-                        &mut decoder,
-                        open,
-                    )
+                    io.read_payload(&mut inbound, wire_len, len, flag == 0)
+                        .and_then(|payload| unwrap_payload(payload, flag, len, &mut decoder, open))
+                        .and_then(|()| io.write_block(&file.file, file.direct.as_ref(), d.offset, len))
                 };
                 let sum = received.map_err(|e| match e.kind() {
                     _ if net::is_break(&e) => {

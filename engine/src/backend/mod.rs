@@ -26,7 +26,6 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use crate::Error;
-use crate::codec;
 use crate::digest;
 use crate::wire::DATA_PREFIX_LEN;
 
@@ -141,6 +140,16 @@ impl Pipe {
 /// Alignment O_DIRECT needs for offsets, lengths and buffers (the logical
 /// block size of every common device is at most this).
 pub const DIRECT_ALIGN: usize = 4096;
+
+/// Where [`StreamIo::read_payload`] put a payload to be transformed.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// In the block buffer itself: its wire bytes, to be opened in place.
+    InPlace(&'a mut [u8]),
+    /// In a side buffer (`wire`), to be decoded into `block` (the block
+    /// buffer, `raw_len` bytes).
+    Apart { wire: &'a mut [u8], block: &'a mut [u8] },
+}
 
 /// Per-stream I/O state: the pooled block buffer, the splice pipe and the
 /// ring, reused for every block of the stream.
@@ -262,53 +271,34 @@ impl StreamIo {
         (&*sock).write_all(&self.buf[start..end + trailer.len()])
     }
 
-    /// Receives a transformed payload of `wire_len` bytes: opens it with
-    /// `open` (sealer and associated data) when sealed, decompresses it per
-    /// `compression` (a DATA compression flag, or 0) into `raw_len` bytes,
-    /// writes them like [`receive`](Self::receive) and returns their
-    /// checksum. Input that fails to open or decode is `InvalidData`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn receive_transformed(
-        &mut self,
-        src: &mut Inbound<'_>,
-        file: &File,
-        direct: Option<&File>,
-        offset: u64,
-        wire_len: u32,
-        raw_len: u32,
-        compression: u8,
-        decoder: &mut codec::Decoder,
-        open: Option<(&mut codec::seal::Sealer, &[u8])>,
-    ) -> io::Result<u64> {
-        let n = raw_len as usize;
-        let unseal = |sealed: &mut [u8], open: Option<(&mut codec::seal::Sealer, &[u8])>| match open {
-            Some((sealer, aad)) => sealer.open(aad, sealed).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-            None => Ok(sealed.len()),
-        };
-        if compression == 0 {
-            // Sealed, uncompressed: read into the aligned block buffer (it has
-            // room for the tag) and open it in place; no extra copy.
-            let w = wire_len as usize;
+    /// Reads a DATA payload of `wire_len` bytes that must be transformed
+    /// (opened, decoded) into a block of `raw_len` bytes before it is
+    /// written: `in_place` (a sealed, uncompressed block, opened where it
+    /// lies) reads it into the block buffer itself, otherwise into a side
+    /// buffer. The caller transforms it, then calls
+    /// [`write_block`](Self::write_block). This module knows no codec.
+    pub fn read_payload(&mut self, src: &mut Inbound<'_>, wire_len: u32, raw_len: u32, in_place: bool) -> io::Result<Payload<'_>> {
+        let (w, n) = (wire_len as usize, raw_len as usize);
+        if in_place {
             if w > self.buf.len() - self.data_at {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "sealed block larger than its buffer"));
             }
-            let sealed = &mut self.buf[self.data_at..self.data_at + w];
-            src.read_exact(sealed)?;
-            let plain = unseal(sealed, open)?;
-            if plain != n {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("block of {plain} bytes, {n} announced")));
-            }
-        } else {
-            let packed = self.packed.get_or_insert_with(Vec::new);
-            packed.resize(wire_len as usize, 0);
-            src.read_exact(packed)?;
-            let plain = unseal(packed, open)?;
-            let data = &mut self.buf[self.data_at..self.data_at + n];
-            decoder.decode(compression, &packed[..plain], data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let wire = &mut self.buf[self.data_at..self.data_at + w];
+            src.read_exact(wire)?;
+            return Ok(Payload::InPlace(wire));
         }
-        let data = &self.buf[self.data_at..self.data_at + n];
-        let sum = digest::checksum(data);
-        self.store(file, direct, offset, n)?;
+        let packed = self.packed.get_or_insert_with(Vec::new);
+        packed.resize(w, 0);
+        src.read_exact(packed)?;
+        Ok(Payload::Apart { wire: packed, block: &mut self.buf[self.data_at..self.data_at + n] })
+    }
+
+    /// Writes the first `n` bytes of the block buffer (a block a caller
+    /// transformed after [`read_payload`](Self::read_payload)) at `offset`
+    /// and returns their checksum.
+    pub fn write_block(&self, file: &File, direct: Option<&File>, offset: u64, n: u32) -> io::Result<u64> {
+        let sum = digest::checksum(&self.buf[self.data_at..self.data_at + n as usize]);
+        self.store(file, direct, offset, n as usize)?;
         Ok(sum)
     }
 
