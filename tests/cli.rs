@@ -190,14 +190,14 @@ fn copy_and_demo_commands_work() {
 fn version_help_man_pages_and_completions() {
     let v = bin().arg("--version").output().unwrap();
     let text = String::from_utf8_lossy(&v.stdout).into_owned();
-    assert!(v.status.success() && text.starts_with("sluice ") && text.contains("protocol 5"), "{text}");
+    assert!(v.status.success() && text.starts_with("sluice ") && text.contains("protocol 5-6"), "{text}");
     assert_eq!(text.contains("io_uring") && !text.contains("no io_uring"), cfg!(feature = "uring"), "{text}");
     let dir = tempfile::tempdir().unwrap();
     let sst = dir.path().join("wsrep_sst_sluice");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sluice"), &sst).unwrap();
     let h = Command::new(&sst).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&h.stdout);
-    assert!(h.status.success() && help.contains("--role joiner|donor") && help.contains("protocol 5"), "{help}");
+    assert!(h.status.success() && help.contains("--role joiner|donor") && help.contains("protocol 5-6"), "{help}");
     let v = Command::new(&sst).arg("--version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&v.stdout), text);
     let out = dir.path().join("docs");

@@ -54,6 +54,12 @@ pub(crate) enum Replay {
         data: Arc<Vec<u8>>,
         checksum: u64,
     },
+    /// A MANIFEST frame of a tree source: its entries (by index), encoded
+    /// again.
+    Entries {
+        from: u32,
+        to: u32,
+    },
     Frame(Frame),
 }
 
@@ -402,6 +408,8 @@ pub(crate) struct Hail {
 /// WELCOME's fields.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Welcome {
+    /// The protocol version the receiver chose.
+    pub version: u16,
     pub nonce: [u8; 16],
     pub secret: [u8; 16],
     pub caps: u64,
@@ -525,7 +533,7 @@ fn attempt(
                     ),
                 )));
             }
-            Ok((sock, Welcome { nonce, secret, caps: capabilities }))
+            Ok((sock, Welcome { version, nonce, secret, caps: capabilities }))
         }
         Frame::Reject { reason } if reason.contains("protocol version") => Err(fatal(Error::Rejected(format!(
             "{reason} (this sender speaks {}..={})",

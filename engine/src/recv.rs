@@ -273,7 +273,15 @@ impl Receiver {
         };
         let listener = keep.then_some(listener);
         let verdict = Verdict { slot: &slots[0] };
-        let mut result = receive_session(&slots, &cfg, method, dest, (session.as_ref(), granted), resumption.as_deref(), &verdict);
+        let mut result = receive_session(
+            &slots,
+            &cfg,
+            method,
+            dest,
+            (session.as_ref(), granted, wire::PROTOCOL_VERSION.min(h0.max_version)),
+            resumption.as_deref(),
+            &verdict,
+        );
         if let (Ok(_), Some(vet)) = (&result, &cfg.vet) {
             if let Err(reason) = (vet.0)(dest) {
                 result = Err(Error::Refused(reason));
@@ -475,7 +483,7 @@ fn receive_session(
     cfg: &ReceiveConfig,
     method: backend::Method,
     dest: &Path,
-    (session, granted): (Option<&SessionKey>, u64),
+    (session, granted, version): (Option<&SessionKey>, u64, u16),
     resumption: Option<&Resumption>,
     verdict: &Verdict<'_>,
 ) -> Result<(u64, u64, u64, u64, u64)> {
@@ -490,7 +498,15 @@ fn receive_session(
     let openers: Vec<std::sync::Mutex<Option<Sealer>>> =
         (0..slots.len()).map(|i| std::sync::Mutex::new(session.map(|k| Sealer::new(k.clone(), Direction::ToReceiver, i as u16)))).collect();
     let lock = |i: usize| openers[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let (entries, data_bytes) = read_manifest(&s0, peer, lock(0).as_mut(), cfg.max_entries)?;
+    let progress = cfg.progress.clone().unwrap_or_default();
+    let abort = Abort::default();
+    let inbounds: Vec<std::sync::Mutex<Option<Inbound>>> =
+        slots.iter().map(|s| std::sync::Mutex::new(Some(Inbound::new(s.index, &s.peer, granted, session.is_some())))).collect();
+    let rejoin = resumption.filter(|_| version >= wire::since::MANIFEST_RESUMES).map(|r| (r, &abort, &*progress, cfg.idle_timeout));
+    let (entries, data_bytes) = {
+        let mut t0 = inbounds[0].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        read_manifest(&slots[0], &mut lock(0), cfg.max_entries, t0.as_mut().expect("not taken yet"), rejoin)?
+    };
     let caps0 = granted;
     let streamed = caps0 & caps::STREAMED != 0;
     if streamed && !entries.is_empty() {
@@ -502,7 +518,6 @@ fn receive_session(
             dest.display()
         )));
     }
-    let progress = cfg.progress.clone().unwrap_or_default();
     // Compressed, sealed or TLS blocks go through user memory anyway.
     let plain = caps0 & !(caps::STREAMED | caps::RESUME | caps::HAVE) == 0 && !s0.is_tls();
     let method = if plain { method } else { backend::Method::Copy };
@@ -531,7 +546,6 @@ fn receive_session(
     let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
     let table = ManifestTable { entries: &entries, tally: &tally };
     let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest(table) };
-    let abort = Abort::default();
     let (stop_journal, journal_stopped) = bounded::<()>(0);
     let results = std::thread::scope(|scope| {
         if let Some(j) = &journal {
@@ -544,7 +558,8 @@ fn receive_session(
             |i, slot| {
                 let ctx = StreamCtx {
                     slot,
-                    granted: caps0,
+                    inbound: &inbounds[i],
+                    resuming,
                     unfilter: cfg.unfilter.clone(),
                     files: &files,
                     sink: &sink,
@@ -621,12 +636,14 @@ fn carry_over(sink: &Sink, entries: &[Entry], tally: &RecvTally, s0: &Slot, dest
     );
     let ranges: Vec<(u32, crate::manifest::Extent)> = c.held.iter().flat_map(|(id, r)| r.iter().map(move |x| (*id, *x))).collect();
     let mut chunks = ranges.chunks(wire::HAVE_RANGES_PER_FRAME).peekable();
+    let mut frames = Vec::new();
     if chunks.peek().is_none() {
-        s0.tell(&Frame::Have { last: true, ranges: Vec::new() })?;
+        frames.push(Frame::Have { last: true, ranges: Vec::new() });
     }
     while let Some(chunk) = chunks.next() {
-        s0.tell(&Frame::Have { last: chunks.peek().is_none(), ranges: chunk.to_vec() })?;
+        frames.push(Frame::Have { last: chunks.peek().is_none(), ranges: chunk.to_vec() });
     }
+    s0.tell_have(frames);
     Ok(c)
 }
 
@@ -675,6 +692,47 @@ impl Target<'_> {
     }
 }
 
+/// Waits for the sender to take stream `slot` over with a new connection
+/// after `failure` broke it: one resume window from the break, however
+/// many reconnections die before they are answered (an outage kills them
+/// as they come). Returns the opener of the new connection.
+fn await_sender(
+    slot: &Slot,
+    res: &Resumption,
+    failure: &Error,
+    abort: &Abort,
+    progress: &Progress,
+    idle: Duration,
+) -> Result<Option<Sealer>> {
+    let index = slot.index;
+    tracing::warn!(stream = index, "stream {index} broke ({failure}); waiting up to {:?} for the sender to reconnect", res.window);
+    let deadline = Instant::now() + res.window;
+    let mut failure = failure.to_string();
+    loop {
+        let waiting = progress.resuming();
+        let rejoined = slot.await_rejoin(deadline, abort);
+        drop(waiting);
+        let Some((j, generation)) = rejoined else {
+            if abort.is_set() {
+                return Err(Abort::error());
+            }
+            return Err(Error::broken(
+                &slot.peer,
+                format!("stream {index} broke ({failure}) and the sender did not reconnect within the resume window of {:?}", res.window),
+            ));
+        };
+        net::configure(j.sock.tcp(), idle).map_err(|e| Error::io("configuring a socket", e))?;
+        match slot.answer(j, generation, res) {
+            Ok(opener) => return Ok(opener),
+            // The new connection died too: wait for the next.
+            Err(e) => {
+                tracing::warn!(stream = index, "stream {index}: reconnection {generation} broke before it was answered ({e})");
+                failure = e.to_string();
+            }
+        }
+    }
+}
+
 /// Opens (sealed) and decodes (compressed, per the DATA flag `flag`) a
 /// payload the backend read, leaving the block of `raw_len` bytes in its
 /// block buffer. Input that fails to open or decode is `InvalidData`.
@@ -705,20 +763,49 @@ fn unwrap_payload(
     }
 }
 
-/// Reads MANIFEST frames up to MANIFEST_END; [`Intake`] checks them.
-fn read_manifest(sock: &Link, peer: &str, mut seal: Option<&mut Sealer>, max_entries: u64) -> Result<(Vec<Entry>, u64)> {
-    let mut intake = Intake::new(peer, max_entries);
+/// Reads MANIFEST frames up to MANIFEST_END on stream 0; [`Intake`]
+/// checks them. From protocol 6 on, a resumable session counts them as
+/// processed frames of stream 0 (`t`), and a connection that breaks is
+/// taken over by a new one (`rejoin`) that goes on where it stopped.
+fn read_manifest(
+    s0: &Slot,
+    seal: &mut Option<Sealer>,
+    max_entries: u64,
+    t: &mut Inbound,
+    rejoin: Option<(&Resumption, &Abort, &Progress, Duration)>,
+) -> Result<(Vec<Entry>, u64)> {
+    let mut intake = Intake::new(&s0.peer, max_entries);
     loop {
-        let frame = net::read_frame(sock, peer, "while sending the manifest", seal.as_deref_mut())?;
-        if let Some(manifest) = intake.take(frame)? {
-            return Ok(manifest);
+        let link = s0.link();
+        let frame = match net::read_frame(&*link, &s0.peer, "while sending the manifest", seal.as_mut()) {
+            Ok(frame) => frame,
+            Err(e @ Error::Broken { .. }) if rejoin.is_some_and(|(_, abort, ..)| !abort.is_set()) => {
+                let (res, abort, progress, idle) = rejoin.expect("checked above");
+                *seal = await_sender(s0, res, &e, abort, progress, idle)?;
+                t.rejoined(Instant::now());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let manifest = intake.take(frame)?;
+        if rejoin.is_some() {
+            if let Some(p) = t.counted(Instant::now()) {
+                s0.processed(p.frames, p.tell);
+            }
+        }
+        if let Some(m) = manifest {
+            return Ok(m);
         }
     }
 }
 
 struct StreamCtx<'a> {
     slot: &'a Slot,
-    granted: u64,
+    /// This stream's state (stream 0's has counted the manifest), taken by
+    /// its thread.
+    inbound: &'a std::sync::Mutex<Option<Inbound>>,
+    /// A resuming receiver (it sent HAVE).
+    resuming: bool,
     unfilter: Option<String>,
     files: &'a Files<'a>,
     sink: &'a Sink,
@@ -744,8 +831,8 @@ impl StreamCtx<'_> {
     }
 
     fn run_all(&self, seal: &mut Option<Sealer>) -> Result<Streamed> {
-        let index = self.slot.index;
-        let mut t = Inbound::new(index, &self.slot.peer, self.granted, seal.is_some());
+        let mut t =
+            self.inbound.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().expect("each stream's state is taken once");
         loop {
             let link = self.slot.link();
             let failure = match self.run_on(&link, seal, &mut t) {
@@ -757,40 +844,7 @@ impl StreamCtx<'_> {
                 Err(e) => return Err(e),
             };
             let res = self.resumption.expect("checked above");
-            tracing::warn!(stream = index, "stream {index} broke ({failure}); waiting up to {:?} for the sender to reconnect", res.window);
-            // One window from the break, however many reconnections die
-            // before they are answered (an outage kills them as they come).
-            let deadline = Instant::now() + res.window;
-            let mut failure = failure.to_string();
-            loop {
-                let waiting = self.progress.resuming();
-                let rejoined = self.slot.await_rejoin(deadline, self.abort);
-                drop(waiting);
-                let Some((j, generation)) = rejoined else {
-                    if self.abort.is_set() {
-                        return Err(Abort::error());
-                    }
-                    return Err(Error::broken(
-                        &self.slot.peer,
-                        format!(
-                            "stream {index} broke ({failure}) and the sender did not reconnect within the resume window of {:?}",
-                            res.window
-                        ),
-                    ));
-                };
-                net::configure(j.sock.tcp(), self.idle).map_err(|e| Error::io("configuring a socket", e))?;
-                match self.slot.answer(j, generation, res) {
-                    Ok(opener) => {
-                        *seal = opener;
-                        break;
-                    }
-                    // The new connection died too: wait for the next.
-                    Err(e) => {
-                        tracing::warn!(stream = index, "stream {index}: reconnection {generation} broke before it was answered ({e})");
-                        failure = e.to_string();
-                    }
-                }
-            }
+            *seal = await_sender(self.slot, res, &failure, self.abort, self.progress, self.idle)?;
             t.rejoined(Instant::now());
         }
     }
@@ -798,6 +852,9 @@ impl StreamCtx<'_> {
     /// One frame processed: in a resumable session, recorded for the
     /// sender and told now and then.
     fn processed(&self, p: Option<Processed>) {
+        if self.slot.index == 0 && self.resuming {
+            self.slot.have_arrived();
+        }
         if let Some(p) = p {
             self.slot.processed(p.frames, p.tell);
         }

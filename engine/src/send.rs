@@ -135,6 +135,8 @@ struct Session {
     caps: u64,
     /// `--compress auto`'s choice of codec, shared by the streams.
     governor: Option<Arc<Governor>>,
+    /// The protocol version the receiver chose.
+    version: u16,
 }
 
 impl Session {
@@ -158,7 +160,7 @@ impl Session {
         for i in 0..cfg.streams {
             let (sock, w) = lane::handshake(addr, &hail, i)?;
             let first = *welcome.get_or_insert(w);
-            if (first.nonce, first.secret, first.caps) != (w.nonce, w.secret, w.caps) {
+            if (first.version, first.nonce, first.secret, first.caps) != (w.version, w.nonce, w.secret, w.caps) {
                 return Err(Error::peer(
                     addr,
                     "answered with different session nonces on different streams (is more than one receiver behind this address?)",
@@ -233,6 +235,7 @@ impl Session {
             resume,
             caps,
             governor,
+            version: welcome.version,
         })
     }
 
@@ -347,9 +350,21 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, false)?;
-    send_manifest(&session.lanes[0].link(), &session.peer, &tree.entries, tree.data_bytes(), lock(&session.sealers[0]).as_mut())?;
+    StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: Some(tree) }.send_manifest(
+        &tree.entries,
+        tree.data_bytes(),
+        &mut lock(&session.sealers[0]),
+    )?;
     // A resumed receiver says what it holds; only the rest is sent.
-    let held = if session.caps & wire::caps::HAVE != 0 { await_held(&session, &tree.entries)? } else { Vec::new() };
+    let held = if session.caps & wire::caps::HAVE != 0 {
+        let reconnect = || {
+            StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: Some(tree) }
+                .resume_after(&mut lock(&session.sealers[0]), "the connection broke")
+        };
+        await_held(&session, &tree.entries, &reconnect)?
+    } else {
+        Vec::new()
+    };
     let held_bytes: u64 = held.iter().flat_map(|(_, r)| r).map(|x| x.len).sum();
     let todo: std::borrow::Cow<'_, [Entry]> = if held.is_empty() {
         std::borrow::Cow::Borrowed(&tree.entries)
@@ -412,7 +427,11 @@ where
     let progress = cfg.progress.clone().unwrap_or_default();
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, true)?;
-    send_manifest(&session.lanes[0].link(), &session.peer, &[], 0, lock(&session.sealers[0]).as_mut())?;
+    StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: None }.send_manifest(
+        &[],
+        0,
+        &mut lock(&session.sealers[0]),
+    )?;
     // A few blocks per stream in flight: enough to keep every stream busy,
     // little enough memory.
     let (tx, rx) = bounded::<Item>(usize::from(cfg.streams) * 4);
@@ -611,31 +630,6 @@ fn lock(m: &std::sync::Mutex<Option<Sealer>>) -> std::sync::MutexGuard<'_, Optio
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn send_manifest(sock: &Link, peer: &str, entries: &[Entry], data_bytes: u64, mut seal: Option<&mut Sealer>) -> Result<()> {
-    let budget = wire::MAX_MANIFEST_BODY as usize / 2;
-    let mut batch = Vec::new();
-    let mut size = 0;
-    let mut buf = Vec::with_capacity(budget + 1024);
-    for e in entries {
-        let n = wire::entry_len(e);
-        if size + n > budget && !batch.is_empty() {
-            net::encode_frame(&Frame::Manifest(std::mem::take(&mut batch)), &mut buf, seal.as_deref_mut());
-            size = 0;
-        }
-        batch.push(e.clone());
-        size += n;
-        if buf.len() > budget {
-            std::io::Write::write_all(&mut &*sock, &buf).map_err(|err| Error::peer(peer, format!("sending the manifest failed: {err}")))?;
-            buf.clear();
-        }
-    }
-    if !batch.is_empty() {
-        net::encode_frame(&Frame::Manifest(batch), &mut buf, seal.as_deref_mut());
-    }
-    net::encode_frame(&Frame::ManifestEnd { entries: entries.len() as u64, data_bytes }, &mut buf, seal);
-    std::io::Write::write_all(&mut &*sock, &buf).map_err(|err| Error::peer(peer, format!("sending the manifest failed: {err}")))
-}
-
 struct StreamCtx<'a> {
     lane: &'a Lane,
     session: &'a Session,
@@ -648,6 +642,49 @@ struct StreamCtx<'a> {
 }
 
 impl StreamCtx<'_> {
+    /// Sends the manifest (stream 0) in frames of at most half the MANIFEST
+    /// bound, several per write. From protocol 6 on, a resumable session
+    /// counts them like every later frame of the stream, so a connection
+    /// that breaks during the manifest is taken over and the rest sent
+    /// again; before, such a break fails the session.
+    fn send_manifest(&self, entries: &[Entry], data_bytes: u64, seal: &mut Option<Sealer>) -> Result<()> {
+        let counted = self.resumable() && self.session.version >= wire::since::MANIFEST_RESUMES;
+        let budget = wire::MAX_MANIFEST_BODY as usize / 2;
+        let mut buf = Vec::with_capacity(budget + 1024);
+        let mut from = 0usize;
+        let flush = |buf: &mut Vec<u8>, seal: &mut Option<Sealer>| -> Result<()> {
+            let sent = std::io::Write::write_all(&mut &*self.lane.link(), buf);
+            buf.clear();
+            match sent {
+                Ok(()) => Ok(()),
+                Err(e) if counted => self.recover(e, seal, "the manifest"),
+                Err(e) => Err(Error::peer(self.peer(), format!("sending the manifest failed: {e}"))),
+            }
+        };
+        while from < entries.len() {
+            let mut to = from;
+            let mut size = 0;
+            while to < entries.len() && (to == from || size + wire::entry_len(&entries[to]) <= budget) {
+                size += wire::entry_len(&entries[to]);
+                to += 1;
+            }
+            if counted {
+                self.lane.record(Replay::Entries { from: from as u32, to: to as u32 }, 0);
+            }
+            net::encode_frame(&Frame::Manifest(entries[from..to].to_vec()), &mut buf, seal.as_mut());
+            if buf.len() > budget {
+                flush(&mut buf, seal)?;
+            }
+            from = to;
+        }
+        let end = Frame::ManifestEnd { entries: entries.len() as u64, data_bytes };
+        if counted {
+            self.lane.record(Replay::Frame(end.clone()), 0);
+        }
+        net::encode_frame(&end, &mut buf, seal.as_mut());
+        flush(&mut buf, seal)
+    }
+
     fn encoder(&self) -> Result<Option<Encoder>> {
         match (self.cfg.compress, &self.session.governor) {
             (Compression::None, _) => Ok(None),
@@ -729,6 +766,12 @@ impl StreamCtx<'_> {
                 Replay::Frame(frame) => {
                     let mut buf = Vec::new();
                     net::encode_frame(frame, &mut buf, seal.as_mut());
+                    std::io::Write::write_all(&mut &*link, &buf)?;
+                }
+                Replay::Entries { from, to } => {
+                    let entries = &self.tree.expect("manifest entries come from a tree").entries;
+                    let mut buf = Vec::new();
+                    net::encode_frame(&Frame::Manifest(entries[*from as usize..*to as usize].to_vec()), &mut buf, seal.as_mut());
                     std::io::Write::write_all(&mut &*link, &buf)?;
                 }
                 Replay::Block { file_id, seq, offset, len, checksum } => {
@@ -1169,10 +1212,12 @@ fn finish(
 fn next_verdict(heard: &Rx<Heard>, silence: Duration) -> std::result::Result<Option<Result<(bool, String)>>, RecvTimeoutError> {
     loop {
         match heard.recv_timeout(silence)? {
-            Heard::Alive => {}
+            // A resuming receiver tells its HAVE list again after a
+            // reconnection until it sees a frame that follows the list;
+            // this sender had it already.
+            Heard::Alive | Heard::Have { .. } => {}
             Heard::Verdict(v) => return Ok(Some(v)),
             Heard::Broken => return Ok(None),
-            Heard::Have { .. } => return Ok(Some(Err(Error::peer("the receiver", "sent HAVE after the data began")))),
         }
     }
 }
@@ -1182,7 +1227,11 @@ const MAX_HELD_RANGES: usize = 1 << 22;
 
 /// A resumed receiver's HAVE list, checked against the manifest: per file
 /// id, sorted ranges, each within one data extent, none overlapping.
-fn await_held(session: &Session, entries: &[Entry]) -> Result<Vec<(u32, Vec<Extent>)>> {
+///
+/// A connection that breaks meanwhile is taken over (`reconnect`, protocol
+/// 6): the receiver tells the whole list again, so what arrived of it is
+/// dropped.
+fn await_held(session: &Session, entries: &[Entry], reconnect: &dyn Fn() -> Result<()>) -> Result<Vec<(u32, Vec<Extent>)>> {
     let peer = session.peer.as_str();
     let mut held: std::collections::BTreeMap<u32, Vec<Extent>> = std::collections::BTreeMap::new();
     let mut count = 0usize;
@@ -1192,6 +1241,15 @@ fn await_held(session: &Session, entries: &[Entry]) -> Result<Vec<(u32, Vec<Exte
             Ok(Heard::Verdict(Ok((false, reason)))) => return Err(Error::ReceiverFailed(reason)),
             Ok(Heard::Verdict(Err(e))) => return Err(e),
             Ok(Heard::Alive | Heard::Verdict(_)) => return Err(Error::peer(peer, "sent no HAVE list after the manifest")),
+            // A break of an earlier connection, which sending the manifest
+            // already repaired.
+            Ok(Heard::Broken) if session.lanes[0].broken().is_none() => continue,
+            Ok(Heard::Broken) if session.resume.is_some() && session.version >= wire::since::MANIFEST_RESUMES => {
+                reconnect()?;
+                held.clear();
+                count = 0;
+                continue;
+            }
             Ok(Heard::Broken) | Err(RecvTimeoutError::Disconnected) => {
                 return Err(Error::peer(peer, "closed the connection before saying what it already holds"));
             }

@@ -65,6 +65,9 @@ struct Back {
     sealer: Option<Sealer>,
     /// The verdict, once decided (sent again after a late rejoin).
     verdict: Option<(bool, String)>,
+    /// A resuming receiver's HAVE list (stream 0), sent again after a
+    /// rejoin until the sender's first frame after it shows it arrived.
+    have: Vec<Frame>,
 }
 
 #[derive(Default)]
@@ -96,7 +99,7 @@ impl Slot {
         Self {
             index,
             peer,
-            back: Mutex::new(Back { link: Arc::clone(&link), sealer, verdict: None }),
+            back: Mutex::new(Back { link: Arc::clone(&link), sealer, verdict: None, have: Vec::new() }),
             link: Mutex::new(link),
             generation: AtomicU32::new(0),
             processed: AtomicU64::new(0),
@@ -125,10 +128,24 @@ impl Slot {
         }
     }
 
-    /// Sends `frame` to the sender on the current connection.
-    pub fn tell(&self, frame: &Frame) -> Result<()> {
+    /// Sends a resuming receiver's HAVE list and keeps it to send again
+    /// after a rejoin (failures show on the read side).
+    pub fn tell_have(&self, frames: Vec<Frame>) {
         let mut back = lock(&self.back);
-        self.send_back(&mut back, frame)
+        for f in &frames {
+            if self.send_back(&mut back, f).is_err() {
+                break;
+            }
+        }
+        back.have = frames;
+    }
+
+    /// The sender has the HAVE list (it sent a frame that follows it).
+    pub fn have_arrived(&self) {
+        let mut back = lock(&self.back);
+        if !back.have.is_empty() {
+            back.have = Vec::new();
+        }
     }
 
     /// Sends the verdict (once: later calls do nothing).
@@ -191,6 +208,9 @@ impl Slot {
         back.sealer = sealer;
         let frames = self.processed.load(Ordering::Acquire);
         self.send_back(&mut back, &Frame::Ack { frames })?;
+        for f in back.have.clone() {
+            self.send_back(&mut back, &f)?;
+        }
         if let Some((ok, reason)) = back.verdict.clone() {
             self.send_back(&mut back, &Frame::Verdict { ok, reason })?;
         }

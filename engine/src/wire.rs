@@ -15,11 +15,12 @@ use crate::manifest::{Entry, EntryKind, Extent, validate_rel_path};
 pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol version this build accepts: version 4 bound the
 /// sealing key to both ends (SECURITY.md F2) and version 5 changed
-/// WELCOME's layout for resumable sessions, so only version 5 peers can
-/// talk to this build.
+/// WELCOME's layout for resumable sessions, so only version 5 and later
+/// peers can talk to this build; the version both speak is the lower of
+/// the two ends' newest.
 pub const MIN_PROTOCOL_VERSION: u16 = 5;
 
 /// Protocol version that introduced each feature (WDT style): code that
@@ -49,6 +50,11 @@ pub mod since {
     /// acknowledges processed frames (ACK), and a broken stream reconnects
     /// with REJOIN and continues where the receiver stopped.
     pub const RESUME: u16 = 5;
+    /// The manifest resumes too: stream 0's frames are counted (and
+    /// acknowledged, and sent again after a REJOIN) from its first MANIFEST
+    /// frame instead of from MANIFEST_END. A version 5 peer is still
+    /// served, with the version 5 count.
+    pub const MANIFEST_RESUMES: u16 = 6;
 }
 
 /// Capability bits a sender may request in HELLO; the receiver grants them

@@ -186,6 +186,12 @@ impl Inbound {
         Ok((event, self.count(0, now, false)))
     }
 
+    /// A frame before the data counted as processed (stream 0's manifest,
+    /// from protocol 6 on): the count to record and whether to tell it.
+    pub fn counted(&mut self, now: Instant) -> Option<Processed> {
+        self.count(0, now, false)
+    }
+
     /// A new connection took over this stream: the count its ACK carries.
     /// A block admitted on the broken connection and never verified was
     /// not processed; the sender sends it again.

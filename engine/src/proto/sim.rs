@@ -145,17 +145,12 @@ fn session(files: &[(u64, u64)], block_size: u32, streams: usize, acts: &[(Act, 
 fn run(entries: &[Entry], data_bytes: u64, source: &[Vec<u8>], block_size: u32, n: usize, acts: &[(Act, usize, u8)]) -> Outcome {
     let peer = "sender";
     let granted = caps::RESUME;
-    // The manifest, in batches of 2 (not resumable: no faults here).
-    let mut intake = Intake::new(peer, 1000);
-    let mut taken = None;
-    for batch in entries.chunks(2) {
-        assert!(intake.take(Frame::Manifest(batch.to_vec())).map_err(|e| e.to_string())?.is_none());
-    }
-    if let Some(m) = intake.take(Frame::ManifestEnd { entries: entries.len() as u64, data_bytes }).map_err(|e| e.to_string())? {
-        taken = Some(m);
-    }
-    let (got_entries, got_bytes) = taken.expect("MANIFEST_END ends the manifest");
-    assert_eq!((&got_entries[..], got_bytes), (entries, data_bytes));
+    // The manifest goes first on stream 0, in batches of 2, counted like
+    // every later frame (protocol 6): cuts may fall inside it too. The
+    // other streams start once it is sent; the receiver's, once it is in.
+    let mut manifest: VecDeque<Frame> = entries.chunks(2).map(|b| Frame::Manifest(b.to_vec())).collect();
+    manifest.push_back(Frame::ManifestEnd { entries: entries.len() as u64, data_bytes });
+    let mut intake = Some(Intake::new(peer, 1000));
 
     // Sender.
     let schedule = Schedule::new(entries, block_size);
@@ -267,7 +262,27 @@ fn run(entries: &[Entry], data_bytes: u64, source: &[Vec<u8>], block_size: u32, 
         now += Duration::from_millis(u64::from(jitter % 20));
         let (s, r) = (&mut tx[stream], &mut rx[stream]);
         match a {
-            Act::Send => send(s)?,
+            Act::Send if stream == 0 && !manifest.is_empty() => {
+                let m = Msg::Ctl(manifest.pop_front().expect("not empty"));
+                s.log.push(m.clone(), 0);
+                s.wire.push_back(m);
+            }
+            Act::Send if manifest.is_empty() => send(s)?,
+            Act::Send => {}
+            Act::Deliver if stream == 0 && intake.is_some() => {
+                let Some(m) = s.wire.pop_front() else { continue };
+                let Msg::Ctl(frame) = m else { return Err("a DATA frame inside the manifest".into()) };
+                let got = intake.as_mut().expect("checked").take(frame).map_err(|e| e.to_string())?;
+                if let Some(p) = r.state.counted(now).filter(|p| p.tell) {
+                    r.told = p.frames;
+                }
+                if let Some((got_entries, got_bytes)) = got {
+                    assert_eq!((&got_entries[..], got_bytes), (entries, data_bytes), "the manifest arrives as it was sent");
+                    intake = None;
+                }
+            }
+            // The receiver's other streams start after the manifest.
+            Act::Deliver if intake.is_some() => {}
             Act::Deliver => {
                 if let Some(m) = s.wire.pop_front() {
                     deliver(m, r, now, &mut end).map_err(|e| e.to_string())?;
@@ -329,6 +344,9 @@ fn named(e: &str) -> bool {
         "ended claiming",
         "digest",
         "before the previous",
+        "sent a bad manifest",
+        "in the middle of the data",
+        "inside the manifest",
     ]
     .iter()
     .any(|w| e.contains(w))
@@ -373,9 +391,22 @@ proptest! {
     }
 }
 
+/// Stream 0 sends the manifest of a directory and one file (one MANIFEST
+/// frame and MANIFEST_END) and the receiver takes it.
+const MANIFEST: [(Act, usize, u8); 4] = [(Act::Send, 0, 0), (Act::Send, 0, 0), (Act::Deliver, 0, 0), (Act::Deliver, 0, 0)];
+
 #[test]
 fn a_duplicated_block_is_named_as_replayed() {
-    let acts = [(Act::Send, 0, 0), (Act::Dup, 0, 0), (Act::Deliver, 0, 0), (Act::Deliver, 0, 0)];
+    let acts = [
+        MANIFEST[0],
+        MANIFEST[1],
+        MANIFEST[2],
+        MANIFEST[3],
+        (Act::Send, 0, 0),
+        (Act::Dup, 0, 0),
+        (Act::Deliver, 0, 0),
+        (Act::Deliver, 0, 0),
+    ];
     let (_, got) = session(&[(500, 0)], 100, 1, &acts);
     let e = got.unwrap_err();
     assert!(e.contains("sent block 0 where block 1 was due (replayed or lost)"), "{e}");
@@ -383,7 +414,7 @@ fn a_duplicated_block_is_named_as_replayed() {
 
 #[test]
 fn a_flipped_bit_is_a_checksum_mismatch_naming_the_file() {
-    let acts = [(Act::Send, 0, 0), (Act::Flip, 0, 3), (Act::Deliver, 0, 0)];
+    let acts = [MANIFEST[0], MANIFEST[1], MANIFEST[2], MANIFEST[3], (Act::Send, 0, 0), (Act::Flip, 0, 3), (Act::Deliver, 0, 0)];
     let (_, got) = session(&[(500, 0)], 100, 1, &acts);
     let e = got.unwrap_err();
     assert!(e.contains("d/f1") && e.contains("checksum mismatch"), "{e}");
@@ -391,7 +422,26 @@ fn a_flipped_bit_is_a_checksum_mismatch_naming_the_file() {
 
 #[test]
 fn a_cut_after_the_headers_resends_the_block_and_nothing_is_counted_twice() {
-    let acts = [(Act::Send, 0, 0), (Act::Send, 0, 0), (Act::Deliver, 0, 0), (Act::Cut { half: true }, 0, 0), (Act::Deliver, 0, 0)];
+    let acts = [
+        MANIFEST[0],
+        MANIFEST[1],
+        MANIFEST[2],
+        MANIFEST[3],
+        (Act::Send, 0, 0),
+        (Act::Send, 0, 0),
+        (Act::Deliver, 0, 0),
+        (Act::Cut { half: true }, 0, 0),
+        (Act::Deliver, 0, 0),
+    ];
     let (source, got) = session(&[(250, 0)], 100, 1, &acts);
+    assert_eq!(got.unwrap(), source);
+}
+
+#[test]
+fn a_cut_inside_the_manifest_sends_the_rest_of_it_again() {
+    // Three files: two MANIFEST frames and MANIFEST_END. The first arrives,
+    // the connection breaks with the other two in flight.
+    let acts = [(Act::Send, 0, 0), (Act::Send, 0, 0), (Act::Send, 0, 0), (Act::Deliver, 0, 0), (Act::Cut { half: false }, 0, 0)];
+    let (source, got) = session(&[(300, 0), (10, 0), (0, 0)], 100, 2, &acts);
     assert_eq!(got.unwrap(), source);
 }
