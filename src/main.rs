@@ -544,7 +544,13 @@ fn on_fatal_signals(sst: bool) {
     };
     let spawned = std::thread::Builder::new().name("sluice-signals".into()).spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            let (children, dirs) = sluice_engine::cleanup::run();
+            let name = match sig {
+                SIGTERM => "SIGTERM",
+                SIGINT => "SIGINT",
+                SIGQUIT => "SIGQUIT",
+                _ => "SIGHUP",
+            };
+            let (children, dirs) = sluice_engine::cleanup::run(&format!("stopped by {name}"));
             tracing::error!("stopped by signal {sig}: killed {children} helper process(es), removed {dirs} temporary director(ies)");
             let code = match (sst, sig) {
                 (true, SIGHUP) => 32,

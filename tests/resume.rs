@@ -577,3 +577,57 @@ fn a_connection_cut_during_the_manifest_resumes_and_the_copy_is_identical() {
     sluice_engine::diff::compare(&src, &dest).unwrap_or_else(|d| panic!("resumed: the copy differs: {d}"));
     assert!(!dest.join(".sluice-journal").exists(), "resumed: the journal went with the completed transfer");
 }
+
+/// A sender stopped by a signal (Ctrl-C, `systemctl stop`, `timeout`)
+/// tells its receiver before it goes: the receiver fails at once, naming
+/// the signal, instead of waiting out its 10-minute resume window for a
+/// reconnection that cannot come; the destination keeps its marker. (A
+/// SIGKILL leaves nothing to say: that receiver waits for its window.)
+#[test]
+fn a_sender_stopped_by_a_signal_fails_its_receiver_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let key = tmp.path().join("seal.key");
+    common::write_private(&key, [3u8; 32]);
+    for sealed in [false, true] {
+        let dest = tmp.path().join(format!("dest-{sealed}"));
+        let seal: Vec<&str> = if sealed { vec!["--encrypt-key-file", key.to_str().unwrap()] } else { Vec::new() };
+        let r = common::start_recv(&dest, &tmp.path().join(format!("recv-{sealed}.log")), &seal);
+        let mut recv = r.child;
+        let mut send = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["send", "--to", &r.addr, "--rate-limit", "8M", "--block-size", "256K", "--streams", "3"])
+            .args(&seal)
+            .arg(&src)
+            .env("SLUICE_TOKEN", &r.token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(send.try_wait().unwrap().is_none(), "the sender finished before it could be stopped");
+        Command::new("kill").args(["-TERM", &send.id().to_string()]).status().unwrap();
+        let stopped = Instant::now();
+        let status = send.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + 15));
+        let deadline = stopped + Duration::from_secs(15);
+        let recv_status = loop {
+            if let Some(s) = recv.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = recv.kill();
+                let _ = recv.wait();
+                panic!(
+                    "sealed={sealed}: the receiver still waits 15 s after its sender was stopped: {}",
+                    std::fs::read_to_string(&r.log).unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(&r.log).unwrap();
+        assert!(!recv_status.success(), "sealed={sealed}: {log}");
+        assert!(log.contains("the sender gave up: it was stopped by SIGTERM"), "sealed={sealed}: {log}");
+        assert!(dest.join(".sluice-incomplete").exists(), "sealed={sealed}: the incomplete transfer lost its marker");
+        eprintln!("sealed={sealed}: the receiver failed {:.1?} after the sender's SIGTERM", stopped.elapsed());
+    }
+}

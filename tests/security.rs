@@ -248,8 +248,16 @@ fn f13_sigterm_kills_and_reaps_the_backup_helper_and_removes_its_temp_dir() {
     assert!(err.contains("stopped by signal"), "{err}");
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "mariadb-backup (pid {pid}) survived its parent's SIGTERM");
     assert!(!Path::new(&tmpdir).exists(), "the temp dir {tmpdir} was left behind");
+    // The sender said why before it went: its receiver fails at once
+    // instead of waiting out its resume window.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while r.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = r.kill();
-    let _ = r.wait();
+    let status = r.wait().unwrap();
+    let log = std::fs::read_to_string(tmp.path().join("recv.log")).unwrap();
+    assert!(!status.success() && log.contains("the sender gave up: it was stopped by SIGTERM"), "{status:?}: {log}");
 }
 
 #[test]

@@ -11,21 +11,36 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::backend::sys;
 
-/// Children and directories to clean up.
-#[derive(Debug, Default)]
+/// What a process says before it goes: a sender tells its receiver that it
+/// was stopped (ABORT), so the receiver fails at once instead of waiting
+/// for a reconnection that cannot come.
+/// Its argument says why the process stops ("stopped by SIGTERM").
+pub type Farewell = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Children and directories to clean up, and farewells to say first.
+#[derive(Default)]
 pub struct Registry(Mutex<Lists>);
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = self.lists();
+        f.debug_struct("Registry").field("children", &l.children).field("dirs", &l.dirs).field("farewells", &l.farewells.len()).finish()
+    }
+}
+
+#[derive(Default)]
 struct Lists {
     children: Vec<u32>,
     dirs: Vec<PathBuf>,
+    farewells: Vec<(u64, Farewell)>,
+    next: u64,
 }
 
-static GLOBAL: Registry = Registry(Mutex::new(Lists { children: Vec::new(), dirs: Vec::new() }));
+static GLOBAL: Registry = Registry(Mutex::new(Lists { children: Vec::new(), dirs: Vec::new(), farewells: Vec::new(), next: 0 }));
 
 impl Registry {
     fn lists(&self) -> MutexGuard<'_, Lists> {
@@ -48,13 +63,30 @@ impl Registry {
         self.lists().dirs.retain(|d| d != dir);
     }
 
-    /// Kills (SIGKILL) and reaps every registered child and removes every
-    /// registered directory; returns how many of each.
-    pub fn run(&self) -> (usize, usize) {
-        let (children, dirs) = {
+    /// Registers a farewell; returns its id for [`remove_farewell`](Self::remove_farewell).
+    pub fn add_farewell(&self, f: Farewell) -> u64 {
+        let mut l = self.lists();
+        l.next += 1;
+        let id = l.next;
+        l.farewells.push((id, f));
+        id
+    }
+
+    pub fn remove_farewell(&self, id: u64) {
+        self.lists().farewells.retain(|(i, _)| *i != id);
+    }
+
+    /// Says every registered farewell (`why` the process stops), then
+    /// kills (SIGKILL) and reaps every registered child and removes every
+    /// registered directory; returns how many children and directories.
+    pub fn run(&self, why: &str) -> (usize, usize) {
+        let (children, dirs, farewells) = {
             let mut l = self.lists();
-            (std::mem::take(&mut l.children), std::mem::take(&mut l.dirs))
+            (std::mem::take(&mut l.children), std::mem::take(&mut l.dirs), std::mem::take(&mut l.farewells))
         };
+        for (_, f) in farewells {
+            f(why);
+        }
         for &pid in &children {
             // The child and, if it leads one, its process group.
             let _ = sys::kill_group(pid, libc::SIGKILL);
@@ -93,14 +125,25 @@ pub fn remove_dir(dir: &Path) {
     GLOBAL.remove_dir(dir);
 }
 
+/// Registers a farewell to say when a fatal signal stops the process;
+/// returns its id for [`remove_farewell`].
+pub fn add_farewell(f: Farewell) -> u64 {
+    GLOBAL.add_farewell(f)
+}
+
+/// The farewell is no longer needed (its session ended).
+pub fn remove_farewell(id: u64) {
+    GLOBAL.remove_farewell(id);
+}
+
 /// Set once a fatal signal's cleanup has begun.
 static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Cleans up everything registered in this process (see [`Registry::run`]),
 /// marking the process as stopping first.
-pub fn run() -> (usize, usize) {
+pub fn run(why: &str) -> (usize, usize) {
     STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-    GLOBAL.run()
+    GLOBAL.run(why)
 }
 
 /// Whether a fatal signal's cleanup has begun: work that fails now (its
@@ -181,7 +224,14 @@ mod tests {
         #[allow(clippy::zombie_processes)] // run() reaps it; that is what is tested
         let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         r.add_child(child.id());
-        assert_eq!(r.run(), (1, 1));
+        let said = Arc::new(Mutex::new(String::new()));
+        let s2 = Arc::clone(&said);
+        let id = r.add_farewell(Arc::new(move |why: &str| *s2.lock().unwrap() = why.to_string()));
+        let gone = r.add_farewell(Arc::new(|_: &str| panic!("a removed farewell was said")));
+        r.remove_farewell(gone);
+        assert!(id != gone);
+        assert_eq!(r.run("stopped by SIGTERM"), (1, 1));
+        assert_eq!(*said.lock().unwrap(), "stopped by SIGTERM", "the farewell was said with the reason");
         assert!(!path.exists());
         // Reaped: no zombie left under our pid.
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));

@@ -122,7 +122,14 @@ fn validate(cfg: &SendConfig) -> Result<()> {
 struct Session {
     lanes: Arc<Vec<Arc<Lane>>>,
     peer: String,
-    sealers: Vec<std::sync::Mutex<Option<Sealer>>>,
+    sealers: Arc<Vec<std::sync::Mutex<Option<Sealer>>>>,
+    /// Why the process is being stopped (a fatal signal), once it is: told
+    /// to the receiver in ABORT on every stream.
+    stopped: Arc<std::sync::OnceLock<String>>,
+    /// The streams that said ABORT.
+    said: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    /// The farewell registered with [`crate::cleanup`] while the session runs.
+    farewell: u64,
     abort: Arc<Abort>,
     verdict: Rx<Heard>,
     verdict_tx: crossbeam_channel::Sender<Heard>,
@@ -199,8 +206,9 @@ impl Session {
                 streams: cfg.streams,
             })
         });
-        let sealers =
-            (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect();
+        let sealers: Arc<Vec<_>> = Arc::new(
+            (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect(),
+        );
         // The receiver speaks on stream 0: KEEPALIVEs after END, and its
         // verdict, possibly early; in a resumable session it acknowledges
         // on every stream. A failed verdict stops the streams at once,
@@ -215,6 +223,9 @@ impl Session {
             let tx = (i == 0).then(|| verdict_tx.clone());
             readers.push(lane::spawn_reader(&lanes, i, opener, peer.clone(), tx, resume.clone(), Arc::clone(&abort))?);
         }
+        let stopped = Arc::new(std::sync::OnceLock::new());
+        let said: Arc<Vec<_>> = Arc::new((0..cfg.streams).map(|_| std::sync::atomic::AtomicBool::new(false)).collect());
+        let farewell = crate::cleanup::add_farewell(farewell(&lanes, &sealers, &stopped, &said, &abort));
         let verdict_wait = if cfg.idle_timeout.is_zero() { Duration::from_secs(120) } else { cfg.idle_timeout };
         let caps = welcome.caps;
         let governor = (cfg.compress == Compression::Auto).then(|| {
@@ -226,6 +237,9 @@ impl Session {
         Ok(Self {
             lanes,
             peer,
+            stopped,
+            said,
+            farewell,
             sealers,
             abort,
             verdict,
@@ -305,6 +319,58 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        crate::cleanup::remove_farewell(self.farewell);
+    }
+}
+
+/// How long a stopped sender waits for its streams to say ABORT.
+const FAREWELL_WAIT: Duration = Duration::from_secs(2);
+
+/// What a sender says when a fatal signal stops its process: ABORT on
+/// every stream, so the receiver fails at once ("the sender was stopped
+/// by a signal") instead of waiting out its resume window for a
+/// reconnection that cannot come. A stream thread that is running says it
+/// itself when it sees the abort (it holds its stream's sealer); the rest
+/// are said here. Bounded by [`FAREWELL_WAIT`].
+fn farewell(
+    lanes: &Arc<Vec<Arc<Lane>>>,
+    sealers: &Arc<Vec<std::sync::Mutex<Option<Sealer>>>>,
+    stopped: &Arc<std::sync::OnceLock<String>>,
+    said: &Arc<Vec<std::sync::atomic::AtomicBool>>,
+    abort: &Arc<Abort>,
+) -> crate::cleanup::Farewell {
+    let (lanes, sealers, stopped, said, abort) =
+        (Arc::clone(lanes), Arc::clone(sealers), Arc::clone(stopped), Arc::clone(said), Arc::clone(abort));
+    Arc::new(move |why: &str| {
+        let reason = stopped.get_or_init(|| format!("it was {why}")).clone();
+        abort.trip();
+        let deadline = Instant::now() + FAREWELL_WAIT;
+        loop {
+            let mut left = 0;
+            for (i, lane) in lanes.iter().enumerate() {
+                if said[i].load(std::sync::atomic::Ordering::Acquire) {
+                    continue;
+                }
+                match sealers[i].try_lock() {
+                    Ok(mut seal) => {
+                        let mut buf = Vec::new();
+                        net::encode_frame(&Frame::Abort { reason: reason.clone() }, &mut buf, seal.as_mut());
+                        let _ = std::io::Write::write_all(&mut &*lane.link(), &buf);
+                        said[i].store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    Err(_) => left += 1,
+                }
+            }
+            if left == 0 || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
 fn lock_vec<T>(m: &std::sync::Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -350,10 +416,10 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, false)?;
-    StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: Some(tree) }.send_manifest(
+    StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: Some(tree) }.manifest(
         &tree.entries,
         tree.data_bytes(),
-        &mut lock(&session.sealers[0]),
+        &session.sealers[0],
     )?;
     // A resumed receiver says what it holds; only the rest is sent.
     let held = if session.caps & wire::caps::HAVE != 0 {
@@ -427,10 +493,10 @@ where
     let progress = cfg.progress.clone().unwrap_or_default();
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, true)?;
-    StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: None }.send_manifest(
+    StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: None }.manifest(
         &[],
         0,
-        &mut lock(&session.sealers[0]),
+        &session.sealers[0],
     )?;
     // A few blocks per stream in flight: enough to keep every stream busy,
     // little enough memory.
@@ -642,6 +708,13 @@ struct StreamCtx<'a> {
 }
 
 impl StreamCtx<'_> {
+    /// Sends the manifest on stream 0 (see [`send_manifest`](Self::send_manifest));
+    /// a sender that fails or is stopped meanwhile says so (ABORT).
+    fn manifest(&self, entries: &[Entry], data_bytes: u64, sealer: &std::sync::Mutex<Option<Sealer>>) -> Result<()> {
+        let mut seal = lock(sealer);
+        self.send_manifest(entries, data_bytes, &mut seal).inspect_err(|e| self.give_up(e, &mut seal))
+    }
+
     /// Sends the manifest (stream 0) in frames of at most half the MANIFEST
     /// bound, several per write. From protocol 6 on, a resumable session
     /// counts them like every later frame of the stream, so a connection
@@ -662,6 +735,9 @@ impl StreamCtx<'_> {
             }
         };
         while from < entries.len() {
+            if self.session.abort.is_set() {
+                return Err(Abort::error());
+            }
             let mut to = from;
             let mut size = 0;
             while to < entries.len() && (to == from || size + wire::entry_len(&entries[to]) <= budget) {
@@ -935,8 +1011,9 @@ impl StreamCtx<'_> {
         let mut out = Outbound::new();
         // The producer's failure, told to the receiver on every stream.
         let stop = |seal: &mut Option<Sealer>| {
-            if let Some(reason) = failure.get() {
+            if let Some(reason) = failure.get().or(self.session.stopped.get()) {
                 let _ = self.write_frame(&Frame::Abort { reason: reason.clone() }, seal);
+                self.session.said[self.index()].store(true, std::sync::atomic::Ordering::Release);
             }
             Abort::error()
         };
@@ -1042,10 +1119,15 @@ impl StreamCtx<'_> {
     /// Tells the receiver this sender gives up and why (ABORT): a
     /// resumable receiver would otherwise wait for the streams to come
     /// back. Echoes of another stream's failure are not told.
+    /// A sender stopped by a signal says so instead.
     fn give_up(&self, e: &Error, seal: &mut Option<Sealer>) {
-        if !matches!(e, Error::Aborted(_)) {
-            let _ = self.write_frame(&Frame::Abort { reason: e.to_string() }, seal);
-        }
+        let reason = match self.session.stopped.get() {
+            Some(why) => why.clone(),
+            None if !matches!(e, Error::Aborted(_)) => e.to_string(),
+            None => return,
+        };
+        let _ = self.write_frame(&Frame::Abort { reason }, seal);
+        self.session.said[self.index()].store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Takes `bytes` of the replay budget, waiting for acknowledgements

@@ -160,7 +160,7 @@ pub fn watch_parent(pid: u32, children: Children) {
                 children.kill_all();
                 // Everything else this process started (filters) and its
                 // temporary directories.
-                sluice_engine::cleanup::run();
+                sluice_engine::cleanup::run(&format!("stopped: its mysqld (pid {pid}) is gone"));
                 tracing::error!("{}", SstError::ParentGone(pid));
                 std::process::exit(32);
             }

@@ -378,7 +378,7 @@ fn expire(inner: &Inner, stage: Stage, limit: Duration) {
             st.error = Some(msg);
         }
         inner.write_file();
-        sluice_engine::cleanup::run();
+        sluice_engine::cleanup::run(&format!("stopped: no progress for {} s ([sst] sst-idle-timeout)", limit.as_secs()));
         std::process::exit(110);
     }
     inner.lock().error = Some(msg);

@@ -91,6 +91,7 @@ impl Intake {
                 }
                 Ok(Some((entries, data_bytes)))
             }
+            Frame::Abort { reason } => Err(Error::SenderFailed(reason)),
             other => Err(Error::peer(&self.peer, format!("sent {:?} inside the manifest", other.kind()))),
         }
     }
