@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::digest;
+use crate::plan::{Completion, FileTally, TallyError};
 use crate::sink::{DestFile, Sink};
 use crate::wire;
 use crate::{Error, Result};
@@ -57,13 +57,12 @@ impl Announced {
 
 #[derive(Debug, Default)]
 struct State {
-    received: u64,
-    digest: u64,
+    /// Its data bytes and digest (the tally manifest sessions keep too).
+    tally: FileTally,
     /// End of the furthest block received.
     reach: u64,
-    /// (size, data bytes, digest) from FILE_END.
-    end: Option<(u64, u64, u64)>,
-    finished: bool,
+    /// The size FILE_END announced.
+    size: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -188,7 +187,7 @@ impl<'a> Catalog<'a> {
         if len == 0 || end > MAX_STREAMED_FILE {
             return Err(Error::Verify { path: f.display_path(), reason: format!("block at offset {offset} (+{len}) is out of bounds") });
         }
-        if s.finished || s.end.is_some_and(|(size, _, _)| end > size) {
+        if s.tally.is_complete() || s.size.is_some_and(|size| end > size) {
             return Err(Error::Verify {
                 path: f.display_path(),
                 reason: format!("block at offset {offset} (+{len}) lies beyond the file's announced end"),
@@ -200,54 +199,44 @@ impl<'a> Catalog<'a> {
     /// Records a verified block; completes the file if it was the last piece.
     pub fn record_block(&self, f: &Announced, id: u32, offset: u64, len: u32, checksum: u64) -> Result<()> {
         let mut s = f.lock();
-        s.received += u64::from(len);
         s.reach = s.reach.max(offset + u64::from(len));
-        s.digest = s.digest.wrapping_add(digest::block_digest(id, offset, len, checksum));
-        self.settle(f, &mut s)
+        let c = s.tally.block(id, offset, len, checksum);
+        self.settle(f, &s, c)
     }
 
     /// Records FILE_END.
     pub fn record_end(&self, f: &Announced, size: u64, data_bytes: u64, digest: u64) -> Result<()> {
         let mut s = f.lock();
-        if s.end.is_some() {
+        if s.size.is_some() {
             return Err(Error::Verify { path: f.display_path(), reason: "file ended twice".into() });
         }
-        if size > MAX_STREAMED_FILE {
-            return Err(Error::Verify { path: f.display_path(), reason: format!("announced size {size} is out of bounds") });
+        if size > MAX_STREAMED_FILE || s.reach > size {
+            return Err(Error::Verify {
+                path: f.display_path(),
+                reason: format!("announced size {size} is out of bounds, or below the data received (up to offset {})", s.reach),
+            });
         }
-        s.end = Some((size, data_bytes, digest));
-        self.settle(f, &mut s)
+        s.size = Some(size);
+        let c = s.tally.end(Some(data_bytes), digest);
+        self.settle(f, &s, c)
     }
 
-    fn settle(&self, f: &Announced, s: &mut State) -> Result<()> {
-        let Some((size, data_bytes, digest)) = s.end else { return Ok(()) };
-        if s.received > data_bytes || s.reach > size {
-            return Err(Error::Verify {
-                path: f.display_path(),
-                reason: format!(
-                    "received {} bytes reaching offset {}, but the file ends at {size} with {data_bytes} data bytes",
-                    s.received, s.reach
-                ),
-            });
+    /// Acts on what the tally says: a complete file is finished (its handle
+    /// closed, its size and mode set).
+    fn settle(&self, f: &Announced, s: &State, c: std::result::Result<Completion, TallyError>) -> Result<()> {
+        match c.map_err(|e| Error::Verify { path: f.display_path(), reason: e.to_string() })? {
+            Completion::Pending => Ok(()),
+            Completion::Complete => {
+                // Close its handle now (one stays open only while a stream
+                // still holds it for a write that just finished).
+                let h = f.handle().take();
+                let h = match h {
+                    Some(h) => h,
+                    None => Arc::new(self.sink.reopen_streamed(&f.path)?),
+                };
+                self.sink.finish_streamed(&f.path, &h, s.size.expect("a complete streamed file has ended"), f.mode)
+            }
         }
-        if s.received < data_bytes || s.finished {
-            return Ok(());
-        }
-        if s.digest != digest {
-            return Err(Error::Verify {
-                path: f.display_path(),
-                reason: format!("file digest mismatch: sender {digest:#018x}, receiver {:#018x}", s.digest),
-            });
-        }
-        s.finished = true;
-        // Complete: close its handle now (one stays open only while a
-        // stream still holds it for a write that just finished).
-        let h = f.handle().take();
-        let h = match h {
-            Some(h) => h,
-            None => Arc::new(self.sink.reopen_streamed(&f.path)?),
-        };
-        self.sink.finish_streamed(&f.path, &h, size, f.mode)
     }
 
     /// After every stream ended: every announced file must be complete.
@@ -255,18 +244,19 @@ impl<'a> Catalog<'a> {
     pub fn check_complete(&self) -> Result<(u64, u64)> {
         let t = self.table();
         let mut bytes = 0;
-        let mut open: Vec<&Arc<Announced>> = t.files.values().filter(|f| !f.lock().finished).collect();
+        let mut open: Vec<&Arc<Announced>> = t.files.values().filter(|f| !f.lock().tally.is_complete()).collect();
         open.sort_by(|a, b| a.path.cmp(&b.path));
         if let Some(f) = open.first() {
             let s = f.lock();
-            let reason = match s.end {
-                None => format!("never ended ({} bytes arrived); {} file(s) incomplete", s.received, open.len()),
-                Some((_, want, _)) => format!("{} of {want} data bytes arrived; {} file(s) incomplete", s.received, open.len()),
+            let got = s.tally.received();
+            let reason = match (s.size, s.tally.expected()) {
+                (Some(_), Some(want)) => format!("{got} of {want} data bytes arrived; {} file(s) incomplete", open.len()),
+                _ => format!("never ended ({got} bytes arrived); {} file(s) incomplete", open.len()),
             };
             return Err(Error::Verify { path: f.display_path(), reason });
         }
         for f in t.files.values() {
-            bytes += f.lock().received;
+            bytes += f.lock().tally.received();
         }
         Ok((t.files.len() as u64, bytes))
     }

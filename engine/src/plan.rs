@@ -123,7 +123,7 @@ pub enum Completion {
 pub enum TallyError {
     #[error("block at offset {offset} (+{len}) lies outside the file's data extents")]
     OutsideExtents { offset: u64, len: u32 },
-    #[error("received {got} bytes but the manifest announced {expected}")]
+    #[error("received {got} bytes but the sender announced {expected}")]
     TooMuch { got: u64, expected: u64 },
     #[error("file digest mismatch: sender {sender:#018x}, receiver {receiver:#018x}")]
     Digest { sender: u64, receiver: u64 },
@@ -133,28 +133,98 @@ pub enum TallyError {
     NotAFile,
 }
 
-/// Receiver-side tally of one file.
-#[derive(Debug)]
-struct FileState {
-    expected: u64,
+/// One file's tally on the receiver, for manifest and streamed sessions
+/// alike: the bytes and the digest of its verified blocks against what the
+/// sender said at the file's end (FILE_DONE, with the data bytes the
+/// manifest announced; FILE_END, with its own). Complete when both agree,
+/// in whatever order its blocks and its end arrive.
+#[derive(Debug, Clone, Default)]
+pub struct FileTally {
+    /// The data bytes the file carries, once known.
+    expected: Option<u64>,
     received: u64,
     digest: u64,
+    /// The sender's digest, from the file's end.
     announced: Option<u64>,
+    complete: bool,
+}
+
+impl FileTally {
+    /// A file whose data bytes are known from the start (a manifest).
+    pub fn expecting(bytes: u64) -> Self {
+        Self { expected: Some(bytes), ..Self::default() }
+    }
+
+    /// Counts `held` bytes as arrived before the session (see
+    /// [`RecvTally::credit`]).
+    pub fn credit(&mut self, held: u64) {
+        self.expected = self.expected.map(|e| e.saturating_sub(held));
+    }
+
+    /// Records a verified block (its checksum was checked by the caller).
+    pub fn block(&mut self, id: u32, offset: u64, len: u32, checksum: u64) -> Result<Completion, TallyError> {
+        self.received += u64::from(len);
+        self.digest = self.digest.wrapping_add(digest::block_digest(id, offset, len, checksum));
+        self.progress()
+    }
+
+    /// Records the sender's end of the file: its digest and, when the
+    /// manifest did not say, its data bytes.
+    pub fn end(&mut self, data_bytes: Option<u64>, digest: u64) -> Result<Completion, TallyError> {
+        if self.announced.is_some() {
+            return Err(TallyError::DoneTwice);
+        }
+        self.announced = Some(digest);
+        if self.expected.is_none() {
+            self.expected = data_bytes;
+        }
+        self.progress()
+    }
+
+    fn progress(&mut self) -> Result<Completion, TallyError> {
+        match self.expected {
+            Some(e) if self.received > e => Err(TallyError::TooMuch { got: self.received, expected: e }),
+            Some(e) if self.received == e && !self.complete => match self.announced {
+                Some(d) if d != self.digest => Err(TallyError::Digest { sender: d, receiver: self.digest }),
+                Some(_) => {
+                    self.complete = true;
+                    Ok(Completion::Complete)
+                }
+                None => Ok(Completion::Pending),
+            },
+            _ => Ok(Completion::Pending),
+        }
+    }
+
+    /// Every byte arrived and the digest matched (a file with no data:
+    /// from the start).
+    pub fn is_complete(&self) -> bool {
+        self.complete || self.expected == Some(0)
+    }
+
+    /// Data bytes verified so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The data bytes the file carries, once known.
+    pub fn expected(&self) -> Option<u64> {
+        self.expected
+    }
 }
 
 /// Receiver-side tallies for every file: checks each block against the
 /// manifest's extents, sums the digest, and says when a file is complete.
 #[derive(Debug)]
 pub struct RecvTally {
-    files: Vec<Mutex<FileState>>,
+    files: Vec<Mutex<FileTally>>,
     completed: AtomicU32,
     regular: u32,
 }
 
 impl RecvTally {
     pub fn new(entries: &[Entry]) -> Self {
-        let files: Vec<Mutex<FileState>> =
-            entries.iter().map(|e| Mutex::new(FileState { expected: e.data_bytes(), received: 0, digest: 0, announced: None })).collect();
+        let files: Vec<Mutex<FileTally>> = entries.iter().map(|e| Mutex::new(FileTally::expecting(e.data_bytes()))).collect();
         let regular = entries.iter().filter(|e| e.kind == EntryKind::File).count() as u32;
         Self { files, completed: AtomicU32::new(0), regular }
     }
@@ -163,8 +233,7 @@ impl RecvTally {
     /// resumed receiver's journal holds them): the file is complete when
     /// the rest arrives, and the sender's digest covers only the rest.
     pub fn credit(&self, id: u32, held: u64) {
-        let mut f = self.lock(id);
-        f.expected = f.expected.saturating_sub(held);
+        self.lock(id).credit(held);
     }
 
     /// Validates that a block lies inside one data extent of `entry`.
@@ -182,43 +251,27 @@ impl RecvTally {
 
     /// Records a verified block (its checksum was checked by the caller).
     pub fn record_block(&self, id: u32, offset: u64, len: u32, checksum: u64) -> Result<Completion, TallyError> {
-        let mut f = self.lock(id);
-        f.received += u64::from(len);
-        if f.received > f.expected {
-            return Err(TallyError::TooMuch { got: f.received, expected: f.expected });
-        }
-        f.digest = f.digest.wrapping_add(digest::block_digest(id, offset, len, checksum));
-        self.progress(&f)
+        let c = self.lock(id).block(id, offset, len, checksum)?;
+        Ok(self.count(c))
     }
 
     /// Records the sender's FILE_DONE digest.
     pub fn record_done(&self, id: u32, digest: u64) -> Result<Completion, TallyError> {
-        let mut f = self.lock(id);
-        if f.announced.is_some() {
-            return Err(TallyError::DoneTwice);
-        }
-        f.announced = Some(digest);
-        self.progress(&f)
+        let c = self.lock(id).end(None, digest)?;
+        Ok(self.count(c))
     }
 
-    fn progress(&self, f: &FileState) -> Result<Completion, TallyError> {
-        match f.announced {
-            Some(d) if f.received == f.expected => {
-                if d != f.digest {
-                    return Err(TallyError::Digest { sender: d, receiver: f.digest });
-                }
-                self.completed.fetch_add(1, Ordering::AcqRel);
-                Ok(Completion::Complete)
-            }
-            _ => Ok(Completion::Pending),
+    fn count(&self, c: Completion) -> Completion {
+        if c == Completion::Complete {
+            self.completed.fetch_add(1, Ordering::AcqRel);
         }
+        c
     }
 
     /// Whether a file with data has been completed (files without data
     /// extents complete without any frame).
     pub fn is_complete(&self, id: u32) -> bool {
-        let f = self.lock(id);
-        f.expected == 0 || (f.announced.is_some() && f.received == f.expected)
+        self.lock(id).is_complete()
     }
 
     /// Files still missing data or their FILE_DONE, as (id, received, expected).
@@ -228,7 +281,7 @@ impl RecvTally {
             .enumerate()
             .filter_map(|(i, m)| {
                 let f = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                (f.expected > 0 && !(f.announced.is_some() && f.received == f.expected)).then_some((i as u32, f.received, f.expected))
+                (!f.is_complete()).then(|| (i as u32, f.received(), f.expected().unwrap_or(0)))
             })
             .collect()
     }
@@ -237,7 +290,7 @@ impl RecvTally {
         self.regular
     }
 
-    fn lock(&self, id: u32) -> std::sync::MutexGuard<'_, FileState> {
+    fn lock(&self, id: u32) -> std::sync::MutexGuard<'_, FileTally> {
         // A poisoned lock only means another receiver thread panicked while
         // holding it; the counters are still consistent enough to report.
         self.files[id as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -313,5 +366,34 @@ mod tests {
         let digest = digest::block_digest(0, 20, 10, 5);
         assert_eq!(recv.record_done(0, digest), Ok(Completion::Complete));
         assert!(recv.incomplete().is_empty());
+    }
+
+    #[test]
+    fn a_streamed_file_learns_its_size_at_its_end_in_either_order() {
+        let sums = [(0u64, 10u32, 7u64), (10, 5, 9)];
+        let digest = sums.iter().fold(0u64, |d, &(o, l, c)| d.wrapping_add(digest::block_digest(4, o, l, c)));
+        // Blocks first, then FILE_END.
+        let mut t = FileTally::default();
+        for &(o, l, c) in &sums {
+            assert_eq!(t.block(4, o, l, c).unwrap(), Completion::Pending);
+        }
+        assert_eq!(t.end(Some(15), digest).unwrap(), Completion::Complete);
+        assert!(t.is_complete());
+        // FILE_END first: the last block completes it.
+        let mut t = FileTally::default();
+        assert_eq!(t.end(Some(15), digest).unwrap(), Completion::Pending);
+        assert_eq!(t.block(4, 10, 5, 9).unwrap(), Completion::Pending);
+        assert_eq!(t.block(4, 0, 10, 7).unwrap(), Completion::Complete);
+        // More than announced, a wrong digest, a second end: named.
+        let mut t = FileTally::default();
+        t.end(Some(10), digest).unwrap();
+        assert_eq!(t.block(4, 0, 15, 1), Err(TallyError::TooMuch { got: 15, expected: 10 }));
+        let mut t = FileTally::expecting(10);
+        t.block(4, 0, 10, 7).unwrap();
+        assert!(matches!(t.end(None, 1), Err(TallyError::Digest { sender: 1, .. })));
+        assert_eq!(t.end(None, 1), Err(TallyError::DoneTwice));
+        // An empty file is complete at its end, with the empty digest.
+        let mut t = FileTally::default();
+        assert_eq!(t.end(Some(0), 0).unwrap(), Completion::Complete);
     }
 }

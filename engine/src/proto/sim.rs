@@ -339,7 +339,7 @@ fn named(e: &str) -> bool {
         "checksum mismatch",
         "after its end",
         "announced done twice",
-        "but the manifest announced",
+        "but the sender announced",
         "acknowledged",
         "ended claiming",
         "digest",
