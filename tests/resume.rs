@@ -461,51 +461,18 @@ fn an_outage_that_kills_every_reconnection_is_survived() {
     assert!(kills >= 4, "the outage missed the session ({kills} kills)");
 }
 
-/// Forwards every connection to `target`; the first one (stream 0, which
-/// connects first) is cut both ways once `after` bytes of the sender's
-/// have passed. Returns the address and the number of bytes forwarded on
-/// that first connection when it was cut (0 while it was not).
+/// Forwards every connection to `target`; the first one (stream 0) is cut
+/// both ways once `after` bytes of the sender's have passed. Returns the
+/// address and the bytes forwarded on that connection when it was cut (0
+/// while it was not).
 fn cutting_proxy(target: std::net::SocketAddr, after: usize) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
-    use std::net::{Shutdown, TcpListener, TcpStream};
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
     let cut = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let cut2 = Arc::clone(&cut);
-    std::thread::spawn(move || {
-        for (n, c) in l.incoming().enumerate() {
-            let Ok(client) = c else { return };
-            let Ok(server) = TcpStream::connect(target) else { return };
-            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s2, &mut c2);
-                let _ = c2.shutdown(Shutdown::Write);
-            });
-            let cut = Arc::clone(&cut2);
-            std::thread::spawn(move || {
-                let (mut client, mut server) = (client, server);
-                let mut buf = vec![0u8; 16 << 10];
-                let mut seen = 0usize;
-                loop {
-                    let want = if n == 0 { buf.len().min(after - seen) } else { buf.len() };
-                    let k = match client.read(&mut buf[..want]) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => k,
-                    };
-                    seen += k;
-                    if server.write_all(&buf[..k]).is_err() {
-                        break;
-                    }
-                    if n == 0 && seen >= after {
-                        cut.store(seen, Ordering::Release);
-                        let _ = client.shutdown(Shutdown::Both);
-                        let _ = server.shutdown(Shutdown::Both);
-                        return;
-                    }
-                }
-                let _ = server.shutdown(Shutdown::Write);
-            });
-        }
+    let at = Arc::clone(&cut);
+    let addr = common::proxy(target, move |chunk, seen| {
+        (seen + chunk.len() >= after).then(|| {
+            at.store(after, Ordering::Release);
+            after - seen
+        })
     });
     (addr, cut)
 }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 
 use sluice_engine::codec::Compression;
@@ -15,39 +13,12 @@ use sluice_engine::{ReceiveConfig, Receiver, SendConfig};
 /// Forwards every connection to `target`; on the first one, flips the low
 /// bit of the byte at offset `flip` of the sender → receiver direction.
 fn proxy(target: std::net::SocketAddr, flip: usize) -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for (n, c) in l.incoming().enumerate() {
-            let Ok(client) = c else { return };
-            let Ok(server) = TcpStream::connect(target) else { return };
-            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s2, &mut c2);
-                let _ = c2.shutdown(std::net::Shutdown::Write);
-            });
-            let (mut client, mut server) = (client, server);
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 << 10];
-                let mut seen = 0usize;
-                loop {
-                    let k = match client.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => k,
-                    };
-                    if n == 0 && (seen..seen + k).contains(&flip) {
-                        buf[flip - seen] ^= 1;
-                    }
-                    seen += k;
-                    if server.write_all(&buf[..k]).is_err() {
-                        break;
-                    }
-                }
-                let _ = server.shutdown(std::net::Shutdown::Write);
-            });
+    common::proxy(target, move |chunk, seen| {
+        if (seen..seen + chunk.len()).contains(&flip) {
+            chunk[flip - seen] ^= 1;
         }
-    });
-    addr
+        None
+    })
 }
 
 fn key(b: u8) -> SealKey {

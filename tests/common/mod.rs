@@ -201,3 +201,53 @@ pub fn start_sst_joiner(
     let addr = ready.strip_prefix("ready ").unwrap_or_else(|| panic!("first line {ready:?}")).trim().to_string();
     (joiner, out, addr)
 }
+
+/// A TCP proxy to `target`: every connection is forwarded both ways. The
+/// sender → receiver bytes of the first connection (stream 0, which
+/// connects first) pass through `first` as they arrive — the chunk,
+/// mutable, and how many bytes came before it — which may alter them, or
+/// cut the connection: `Some(k)` forwards the chunk's first `k` bytes, then
+/// closes both sides.
+pub fn proxy(target: std::net::SocketAddr, first: impl FnMut(&mut [u8], usize) -> Option<usize> + Send + 'static) -> std::net::SocketAddr {
+    use std::io::Read;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut first = Some(first);
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(client) = c else { return };
+            let Ok(server) = TcpStream::connect(target) else { return };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Write);
+            });
+            let mut watch = first.take();
+            std::thread::spawn(move || {
+                let (mut client, mut server) = (client, server);
+                let mut buf = vec![0u8; 16 << 10];
+                let mut seen = 0usize;
+                loop {
+                    let k = match client.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => k,
+                    };
+                    let cut = watch.as_mut().and_then(|f| f(&mut buf[..k], seen));
+                    let pass = cut.unwrap_or(k).min(k);
+                    seen += pass;
+                    if server.write_all(&buf[..pass]).is_err() {
+                        break;
+                    }
+                    if cut.is_some() {
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+                let _ = server.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}

@@ -118,22 +118,9 @@ pub fn check_end(peer: &str, end: Option<(u64, u64, u64)>, got: Arrived) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Extent;
 
     fn entry(id: u32, kind: EntryKind, path: &str, data: u64) -> Entry {
-        Entry {
-            id,
-            kind,
-            path: path.as_bytes().to_vec(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_sec: 0,
-            mtime_nsec: 0,
-            size: data,
-            extents: if data > 0 { vec![Extent { offset: 0, len: data }] } else { Vec::new() },
-            link_target: Vec::new(),
-        }
+        Entry::new(id, kind, path.as_bytes(), data)
     }
 
     fn run(frames: Vec<Frame>, limit: u64) -> Result<Option<(Vec<Entry>, u64)>> {

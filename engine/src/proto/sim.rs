@@ -81,20 +81,7 @@ fn file(id: u32, size: u64, hole: u64, seed: u64) -> (Entry, Vec<u8>) {
     } else {
         Vec::new()
     };
-    let entry = Entry {
-        id,
-        kind: EntryKind::File,
-        path: format!("d/f{id}").into_bytes(),
-        mode: 0o640,
-        uid: 0,
-        gid: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        size,
-        extents,
-        link_target: Vec::new(),
-    };
-    (entry, data)
+    (Entry { extents, ..Entry::new(id, EntryKind::File, format!("d/f{id}").as_bytes(), size) }, data)
 }
 
 /// The receiver's files, or the first error of either end.
@@ -118,19 +105,7 @@ struct RecvStream {
 /// One session; returns the receiver's files, or the first error of
 /// either end.
 fn session(files: &[(u64, u64)], block_size: u32, streams: usize, acts: &[(Act, usize, u8)]) -> (Vec<Vec<u8>>, Outcome) {
-    let mut entries = vec![Entry {
-        id: 0,
-        kind: EntryKind::Dir,
-        path: b"d".to_vec(),
-        mode: 0o750,
-        uid: 0,
-        gid: 0,
-        mtime_sec: 0,
-        mtime_nsec: 0,
-        size: 0,
-        extents: Vec::new(),
-        link_target: Vec::new(),
-    }];
+    let mut entries = vec![Entry::new(0, EntryKind::Dir, b"d", 0)];
     let mut source = vec![Vec::new()];
     for (i, &(size, hole)) in files.iter().enumerate() {
         let (e, d) = file(i as u32 + 1, size, hole, i as u64 * 7919 + size);
@@ -391,22 +366,15 @@ proptest! {
     }
 }
 
-/// Stream 0 sends the manifest of a directory and one file (one MANIFEST
-/// frame and MANIFEST_END) and the receiver takes it.
-const MANIFEST: [(Act, usize, u8); 4] = [(Act::Send, 0, 0), (Act::Send, 0, 0), (Act::Deliver, 0, 0), (Act::Deliver, 0, 0)];
+/// `acts` after the manifest of a directory and one file: stream 0 sends
+/// it (one MANIFEST frame and MANIFEST_END) and the receiver takes it.
+fn after_manifest(acts: &[(Act, usize, u8)]) -> Vec<(Act, usize, u8)> {
+    [(Act::Send, 0, 0), (Act::Send, 0, 0), (Act::Deliver, 0, 0), (Act::Deliver, 0, 0)].into_iter().chain(acts.iter().copied()).collect()
+}
 
 #[test]
 fn a_duplicated_block_is_named_as_replayed() {
-    let acts = [
-        MANIFEST[0],
-        MANIFEST[1],
-        MANIFEST[2],
-        MANIFEST[3],
-        (Act::Send, 0, 0),
-        (Act::Dup, 0, 0),
-        (Act::Deliver, 0, 0),
-        (Act::Deliver, 0, 0),
-    ];
+    let acts = after_manifest(&[(Act::Send, 0, 0), (Act::Dup, 0, 0), (Act::Deliver, 0, 0), (Act::Deliver, 0, 0)]);
     let (_, got) = session(&[(500, 0)], 100, 1, &acts);
     let e = got.unwrap_err();
     assert!(e.contains("sent block 0 where block 1 was due (replayed or lost)"), "{e}");
@@ -414,7 +382,7 @@ fn a_duplicated_block_is_named_as_replayed() {
 
 #[test]
 fn a_flipped_bit_is_a_checksum_mismatch_naming_the_file() {
-    let acts = [MANIFEST[0], MANIFEST[1], MANIFEST[2], MANIFEST[3], (Act::Send, 0, 0), (Act::Flip, 0, 3), (Act::Deliver, 0, 0)];
+    let acts = after_manifest(&[(Act::Send, 0, 0), (Act::Flip, 0, 3), (Act::Deliver, 0, 0)]);
     let (_, got) = session(&[(500, 0)], 100, 1, &acts);
     let e = got.unwrap_err();
     assert!(e.contains("d/f1") && e.contains("checksum mismatch"), "{e}");
@@ -422,17 +390,13 @@ fn a_flipped_bit_is_a_checksum_mismatch_naming_the_file() {
 
 #[test]
 fn a_cut_after_the_headers_resends_the_block_and_nothing_is_counted_twice() {
-    let acts = [
-        MANIFEST[0],
-        MANIFEST[1],
-        MANIFEST[2],
-        MANIFEST[3],
+    let acts = after_manifest(&[
         (Act::Send, 0, 0),
         (Act::Send, 0, 0),
         (Act::Deliver, 0, 0),
         (Act::Cut { half: true }, 0, 0),
         (Act::Deliver, 0, 0),
-    ];
+    ]);
     let (source, got) = session(&[(250, 0)], 100, 1, &acts);
     assert_eq!(got.unwrap(), source);
 }
