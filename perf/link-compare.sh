@@ -24,6 +24,12 @@
 #        short of CPU behind a fast link
 #        SLUICE_OLD=<another build>: a setting written old-X (old-auto)
 #        runs that build with --compress X, in the same run
+#        BLACKHOLE="START SPAN": START s into each transfer the path drops
+#        everything for SPAN s, connections left alone (the receiver's
+#        address is taken away: the sender's packets leave and vanish, as
+#        when a path fails in the middle, and TCP's retransmission timeout
+#        doubles meanwhile; a link set down would give the ends carrier
+#        events or local errors instead)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -107,6 +113,10 @@ for rate in $RATES; do
         ppid=$!
       fi
       t0=$(date +%s.%N)
+      if [ -n "${BLACKHOLE:-}" ]; then
+        set -- $BLACKHOLE
+        (sleep "$1"; ip -n "$b" addr del 10.77.0.2/24 dev vb; sleep "$2"; ip -n "$b" addr add 10.77.0.2/24 dev vb) &
+      fi
       SLUICE_TOKEN=$(cat "$tokfile") ip netns exec "$a" /usr/bin/time -f "%U %S" -o "$work/send.time" \
         ${PIN:+taskset -c "$PIN"} "$bin" -q send --to 10.77.0.2:4444 --streams "$STREAMS" --compress "$mode" "${opts[@]}" "${sources[@]}"
       wait "$rpid"

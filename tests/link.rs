@@ -172,6 +172,66 @@ fn adaptive_compression_stops_when_the_cpu_is_the_bottleneck() {
     );
 }
 
+/// Issue 15: the path becomes a black hole for 8 s (the receiver's address
+/// is taken away: the sender's packets leave and vanish, as when a path
+/// fails in the middle; TCP's retransmission timeout doubles meanwhile, up
+/// to 6.4 s here) with the connections left alone:
+/// the sender sees them stall (the kernel retransmitting the same data
+/// again and again), gives them up and reconnects as soon as the link is
+/// back, instead of waiting for TCP's next retransmission; the copy is
+/// identical.
+#[test]
+fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_returns() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(rig) = rig("s", Some("400mbit")) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["-q", "gen-sample", "--corpus", "--big-mib", "48", "--small", "50"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    let dest = tmp.path().join("dest");
+    let token = dest.with_extension("token");
+    let recv_log = tmp.path().join("recv.log");
+    let mut recv = in_ns(&rig, 1)
+        .args(["recv", "--listen", "10.78.0.2:4444", "--idle-timeout", "60", "--token-file"])
+        .arg(&token)
+        .arg("--dir")
+        .arg(&dest)
+        .stderr(std::fs::File::create(&recv_log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::fs::metadata(&token).map_or(true, |m| m.len() == 0) {
+        assert!(t.elapsed() < Duration::from_secs(10), "the receiver did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let send = in_ns(&rig, 0)
+        .args(["send", "--to", "10.78.0.2:4444", "--streams", "2", "--compress", "none", "--rate-limit", "8M", "--idle-timeout", "60"])
+        .arg(&src)
+        .env("SLUICE_TOKEN", std::fs::read_to_string(&token).unwrap().trim())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let addr = format!("{}/24", rig.addr[1]);
+    netns::ip(&["-n", &rig.ns[1], "addr", "del", &addr, "dev", &rig.dev[1]]);
+    std::thread::sleep(Duration::from_secs(8));
+    netns::ip(&["-n", &rig.ns[1], "addr", "add", &addr, "dev", &rig.dev[1]]);
+    let up = Instant::now();
+    let out = send.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = recv.wait().unwrap();
+    assert!(out.status.success(), "send failed after the link was down:\n{log}");
+    assert!(status.success(), "recv failed:\n{}", std::fs::read_to_string(&recv_log).unwrap());
+    sluice_engine::diff::compare(&src, &dest).unwrap_or_else(|e| panic!("the copy differs: {e}"));
+    assert!(log.contains("the connection stalled"), "the sender never saw its connections stall:\n{log}");
+    assert!(log.contains("resumed after"), "the sender reconnected and says what it sent again:\n{log}");
+    eprintln!("the transfer ended {:.1?} after the path came back", up.elapsed());
+}
+
 /// Issue 12: the sender's side of the link goes down for 20 s in the
 /// middle of a transfer and every sender socket is killed (`ss -K`) as it
 /// goes: the sender keeps trying to reconnect through the dead link, gets

@@ -138,6 +138,13 @@ impl Lane {
         current
     }
 
+    /// Declares the current connection (`generation`) broken for `why`
+    /// though it has not failed (it stalled); true if it was the current
+    /// one and not already broken.
+    pub fn stalled(&self, generation: u32, why: String) -> bool {
+        self.broken().is_none() && self.mark(generation, Some(why), None)
+    }
+
     /// Why the current connection broke, if its reader saw it break.
     pub fn broken(&self) -> Option<String> {
         let s = lock(&self.state);
@@ -335,6 +342,9 @@ impl Resumer {
                 Err(Attempt::Closed(e)) => e.to_string(),
             };
             if Instant::now() + pause >= deadline {
+                // (An attempt that cannot connect waits at most 2 s, then
+                // the pause: a link that comes back is found within about
+                // a second or two.)
                 return Err(Error::Broken {
                     peer: self.addr.clone(),
                     reason: format!(
@@ -345,7 +355,7 @@ impl Resumer {
             }
             tracing::debug!(stream = lane.index, "reconnecting failed ({failure}); retrying");
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_secs(2));
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -354,7 +364,7 @@ impl Resumer {
         let mut last = None;
         let mut tcp = None;
         for t in &targets {
-            match TcpStream::connect_timeout(t, left.clamp(Duration::from_millis(100), Duration::from_secs(5))) {
+            match TcpStream::connect_timeout(t, left.clamp(Duration::from_millis(100), Duration::from_secs(2))) {
                 Ok(s) => {
                     tcp = Some(s);
                     break;

@@ -134,6 +134,8 @@ struct Session {
     verdict: Rx<Heard>,
     verdict_tx: crossbeam_channel::Sender<Heard>,
     readers: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Set when the session closes: the stall watch ends.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     /// Longest silence after END before the verdict (KEEPALIVEs reset it).
     verdict_wait: Duration,
     /// Set when the receiver granted RESUME.
@@ -226,6 +228,10 @@ impl Session {
         let stopped = Arc::new(std::sync::OnceLock::new());
         let said: Arc<Vec<_>> = Arc::new((0..cfg.streams).map(|_| std::sync::atomic::AtomicBool::new(false)).collect());
         let farewell = crate::cleanup::add_farewell(farewell(&lanes, &sealers, &stopped, &said, &abort));
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if resume.is_some() {
+            readers.push(spawn_stall_watch(&lanes, &closing, &abort)?);
+        }
         let verdict_wait = if cfg.idle_timeout.is_zero() { Duration::from_secs(120) } else { cfg.idle_timeout };
         let caps = welcome.caps;
         let governor = (cfg.compress == Compression::Auto).then(|| {
@@ -245,6 +251,7 @@ impl Session {
             verdict,
             verdict_tx,
             readers: std::sync::Mutex::new(readers),
+            closing,
             verdict_wait,
             resume,
             caps,
@@ -308,7 +315,8 @@ impl Session {
                 l.link().shutdown(Shutdown::Both);
             }
         }
-        // Readers end when their connection does.
+        // Readers end when their connection does; the stall watch when told.
+        self.closing.store(true, std::sync::atomic::Ordering::Release);
         for l in self.lanes.iter() {
             l.link().shutdown(Shutdown::Both);
         }
@@ -323,6 +331,53 @@ impl Drop for Session {
     fn drop(&mut self) {
         crate::cleanup::remove_farewell(self.farewell);
     }
+}
+
+/// Doublings of a connection's retransmission timeout, with data
+/// outstanding, after which it counts as stalled: with Linux's 200 ms
+/// minimum RTO, about 1.4 s of silence on a short path.
+const STALL_RTOS: u8 = 3;
+
+/// Watches a resumable session's connections for a stall: data
+/// outstanding and the kernel retransmitting the same segment again and
+/// again (a link down, a path dropping everything). TCP's own backoff
+/// would try again only seconds after the path is back (the retransmission
+/// timeout doubles up to 2 min); a stalled connection is given up instead
+/// and the stream reconnects — each attempt sends a fresh SYN within a
+/// second or two, so the transfer goes on soon after the path returns. A
+/// receiver that is slow or stopped reading shows a zero window, not
+/// retransmissions, and is left alone.
+fn spawn_stall_watch(
+    lanes: &Arc<Vec<Arc<Lane>>>,
+    closing: &Arc<std::sync::atomic::AtomicBool>,
+    abort: &Arc<Abort>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let (lanes, closing, abort) = (Arc::clone(lanes), Arc::clone(closing), Arc::clone(abort));
+    std::thread::Builder::new()
+        .name("sluice-stall".into())
+        .spawn(move || {
+            while !closing.load(std::sync::atomic::Ordering::Acquire) && !abort.is_set() {
+                std::thread::sleep(Duration::from_millis(250));
+                for lane in lanes.iter() {
+                    // The generation first: a connection replaced meanwhile
+                    // then fails `stalled`'s check instead of being blamed.
+                    let generation = lane.generation();
+                    let link = lane.link();
+                    let Ok((rtos, unacked)) = backend::sys::tcp_backoff(link.tcp()) else { continue };
+                    if rtos < STALL_RTOS || unacked == 0 {
+                        continue;
+                    }
+                    let why = format!(
+                        "the connection stalled: {unacked} segments unacknowledged, the retransmission timeout doubled {rtos} times in a row (is the path down?)"
+                    );
+                    if lane.stalled(generation, why.clone()) {
+                        tracing::warn!(stream = lane.index, "stream {}: {why}; giving it up to reconnect", lane.index);
+                        link.shutdown(Shutdown::Both);
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("spawning a thread", e))
 }
 
 /// How long a stopped sender waits for its streams to say ABORT.

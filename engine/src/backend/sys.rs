@@ -217,6 +217,22 @@ pub fn congestion_control(sock: impl AsFd) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]).into_owned())
 }
 
+/// What the kernel says of a TCP connection's retransmissions
+/// (`TCP_INFO`): its retransmission timer's backoff (how many times in a
+/// row the timeout doubled without an acknowledgement: RTOs, or zero-window
+/// probes when nothing is outstanding) and how many segments are
+/// unacknowledged.
+pub fn tcp_backoff(sock: impl AsFd) -> io::Result<(u8, u32)> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is valid for writes of `len` bytes and `len` is a live socklen_t.
+    cvt(unsafe { libc::getsockopt(sock.as_fd().as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &raw mut len) })?;
+    // SAFETY: zero-initialized, then partly or wholly written by the kernel;
+    // tcp_info holds only integers, for which every bit pattern is valid.
+    let info = unsafe { info.assume_init() };
+    Ok((info.tcpi_backoff, info.tcpi_unacked))
+}
+
 /// `syncfs(2)`: flushes the whole filesystem holding `fd`, data and metadata.
 pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
     // SAFETY: syncfs touches no memory of ours; the fd is borrowed and open.

@@ -412,6 +412,29 @@ mod tests {
         assert_eq!(resolve_with("[::1]:1", &"pf=ip6".parse().unwrap()).unwrap().len(), 1);
     }
 
+    /// On a real connection: nothing outstanding and nothing retransmitted
+    /// once the peer has read what was sent (what the stall watch reads).
+    #[test]
+    fn tcp_info_says_what_is_outstanding() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut b, _) = l.accept().unwrap();
+        a.write_all(&vec![7u8; 100_000]).unwrap();
+        let mut got = vec![0u8; 100_000];
+        b.read_exact(&mut got).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (backoff, unacked) = crate::backend::sys::tcp_backoff(&a).unwrap();
+            assert_eq!(backoff, 0, "no retransmission timeout on loopback");
+            if unacked == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{unacked} segments still unacknowledged after 5 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// On real sockets: BBR by default where the kernel has it, the
     /// system's choice with `cc=system`, a named algorithm or an error that
     /// names it.
