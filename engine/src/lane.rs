@@ -554,3 +554,50 @@ fn attempt(
         other => Err(fatal(Error::peer(peer, format!("answered HELLO with {:?}", other.kind())))),
     }
 }
+
+/// Doublings of a connection's retransmission timeout, with data
+/// outstanding, after which it counts as stalled: with Linux's 200 ms
+/// minimum RTO, about 1.4 s of silence on a short path.
+const STALL_RTOS: u8 = 3;
+
+/// Watches a resumable session's connections for a stall: data
+/// outstanding and the kernel retransmitting the same segment again and
+/// again (a link down, a path dropping everything). TCP's own backoff
+/// would try again only seconds after the path is back (the retransmission
+/// timeout doubles up to 2 min); a stalled connection is given up instead
+/// and the stream reconnects — each attempt sends a fresh SYN within a
+/// second or two, so the transfer goes on soon after the path returns. A
+/// receiver that is slow or stopped reading shows a zero window, not
+/// retransmissions, and is left alone.
+pub(crate) fn spawn_stall_watch(
+    lanes: &Arc<Vec<Arc<Lane>>>,
+    closing: &Arc<std::sync::atomic::AtomicBool>,
+    abort: &Arc<Abort>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let (lanes, closing, abort) = (Arc::clone(lanes), Arc::clone(closing), Arc::clone(abort));
+    std::thread::Builder::new()
+        .name("sluice-stall".into())
+        .spawn(move || {
+            while !closing.load(std::sync::atomic::Ordering::Acquire) && !abort.is_set() {
+                std::thread::sleep(Duration::from_millis(250));
+                for lane in lanes.iter() {
+                    // The generation first: a connection replaced meanwhile
+                    // then fails `stalled`'s check instead of being blamed.
+                    let generation = lane.generation();
+                    let link = lane.link();
+                    let Ok((rtos, unacked)) = crate::backend::sys::tcp_backoff(link.tcp()) else { continue };
+                    if rtos < STALL_RTOS || unacked == 0 {
+                        continue;
+                    }
+                    let why = format!(
+                        "the connection stalled: {unacked} segments unacknowledged, the retransmission timeout doubled {rtos} times in a row (is the path down?)"
+                    );
+                    if lane.stalled(generation, why.clone()) {
+                        tracing::warn!(stream = lane.index, "stream {}: {why}; giving it up to reconnect", lane.index);
+                        link.shutdown(Shutdown::Both);
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("spawning a thread", e))
+}

@@ -14,7 +14,8 @@
 //! [`resume`] (the I/O-free core of reconnecting streams: rejoin proofs, the
 //! replay log and its budget), `gate` (admission and examination of
 //! connections), `lane` and `slot` (one stream across its connections, on
-//! each side), [`journal`] (the receiver's record of verified, durable
+//! each side; the sender's stall watch), `feeder` (a streamed session's
+//! producer side), [`journal`] (the receiver's record of verified, durable
 //! ranges that `recv --resume` continues from).
 //! The protocol is specified in `engine/PROTOCOL.md`.
 
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod diff;
 pub mod digest;
 mod error;
+mod feeder;
 mod gate;
 pub mod journal;
 mod lane;

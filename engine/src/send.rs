@@ -19,6 +19,8 @@ use crate::backend::{self, IoMode, StreamIo};
 use crate::codec::governor::Governor;
 use crate::codec::seal::{Binding, Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
+pub use crate::feeder::Feeder;
+use crate::feeder::{Item, ItemKind};
 use crate::lane::{self, Hail, Heard, Lane, Replay, Resumer};
 use crate::manifest::{Entry, Extent};
 use crate::net::tls::TlsOptions;
@@ -230,7 +232,7 @@ impl Session {
         let farewell = crate::cleanup::add_farewell(farewell(&lanes, &sealers, &stopped, &said, &abort));
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if resume.is_some() {
-            readers.push(spawn_stall_watch(&lanes, &closing, &abort)?);
+            readers.push(lane::spawn_stall_watch(&lanes, &closing, &abort)?);
         }
         let verdict_wait = if cfg.idle_timeout.is_zero() { Duration::from_secs(120) } else { cfg.idle_timeout };
         let caps = welcome.caps;
@@ -331,53 +333,6 @@ impl Drop for Session {
     fn drop(&mut self) {
         crate::cleanup::remove_farewell(self.farewell);
     }
-}
-
-/// Doublings of a connection's retransmission timeout, with data
-/// outstanding, after which it counts as stalled: with Linux's 200 ms
-/// minimum RTO, about 1.4 s of silence on a short path.
-const STALL_RTOS: u8 = 3;
-
-/// Watches a resumable session's connections for a stall: data
-/// outstanding and the kernel retransmitting the same segment again and
-/// again (a link down, a path dropping everything). TCP's own backoff
-/// would try again only seconds after the path is back (the retransmission
-/// timeout doubles up to 2 min); a stalled connection is given up instead
-/// and the stream reconnects — each attempt sends a fresh SYN within a
-/// second or two, so the transfer goes on soon after the path returns. A
-/// receiver that is slow or stopped reading shows a zero window, not
-/// retransmissions, and is left alone.
-fn spawn_stall_watch(
-    lanes: &Arc<Vec<Arc<Lane>>>,
-    closing: &Arc<std::sync::atomic::AtomicBool>,
-    abort: &Arc<Abort>,
-) -> Result<std::thread::JoinHandle<()>> {
-    let (lanes, closing, abort) = (Arc::clone(lanes), Arc::clone(closing), Arc::clone(abort));
-    std::thread::Builder::new()
-        .name("sluice-stall".into())
-        .spawn(move || {
-            while !closing.load(std::sync::atomic::Ordering::Acquire) && !abort.is_set() {
-                std::thread::sleep(Duration::from_millis(250));
-                for lane in lanes.iter() {
-                    // The generation first: a connection replaced meanwhile
-                    // then fails `stalled`'s check instead of being blamed.
-                    let generation = lane.generation();
-                    let link = lane.link();
-                    let Ok((rtos, unacked)) = backend::sys::tcp_backoff(link.tcp()) else { continue };
-                    if rtos < STALL_RTOS || unacked == 0 {
-                        continue;
-                    }
-                    let why = format!(
-                        "the connection stalled: {unacked} segments unacknowledged, the retransmission timeout doubled {rtos} times in a row (is the path down?)"
-                    );
-                    if lane.stalled(generation, why.clone()) {
-                        tracing::warn!(stream = lane.index, "stream {}: {why}; giving it up to reconnect", lane.index);
-                        link.shutdown(Shutdown::Both);
-                    }
-                }
-            }
-        })
-        .map_err(|e| Error::io("spawning a thread", e))
 }
 
 /// How long a stopped sender waits for its streams to say ABORT.
@@ -606,133 +561,6 @@ where
         held: 0,
         elapsed: started.elapsed(),
     })
-}
-
-/// One unit of work for a streamed session's sender streams.
-#[derive(Debug)]
-struct Item {
-    file_id: u32,
-    path: Arc<[u8]>,
-    what: ItemKind,
-}
-
-#[derive(Debug)]
-enum ItemKind {
-    Data { offset: u64, data: Vec<u8>, checksum: u64 },
-    End { size: u64, data_bytes: u64, digest: u64 },
-}
-
-/// Hands a streamed session's data to its sender streams: assigns file ids,
-/// splits data into blocks, checksums them and keeps each file's digest.
-#[derive(Debug)]
-pub struct Feeder {
-    tx: crossbeam_channel::Sender<Item>,
-    block_size: usize,
-    abort: Arc<Abort>,
-    open: std::collections::HashMap<Vec<u8>, OpenFile>,
-    ended: std::collections::HashSet<Vec<u8>>,
-    next_id: u32,
-    bytes: u64,
-}
-
-#[derive(Debug)]
-struct OpenFile {
-    id: u32,
-    path: Arc<[u8]>,
-    size: u64,
-    data_bytes: u64,
-    digest: u64,
-}
-
-impl Feeder {
-    fn new(tx: crossbeam_channel::Sender<Item>, block_size: u32, abort: Arc<Abort>) -> Self {
-        Self {
-            tx,
-            block_size: block_size as usize,
-            abort,
-            open: std::collections::HashMap::new(),
-            ended: std::collections::HashSet::new(),
-            next_id: 0,
-            bytes: 0,
-        }
-    }
-
-    fn push(&self, item: Item) -> Result<()> {
-        let mut item = item;
-        loop {
-            if self.abort.is_set() {
-                return Err(Abort::error());
-            }
-            match self.tx.send_timeout(item, Duration::from_millis(100)) {
-                Ok(()) => return Ok(()),
-                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => item = back,
-                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Err(Abort::error()),
-            }
-        }
-    }
-
-    fn file(&mut self, path: &[u8]) -> Result<&mut OpenFile> {
-        if !self.open.contains_key(path) {
-            crate::manifest::validate_rel_path(path)
-                .map_err(|reason| Error::Config(format!("the source names a file {:?}: {reason}", String::from_utf8_lossy(path))))?;
-            if self.ended.contains(path) {
-                return Err(Error::Config(format!("the source sent more data for {} after ending it", String::from_utf8_lossy(path))));
-            }
-            let id = self.next_id;
-            self.next_id = id.checked_add(1).ok_or_else(|| Error::Config("more than 2^32 files in one stream".into()))?;
-            self.open.insert(path.to_vec(), OpenFile { id, path: path.into(), size: 0, data_bytes: 0, digest: 0 });
-        }
-        Ok(self.open.get_mut(path).expect("inserted above"))
-    }
-
-    /// Queues `data` for the file `path` at `offset` (the file is announced
-    /// on first use).
-    pub fn data(&mut self, path: &[u8], offset: u64, data: &[u8]) -> Result<()> {
-        let block = self.block_size;
-        let mut pos = 0;
-        while pos < data.len() {
-            let n = (data.len() - pos).min(block);
-            let chunk = data[pos..pos + n].to_vec();
-            let at = offset + pos as u64;
-            let checksum = crate::digest::checksum(&chunk);
-            let f = self.file(path)?;
-            f.digest = f.digest.wrapping_add(crate::digest::block_digest(f.id, at, n as u32, checksum));
-            f.size = f.size.max(at + n as u64);
-            f.data_bytes += n as u64;
-            let item = Item { file_id: f.id, path: Arc::clone(&f.path), what: ItemKind::Data { offset: at, data: chunk, checksum } };
-            self.bytes += n as u64;
-            self.push(item)?;
-            pos += n;
-        }
-        Ok(())
-    }
-
-    /// Ends the file `path` (an empty file if it had no data).
-    pub fn end(&mut self, path: &[u8]) -> Result<()> {
-        self.file(path)?;
-        let f = self.open.remove(path).expect("opened above");
-        self.ended.insert(path.to_vec());
-        self.push(Item { file_id: f.id, path: f.path, what: ItemKind::End { size: f.size, data_bytes: f.data_bytes, digest: f.digest } })
-    }
-
-    /// Sends a whole small file.
-    pub fn file_bytes(&mut self, path: &[u8], data: &[u8]) -> Result<()> {
-        self.data(path, 0, data)?;
-        self.end(path)
-    }
-
-    /// Data bytes queued so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Checks that every file was ended; returns (files, data bytes).
-    fn finish(&mut self) -> Result<(u64, u64)> {
-        if let Some(path) = self.open.keys().min() {
-            return Err(Error::Config(format!("the source ended while {} was still open", String::from_utf8_lossy(path))));
-        }
-        Ok((self.ended.len() as u64, self.bytes))
-    }
 }
 
 /// The capability bits this configuration needs from the receiver.
