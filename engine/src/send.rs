@@ -332,6 +332,8 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         crate::cleanup::remove_farewell(self.farewell);
+        // A session that failed before `close` ends its stall watch too.
+        self.closing.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
