@@ -15,7 +15,8 @@
 //! replay log and its budget), `gate` (admission and examination of
 //! connections), `lane` and `slot` (one stream across its connections, on
 //! each side; the sender's stall watch), `feeder` (a streamed session's
-//! producer side), [`journal`] (the receiver's record of verified, durable
+//! producer side), [`fingerprint`] (BLAKE3 page fingerprints of an old
+//! datadir, the first piece of delta SST), [`journal`] (the receiver's record of verified, durable
 //! ranges that `recv --resume` continues from).
 //! The protocol is specified in `engine/PROTOCOL.md`.
 
@@ -30,6 +31,7 @@ pub mod diff;
 pub mod digest;
 mod error;
 mod feeder;
+pub mod fingerprint;
 mod gate;
 pub mod journal;
 mod lane;
