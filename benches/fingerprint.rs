@@ -8,29 +8,11 @@
 //! InnoDB page) to 1 MiB, one core. Throughput in hashed bytes; reports,
 //! never fails.
 
-use aws_lc_rs::digest::{SHA256, SHA512_256, digest};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+mod common;
 
-fn mixed(n: usize) -> Vec<u8> {
-    let mut x = 0x2545_F491_u32;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    let mut out = Vec::with_capacity(n + 128);
-    while out.len() < n {
-        if (out.len() / 16384) % 2 == 0 {
-            let line = format!("row {:>10} | status=active | amount={:>8} | note=lorem ipsum\n", next() % 1_000_000, next() % 99_999);
-            out.extend_from_slice(line.as_bytes());
-        } else {
-            out.extend_from_slice(&next().to_le_bytes());
-        }
-    }
-    out.truncate(n);
-    out
-}
+use aws_lc_rs::digest::{SHA256, SHA512_256, digest};
+use common::mixed;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn fingerprints(c: &mut Criterion) {
     let data = mixed(64 << 20);

@@ -172,22 +172,16 @@ fn adaptive_compression_stops_when_the_cpu_is_the_bottleneck() {
     );
 }
 
-/// Issue 15: the path becomes a black hole for 8 s (the receiver's address
-/// is taken away: the sender's packets leave and vanish, as when a path
-/// fails in the middle; TCP's retransmission timeout doubles meanwhile, up
-/// to 6.4 s here) with the connections left alone:
-/// the sender sees them stall (the kernel retransmitting the same data
-/// again and again), gives them up and reconnects as soon as the link is
-/// back, instead of waiting for TCP's next retransmission; the copy is
-/// identical.
-#[test]
-fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_returns() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let Some(rig) = rig("s", Some("400mbit")) else { return };
+/// A rate-limited transfer (8 MiB/s, 2 streams, idle timeouts of 60 s) of
+/// a generated corpus of `big_mib` MiB and `small` files across the rig,
+/// with `fault` run 2 s in; both ends must succeed and the copy be
+/// identical. Returns the sender's log and how long after `fault`
+/// returned the transfer ended.
+fn transfer_through(rig: &Rig, big_mib: &str, small: &str, fault: impl FnOnce()) -> (String, Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-q", "gen-sample", "--corpus", "--big-mib", "48", "--small", "50"])
+        .args(["-q", "gen-sample", "--corpus", "--big-mib", big_mib, "--small", small])
         .arg(&src)
         .status()
         .unwrap();
@@ -195,7 +189,7 @@ fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_retu
     let dest = tmp.path().join("dest");
     let token = dest.with_extension("token");
     let recv_log = tmp.path().join("recv.log");
-    let mut recv = in_ns(&rig, 1)
+    let mut recv = in_ns(rig, 1)
         .args(["recv", "--listen", "10.78.0.2:4444", "--idle-timeout", "60", "--token-file"])
         .arg(&token)
         .arg("--dir")
@@ -208,7 +202,7 @@ fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_retu
         assert!(t.elapsed() < Duration::from_secs(10), "the receiver did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let send = in_ns(&rig, 0)
+    let send = in_ns(rig, 0)
         .args(["send", "--to", "10.78.0.2:4444", "--streams", "2", "--compress", "none", "--rate-limit", "8M", "--idle-timeout", "60"])
         .arg(&src)
         .env("SLUICE_TOKEN", std::fs::read_to_string(&token).unwrap().trim())
@@ -216,20 +210,38 @@ fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_retu
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let addr = format!("{}/24", rig.addr[1]);
-    netns::ip(&["-n", &rig.ns[1], "addr", "del", &addr, "dev", &rig.dev[1]]);
-    std::thread::sleep(Duration::from_secs(8));
-    netns::ip(&["-n", &rig.ns[1], "addr", "add", &addr, "dev", &rig.dev[1]]);
-    let up = Instant::now();
+    fault();
+    let after = Instant::now();
     let out = send.wait_with_output().unwrap();
+    let took = after.elapsed();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     let status = recv.wait().unwrap();
-    assert!(out.status.success(), "send failed after the link was down:\n{log}");
+    assert!(out.status.success(), "send failed after the fault:\n{log}");
     assert!(status.success(), "recv failed:\n{}", std::fs::read_to_string(&recv_log).unwrap());
     sluice_engine::diff::compare(&src, &dest).unwrap_or_else(|e| panic!("the copy differs: {e}"));
+    (log, took)
+}
+
+/// Issue 15: the path becomes a black hole for 8 s (the receiver's address
+/// is taken away: the sender's packets leave and vanish, as when a path
+/// fails in the middle; TCP's retransmission timeout doubles meanwhile, up
+/// to 6.4 s here) with the connections left alone: the sender sees them
+/// stall (the kernel retransmitting the same data again and again), gives
+/// them up and reconnects as soon as the path is back, instead of waiting
+/// for TCP's next retransmission; the copy is identical.
+#[test]
+fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_returns() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(rig) = rig("s", Some("400mbit")) else { return };
+    let addr = format!("{}/24", rig.addr[1]);
+    let (log, took) = transfer_through(&rig, "48", "50", || {
+        netns::ip(&["-n", &rig.ns[1], "addr", "del", &addr, "dev", &rig.dev[1]]);
+        std::thread::sleep(Duration::from_secs(8));
+        netns::ip(&["-n", &rig.ns[1], "addr", "add", &addr, "dev", &rig.dev[1]]);
+    });
     assert!(log.contains("the connection stalled"), "the sender never saw its connections stall:\n{log}");
     assert!(log.contains("resumed after"), "the sender reconnected and says what it sent again:\n{log}");
-    eprintln!("the transfer ended {:.1?} after the path came back", up.elapsed());
+    eprintln!("the transfer ended {took:.1?} after the path came back");
 }
 
 /// Issue 12: the sender's side of the link goes down for 20 s in the
@@ -240,50 +252,14 @@ fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_retu
 fn a_link_down_for_20_s_with_its_connections_killed_is_survived() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(rig) = rig("r", Some("400mbit")) else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-q", "gen-sample", "--corpus", "--big-mib", "64", "--small", "100"])
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(generated.success());
-    let dest = tmp.path().join("dest");
-    let token = dest.with_extension("token");
-    let recv_log = tmp.path().join("recv.log");
-    let mut recv = in_ns(&rig, 1)
-        .args(["recv", "--listen", "10.78.0.2:4444", "--idle-timeout", "60", "--token-file"])
-        .arg(&token)
-        .arg("--dir")
-        .arg(&dest)
-        .stderr(std::fs::File::create(&recv_log).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while std::fs::metadata(&token).map_or(true, |m| m.len() == 0) {
-        assert!(t.elapsed() < Duration::from_secs(10), "the receiver did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let send = in_ns(&rig, 0)
-        .args(["send", "--to", "10.78.0.2:4444", "--streams", "2", "--compress", "none", "--rate-limit", "8M", "--idle-timeout", "60"])
-        .arg(&src)
-        .env("SLUICE_TOKEN", std::fs::read_to_string(&token).unwrap().trim())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    netns::ip(&["-n", &rig.ns[0], "link", "set", &rig.dev[0], "down"]);
-    let killed = rig.exec(0, "ss").args(["-K", "-t", "-n", "state", "established", "dst", "10.78.0.2:4444"]).output().unwrap();
-    let killed = String::from_utf8_lossy(&killed.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
-    let down = Instant::now();
-    std::thread::sleep(Duration::from_secs(20));
-    netns::ip(&["-n", &rig.ns[0], "link", "set", &rig.dev[0], "up"]);
-    let out = send.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    let status = recv.wait().unwrap();
-    assert!(out.status.success(), "send failed after the link was down {:?}:\n{log}", down.elapsed());
-    assert!(status.success(), "recv failed:\n{}", std::fs::read_to_string(&recv_log).unwrap());
-    sluice_engine::diff::compare(&src, &dest).unwrap_or_else(|e| panic!("the copy differs: {e}"));
+    let mut killed = 0;
+    let (log, _) = transfer_through(&rig, "64", "100", || {
+        netns::ip(&["-n", &rig.ns[0], "link", "set", &rig.dev[0], "down"]);
+        let out = rig.exec(0, "ss").args(["-K", "-t", "-n", "state", "established", "dst", "10.78.0.2:4444"]).output().unwrap();
+        killed = String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+        std::thread::sleep(Duration::from_secs(20));
+        netns::ip(&["-n", &rig.ns[0], "link", "set", &rig.dev[0], "up"]);
+    });
     assert!(killed >= 2, "ss -K killed {killed} sockets");
     assert!(log.contains("resumed after"), "the sender reconnected and says what it sent again:\n{log}");
 }
