@@ -506,7 +506,7 @@ fn a_donor_killed_mid_transfer_leaves_no_usable_datadir() {
             assert!(t.elapsed() < Duration::from_secs(120), "no data reached the joiner");
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        sluice_engine::backend::sys::kill(pid.parse().expect("a pid"), libc::SIGKILL).unwrap();
     }) else {
         return;
     };

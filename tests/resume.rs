@@ -572,7 +572,7 @@ fn a_sender_stopped_by_a_signal_fails_its_receiver_at_once() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         assert!(send.try_wait().unwrap().is_none(), "the sender finished before it could be stopped");
-        Command::new("kill").args(["-TERM", &send.id().to_string()]).status().unwrap();
+        sluice_engine::backend::sys::kill(send.id(), libc::SIGTERM).unwrap();
         let stopped = Instant::now();
         let status = send.wait().unwrap();
         assert_eq!(status.code(), Some(128 + 15));

@@ -240,7 +240,7 @@ fn f13_sigterm_kills_and_reaps_the_backup_helper_and_removes_its_temp_dir() {
     assert!(Path::new(&tmpdir).is_dir());
     let mode = std::fs::metadata(&tmpdir).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o700, "the backup's temp dir must be private (F8)");
-    Command::new("kill").args(["-TERM", &send.id().to_string()]).status().unwrap();
+    sluice_engine::backend::sys::kill(send.id(), libc::SIGTERM).unwrap();
     let status = send.wait().unwrap();
     let mut err = String::new();
     send.stderr.take().unwrap().read_to_string(&mut err).unwrap();

@@ -457,7 +457,7 @@ impl Cluster {
         if !matches!(c.try_wait(), Ok(None)) {
             return;
         }
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = sluice_engine::backend::sys::kill(c.id(), libc::SIGTERM);
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(60) {
             if matches!(c.try_wait(), Ok(Some(_))) {
