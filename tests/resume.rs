@@ -178,6 +178,39 @@ fn killed_tls_connections_resume() {
     eprintln!("tls: {kills} killed, {} bytes sent again", s.resent);
 }
 
+/// A delta transfer whose connections are killed: references sent before
+/// a break are sent again as data (read from the file), the comparison
+/// ends with stream 0's first connection, and the old copy, updated in
+/// place, ends identical to the source.
+#[test]
+fn killed_connections_during_a_delta_resume_and_the_copy_is_identical() {
+    if !ss_kills() {
+        return common::skip("`ss -K` cannot kill sockets here");
+    }
+    for seal in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tree(tmp.path());
+        let dest = tmp.path().join("dest");
+        let (s, r) = common::transfer_with(&src, &dest, ReceiveConfig::default(), &SendConfig::default());
+        s.unwrap();
+        r.unwrap();
+        // One page in three of the tablespace changes.
+        let mut f = std::fs::OpenOptions::new().write(true).open(src.join("ibdata1")).unwrap();
+        for p in (0..(24u64 << 20) / (16 << 10)).step_by(3) {
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(p * (16 << 10) + 10)).unwrap();
+            std::io::Write::write_all(&mut f, &pattern(100, p as u32 + 1)).unwrap();
+        }
+        drop(f);
+        let key = seal.then(|| SealKey::parse(&[3u8; 32]).unwrap());
+        let send = SendConfig { delta: true, rate_limit: Some(4 << 20), seal_key: key.clone(), ..base_send(2) };
+        let recv = ReceiveConfig { delta: Some(sluice_engine::delta::Base::InPlace), seal_key: key, ..base_recv() };
+        let (s, kills) = killed_transfer("delta", &src, &dest, recv, &send);
+        assert!(kills >= 2, "the kills missed the session");
+        assert!(s.reused > 0, "nothing was reused before the first kill");
+        eprintln!("delta (sealed: {seal}): {kills} killed, {} bytes reused, {} sent again", s.reused, s.resent);
+    }
+}
+
 /// A streamed session (the shape of an SST in backup mode) with a small
 /// replay budget: the producer is held back while unacknowledged blocks
 /// fill it, and every kill is survived from the kept blocks.

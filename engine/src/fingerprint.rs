@@ -48,9 +48,21 @@ pub fn of(block: &[u8]) -> Fingerprint {
 /// far as it is read: the donor compares, so a stale fingerprint costs a
 /// block sent, never a wrong one kept.
 pub fn pages(file: &File, mut each: impl FnMut(u64, Fingerprint)) -> io::Result<u64> {
+    pages_until(file, u64::MAX, |at, f| {
+        each(at, f);
+        true
+    })
+}
+
+/// [`pages`] of the first `limit` bytes (rounded up to a read), until
+/// `each` returns `false`.
+pub fn pages_until(file: &File, limit: u64, mut each: impl FnMut(u64, Fingerprint) -> bool) -> io::Result<u64> {
     let mut buf = vec![0u8; READ];
     let mut at = 0u64;
     loop {
+        if at >= limit {
+            return Ok(at);
+        }
         let mut n = 0;
         while n < READ {
             match file.read_at(&mut buf[n..], at + n as u64) {
@@ -61,7 +73,9 @@ pub fn pages(file: &File, mut each: impl FnMut(u64, Fingerprint)) -> io::Result<
             }
         }
         for (i, page) in buf[..n].chunks(PAGE).enumerate() {
-            each(at + (i * PAGE) as u64, of(page));
+            if !each(at + (i * PAGE) as u64, of(page)) {
+                return Ok(at + n as u64);
+            }
         }
         at += n as u64;
         if n < READ {

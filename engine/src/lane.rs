@@ -203,18 +203,20 @@ impl Lane {
 }
 
 /// Starts the thread that reads what the receiver sends on `lane`'s
-/// connection `generation`: ACKs (resumable sessions) and, on stream 0,
-/// KEEPALIVEs and the verdict. A failed verdict trips `abort` and stops
+/// connection `generation`: ACKs (resumable sessions) and, on stream 0
+/// (`zero`: where its news and a delta's fingerprints go), KEEPALIVEs,
+/// HAVE, PRINTS and the verdict. A failed verdict trips `abort` and stops
 /// every lane's writes at once.
 pub(crate) fn spawn_reader(
     lanes: &Arc<Vec<Arc<Lane>>>,
     index: usize,
     mut opener: Option<Sealer>,
     peer: String,
-    verdict: Option<Tx<Heard>>,
+    zero: Option<(Tx<Heard>, Prints)>,
     resume: Option<Arc<Resumer>>,
     abort: Arc<Abort>,
 ) -> Result<std::thread::JoinHandle<()>> {
+    let (verdict, prints) = zero.map_or((None, None), |(v, p)| (Some(v), Some(p)));
     let lanes = Arc::clone(lanes);
     let lane = Arc::clone(&lanes[index]);
     let (link, generation) = (lane.link(), lane.generation());
@@ -222,6 +224,9 @@ pub(crate) fn spawn_reader(
         .name(format!("sluice-ack-{index}"))
         .spawn(move || {
             let _ = link.tcp().set_read_timeout(None);
+            // Fingerprints come only on this connection: when it ends,
+            // nobody waits for more.
+            let _closed = prints.as_ref().map(|p| CloseOnDrop(Arc::clone(p)));
             loop {
                 let frame = net::read_frame(&*link, &peer, "on its way back", opener.as_mut());
                 match frame {
@@ -237,6 +242,19 @@ pub(crate) fn spawn_reader(
                     }
                     Ok(Frame::Have { last, ranges }) if verdict.is_some() => {
                         let _ = verdict.as_ref().expect("checked").send(Heard::Have { last, ranges });
+                    }
+                    Ok(Frame::Prints { file_id, last, first_page, hashes }) if prints.is_some() => {
+                        let added = match prints.as_ref().expect("checked").get() {
+                            Some(book) => book.add(file_id, last, first_page, hashes),
+                            None => Err("sent fingerprints before the manifest".into()),
+                        };
+                        if let Err(why) = added {
+                            lane.mark(generation, None, Some(why.clone()));
+                            if let Some(v) = &verdict {
+                                let _ = v.send(Heard::Verdict(Err(Error::peer(&peer, why))));
+                            }
+                            return;
+                        }
                     }
                     Ok(Frame::Verdict { ok, reason }) if verdict.is_some() => {
                         if !ok && abort.trip() {
@@ -277,6 +295,21 @@ pub(crate) fn spawn_reader(
             }
         })
         .map_err(|e| Error::io("spawning a thread", e))
+}
+
+/// Where stream 0's reader puts a delta receiver's fingerprints (set once
+/// the manifest is known).
+pub(crate) type Prints = Arc<std::sync::OnceLock<Arc<crate::delta::Book>>>;
+
+/// Closes the book when the reader that fills it ends.
+struct CloseOnDrop(Prints);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(book) = self.0.get() {
+            book.close();
+        }
+    }
 }
 
 /// A new connection, the receiver's count of processed frames, and the
@@ -532,8 +565,10 @@ fn attempt(
     match net::read_body(&sock, peer, hd, None).map_err(fatal)? {
         Frame::Welcome { version, capabilities, nonce, secret } => {
             // A receiver grants everything asked for, but may leave out
-            // RESUME (its window is 0) and HAVE (it is not resuming).
-            let acceptable = capabilities & !h.caps == 0 && (h.caps & !capabilities) & !(caps::RESUME | caps::HAVE) == 0;
+            // RESUME (its window is 0), HAVE (it is not resuming) and
+            // DELTA (it has no old copy).
+            let optional = caps::RESUME | caps::HAVE | caps::DELTA;
+            let acceptable = capabilities & !h.caps == 0 && (h.caps & !capabilities) & !optional == 0;
             if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) || !acceptable {
                 return Err(fatal(Error::peer(
                     peer,

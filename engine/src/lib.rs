@@ -27,6 +27,7 @@ pub mod backend;
 pub mod catalog;
 pub mod cleanup;
 pub mod codec;
+pub mod delta;
 pub mod diff;
 pub mod digest;
 mod error;
@@ -77,6 +78,9 @@ pub struct Summary {
     /// Data bytes a resumed receiver already held from an interrupted
     /// transfer, and which were not sent again.
     pub held: u64,
+    /// Data bytes a delta transfer took from the receiver's old copy
+    /// instead of sending them (references).
+    pub reused: u64,
     /// Wall time of the session.
     pub elapsed: std::time::Duration,
 }

@@ -39,18 +39,20 @@ struct Cursor {
 impl Schedule {
     pub fn new(entries: &[Entry], block_size: u32) -> Self {
         assert!(block_size > 0, "block size must be positive");
-        let mut files: Vec<(u64, u32, Vec<Extent>)> = entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File && !e.extents.is_empty())
-            .map(|e| (e.data_bytes(), e.id, e.extents.clone()))
-            .collect();
-        // Largest first; ties by id for a deterministic order.
-        files.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         Self {
-            files: files.into_iter().map(|(_, id, x)| (id, x)).collect(),
+            files: Self::order(entries).into_iter().map(|id| (id, entries[id as usize].extents.clone())).collect(),
             block_size: u64::from(block_size),
             cursor: Mutex::new(Cursor::default()),
         }
+    }
+
+    /// The files with data in the order their blocks are sent: largest
+    /// first, ties by id (a delta receiver fingerprints in this order).
+    pub fn order(entries: &[Entry]) -> Vec<u32> {
+        let mut files: Vec<(u64, u32)> =
+            entries.iter().filter(|e| e.kind == EntryKind::File && !e.extents.is_empty()).map(|e| (e.data_bytes(), e.id)).collect();
+        files.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        files.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Number of blocks a file with these extents is split into.
@@ -101,8 +103,14 @@ impl SendTally {
 
     /// Records a sent block; returns the file digest if it was the last one.
     pub fn record(&self, b: &Block, checksum: u64) -> Option<u64> {
+        self.record_digest(b, digest::block_digest(b.file_id, b.offset, b.len, checksum))
+    }
+
+    /// Records a block sent in pieces (a delta's data and references),
+    /// `sum` being the wrapping sum of the pieces' block digests.
+    pub fn record_digest(&self, b: &Block, sum: u64) -> Option<u64> {
         let i = b.file_id as usize;
-        self.digest[i].fetch_add(digest::block_digest(b.file_id, b.offset, b.len, checksum), Ordering::AcqRel);
+        self.digest[i].fetch_add(sum, Ordering::AcqRel);
         // AcqRel on both counters: the thread that takes `remaining` to zero
         // sees every other thread's digest contribution.
         if self.remaining[i].fetch_sub(1, Ordering::AcqRel) == 1 { Some(self.digest[i].load(Ordering::Acquire)) } else { None }

@@ -15,10 +15,12 @@
 //! after END, the receiver sends KEEPALIVE frames so the sender can bound
 //! its wait for the verdict.
 
+use std::fs::File;
 use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::pipeline::{self, Abort};
 use std::time::{Duration, Instant};
@@ -85,6 +87,9 @@ pub struct ReceiveConfig {
     /// Whether the receiver journals verified, durable ranges so that a
     /// restarted receiver can continue (tree sessions only).
     pub journal: Journaling,
+    /// The old copy a delta transfer compares against (granted to a
+    /// sender that asks, unless resuming).
+    pub delta: Option<crate::delta::Base>,
 }
 
 /// The receiver's journal (see [`crate::journal`]).
@@ -133,6 +138,7 @@ impl Default for ReceiveConfig {
             vet: None,
             resume_window: crate::resume::DEFAULT_WINDOW,
             journal: Journaling::Off,
+            delta: None,
         }
     }
 }
@@ -226,7 +232,7 @@ impl Receiver {
         let (streams, gate) = self.assemble(resume_ok)?;
         let Self { listener, token, nonce, secret, cfg, .. } = self;
         let h0 = streams[0].hello.clone();
-        let granted = grant(h0.capabilities, resume_ok, cfg.journal);
+        let granted = grant(h0.capabilities, resume_ok, cfg.journal, cfg.delta.is_some());
         let session = cfg.seal_key.as_ref().map(|k| {
             k.session(&Binding {
                 sender_salt: &h0.session_salt,
@@ -308,8 +314,8 @@ impl Receiver {
         if let Some(a) = acceptor {
             let _ = a.join();
         }
-        let (entries, files, bytes, wire_bytes, held) = result?;
-        Ok((Summary { entries, files, bytes, wire_bytes, resent: 0, held, elapsed: started.elapsed() }, listener))
+        let (entries, files, bytes, wire_bytes, held, reused) = result?;
+        Ok((Summary { entries, files, bytes, wire_bytes, resent: 0, held, reused, elapsed: started.elapsed() }, listener))
     }
 
     /// Accepts connections until every stream of one session has joined.
@@ -365,7 +371,7 @@ impl Receiver {
                 }
                 let welcome = Frame::Welcome {
                     version: wire::PROTOCOL_VERSION.min(h.max_version),
-                    capabilities: grant(h.capabilities, resume_ok, self.cfg.journal),
+                    capabilities: grant(h.capabilities, resume_ok, self.cfg.journal, self.cfg.delta.is_some()),
                     nonce: self.nonce,
                     secret: self.secret,
                 };
@@ -404,13 +410,18 @@ impl Receiver {
 /// The capabilities granted to a sender that asked for `requested`: all
 /// of them, but RESUME only when this session may resume and HAVE only
 /// when it continues an interrupted one.
-fn grant(requested: u64, resume_ok: bool, journal: Journaling) -> u64 {
+fn grant(requested: u64, resume_ok: bool, journal: Journaling, delta: bool) -> u64 {
     let mut granted = requested;
     if !resume_ok {
         granted &= !caps::RESUME;
     }
     if journal != Journaling::Resume {
         granted &= !caps::HAVE;
+    }
+    // A resuming receiver's destination holds what it journaled, not an
+    // old copy to compare with.
+    if !delta || journal == Journaling::Resume || requested & caps::STREAMED != 0 {
+        granted &= !caps::DELTA;
     }
     granted
 }
@@ -486,7 +497,7 @@ fn receive_session(
     (session, granted, version): (Option<&SessionKey>, u64, u16),
     resumption: Option<&Resumption>,
     verdict: &Verdict<'_>,
-) -> Result<(u64, u64, u64, u64, u64)> {
+) -> Result<(u64, u64, u64, u64, u64, u64)> {
     for s in slots {
         let link = s.link();
         net::configure(link.tcp(), cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
@@ -519,10 +530,15 @@ fn receive_session(
         )));
     }
     // Compressed, sealed or TLS blocks go through user memory anyway.
-    let plain = caps0 & !(caps::STREAMED | caps::RESUME | caps::HAVE) == 0 && !s0.is_tls();
+    let plain = caps0 & !(caps::STREAMED | caps::RESUME | caps::HAVE | caps::DELTA) == 0 && !s0.is_tls();
     let method = if plain { method } else { backend::Method::Copy };
     let entries = Arc::new(entries);
-    let sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
+    let mut sink_opts = SinkOptions { direct_io: cfg.sink.direct_io && method == backend::Method::Copy, ..cfg.sink };
+    if cfg.delta == Some(crate::delta::Base::InPlace) && caps0 & caps::DELTA == 0 && !streamed {
+        // Told to update the destination, by a sender that sends it all.
+        tracing::info!("the sender did not ask for a delta: everything travels, and replaces the old copy in {}", dest.display());
+        sink_opts.overwrite = true;
+    }
     let mut sink = Sink::prepare(dest, Arc::clone(&entries), sink_opts)?;
     let tally = RecvTally::new(&entries);
     let resuming = caps0 & caps::HAVE != 0;
@@ -542,6 +558,11 @@ fn receive_session(
     if let Some(c) = &carried {
         sink.resume(c.held.iter().map(|(id, _)| *id));
     }
+    // A delta transfer: the old copy to fingerprint and to take references
+    // from (the destination itself, whose files are then updated in place).
+    let base = if caps0 & caps::DELTA != 0 { open_base(cfg.delta.as_ref(), &mut sink) } else { None };
+    let reused = AtomicU64::new(0);
+    let streams_done = AtomicBool::new(false);
     let journal_failed = std::sync::OnceLock::<String>::new();
     let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
     let table = ManifestTable { entries: &entries, tally: &tally };
@@ -551,6 +572,10 @@ fn receive_session(
         if let Some(j) = &journal {
             let (stopped, failed, abort) = (&journal_stopped, &journal_failed, &abort);
             scope.spawn(move || journal_rounds(j, stopped, failed, abort));
+        }
+        if let Some(b) = &base {
+            let (entries, s0, abort, progress, done) = (&entries, &slots[0], &abort, &*progress, &streams_done);
+            scope.spawn(move || serve_prints(&b.root, entries, s0, abort, progress, done));
         }
         let results = pipeline::run_streams(
             slots,
@@ -569,6 +594,8 @@ fn receive_session(
                     resumption,
                     idle: cfg.idle_timeout,
                     journal: journal.as_ref(),
+                    base: base.as_ref(),
+                    reused: &reused,
                 };
                 let seal = lock(i).take();
                 let (r, opener) = ctx.run(seal);
@@ -583,6 +610,7 @@ fn receive_session(
             },
         );
         drop(stop_journal);
+        streams_done.store(true, Ordering::Release);
         results
     });
     if let Some(j) = &journal {
@@ -605,7 +633,79 @@ fn receive_session(
     // for the verdict alive meanwhile.
     verdict.keeping_alive(|| sink.finish())?;
     let files = if streamed { count } else { u64::from(tally.regular_files()) };
-    Ok((count, files, bytes, progress.snapshot().wire, held))
+    let reused = reused.into_inner();
+    if base.is_some() {
+        tracing::info!(
+            "delta: {:.1} MiB of {:.1} MiB taken from the old copy, {:.1} MiB travelled",
+            reused as f64 / 1_048_576.0,
+            bytes as f64 / 1_048_576.0,
+            bytes.saturating_sub(reused) as f64 / 1_048_576.0
+        );
+    }
+    Ok((count, files, bytes, progress.snapshot().wire, held, reused))
+}
+
+/// A delta receiver's old copy: the directory its fingerprints and
+/// references come from.
+struct OldCopy {
+    root: File,
+    in_place: bool,
+}
+
+/// Opens the old copy of a granted delta transfer (`None` on failure: the
+/// sender then gets no fingerprints and sends everything). In place, the
+/// sink is told to keep the destination's files.
+fn open_base(base: Option<&crate::delta::Base>, sink: &mut Sink) -> Option<OldCopy> {
+    match base? {
+        crate::delta::Base::InPlace => {
+            sink.update_in_place();
+            match sink.root().try_clone() {
+                Ok(root) => Some(OldCopy { root, in_place: true }),
+                Err(e) => {
+                    tracing::warn!("delta: cannot share the destination's descriptor ({e}); sending everything");
+                    None
+                }
+            }
+        }
+        crate::delta::Base::Dir(dir) => {
+            match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir) {
+                Ok(root) => Some(OldCopy { root, in_place: false }),
+                Err(e) => {
+                    tracing::warn!("delta: cannot open the old copy {} ({e}); sending everything", dir.display());
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// The receiver's fingerprint walk (see [`crate::delta::serve`]): PRINTS
+/// on stream 0's first connection, at most [`crate::delta::LEAD`] bytes
+/// ahead of the data that arrived; it stops when the streams end, the
+/// session fails, or stream 0 reconnects (the sender then compares no
+/// more: a fingerprint lost with a connection must not be waited for).
+fn serve_prints(root: &File, entries: &[Entry], s0: &Slot, abort: &Abort, progress: &Progress, done: &AtomicBool) {
+    let started = Instant::now();
+    let order = crate::plan::Schedule::order(entries);
+    let stop = || abort.is_set() || done.load(Ordering::Acquire) || s0.generation() != 0;
+    let pace = |at: u64| loop {
+        if stop() {
+            return false;
+        }
+        if progress.snapshot().done + crate::delta::LEAD >= at {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let send = |f: Frame| !stop() && s0.tell(&f).is_ok();
+    let served = crate::delta::serve(root, entries, &order, pace, send);
+    tracing::info!(
+        "delta: fingerprinted {} old files ({:.1} MiB) in {:.2} s{}",
+        served.files,
+        (served.pages * wire::PRINT_PAGE) as f64 / 1_048_576.0,
+        started.elapsed().as_secs_f64(),
+        if served.complete { "" } else { " (stopped early)" }
+    );
 }
 
 /// A resumed session's start: what the destination's journal holds of
@@ -815,6 +915,10 @@ struct StreamCtx<'a> {
     resumption: Option<&'a Resumption>,
     idle: Duration,
     journal: Option<&'a journal::Journal>,
+    /// A delta transfer's old copy, where references are read.
+    base: Option<&'a OldCopy>,
+    /// Data bytes taken from the old copy (references), all streams.
+    reused: &'a AtomicU64,
 }
 
 /// What a stream carried: DATA frames, data bytes, and (stream 0) END's
@@ -869,6 +973,9 @@ impl StreamCtx<'_> {
         let mut inbound = io.inbound(sock);
         let mut decoder = Decoder::with_external(self.unfilter.clone());
         let what = format!("on stream {index} before its end");
+        // The old file references last came from (one descriptor per stream).
+        let mut old: Option<(u32, File)> = None;
+        let mut reread = Vec::new();
         loop {
             if self.abort.is_set() {
                 return Err(Abort::error());
@@ -884,7 +991,10 @@ impl StreamCtx<'_> {
                 let target = self.target(d.file_id, d.offset, len, peer)?;
                 let flag = h.flags & data_flags::COMPRESSED;
                 let file = target.dest();
-                let received = if flag == 0 && seal.is_none() {
+                let reference = h.flags & data_flags::REF != 0;
+                let received = if reference {
+                    self.reference(&mut inbound, h, &d, wire_len, &target, seal, &mut old, &mut reread)
+                } else if flag == 0 && seal.is_none() {
                     io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len)
                 } else {
                     // The associated data: this frame's header and DATA header, re-encoded
@@ -907,7 +1017,19 @@ impl StreamCtx<'_> {
                     }
                     _ => self.sink.write_error_at(target.path(), d.offset, &e),
                 })?;
+                if reference && sum != d.checksum {
+                    return Err(Error::Verify {
+                        path: target.display_path(),
+                        reason: format!(
+                            "the old copy's {len} bytes at offset {} are not the ones the sender compared with: it changed during the transfer; run it again",
+                            d.offset
+                        ),
+                    });
+                }
                 let processed = t.verified(&d, sum, Instant::now(), || target.display_path())?;
+                if reference {
+                    self.reused.fetch_add(u64::from(len), Ordering::Relaxed);
+                }
                 self.progress.add(u64::from(len));
                 self.progress.add_wire(u64::from(wire_len));
                 match (&target, self.files) {
@@ -953,6 +1075,60 @@ impl StreamCtx<'_> {
             }
             self.processed(processed);
         }
+    }
+
+    /// A reference (DATA flagged REF): its seal checked, the range taken
+    /// from the old copy (copied, unless the destination is the old copy),
+    /// and the checksum of what the destination now holds there.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        &self,
+        inbound: &mut backend::Inbound<'_>,
+        h: wire::FrameHeader,
+        d: &wire::DataHeader,
+        wire_len: u32,
+        target: &Target<'_>,
+        seal: &mut Option<Sealer>,
+        old: &mut Option<(u32, File)>,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<u64> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        if wire_len > 0 {
+            // Sealed: an empty payload and its tag, which authenticates the headers.
+            let mut tag = vec![0u8; wire_len as usize];
+            std::io::Read::read_exact(inbound, &mut tag)?;
+            let aad = d.encode_prefix(wire_len, h.flags);
+            let Some(s) = seal.as_mut() else { return Err(invalid("a reference with a payload".into())) };
+            if s.open(&aad, &mut tag).map_err(|e| invalid(e.to_string()))? != 0 {
+                return Err(invalid("a reference with a payload".into()));
+            }
+        }
+        let Some(base) = self.base else { return Err(invalid("a reference, but this receiver has no old copy".into())) };
+        let (len, dest) = (d.raw_len as usize, &target.dest().file);
+        if !base.in_place {
+            if old.as_ref().is_none_or(|(id, _)| *id != d.file_id) {
+                *old = None;
+                let f = crate::fingerprint::open(&base.root, target.path())
+                    .map_err(|e| invalid(format!("a reference to the old copy, which cannot be opened: {e}")))?;
+                *old = Some((d.file_id, f));
+            }
+            let src = &old.as_ref().expect("opened above").1;
+            let mut done = 0;
+            while done < len {
+                let at = d.offset + done as u64;
+                match backend::sys::copy_file_range(src, at, dest, at, len - done) {
+                    Ok(0) => return Err(invalid(format!("a reference beyond the old copy's end ({at})"))),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        buf.resize(len, 0);
+        std::os::unix::fs::FileExt::read_exact_at(dest, buf, d.offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof { invalid("a reference beyond the old copy's end".into()) } else { e }
+        })?;
+        Ok(crate::digest::checksum(buf))
     }
 
     /// The file a DATA frame of `len` bytes at `offset` writes into, its

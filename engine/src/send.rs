@@ -73,6 +73,9 @@ pub struct SendConfig {
     /// first measures another codec against it, and the shortest wait
     /// between such measurements.
     pub adapt_after: Duration,
+    /// Ask for a delta transfer (tree sessions): a receiver with an old
+    /// copy serves its fingerprints, and equal ranges travel as references.
+    pub delta: bool,
 }
 
 /// How far ahead of each block the sender asks the kernel to read.
@@ -101,6 +104,7 @@ impl Default for SendConfig {
             resume_window: crate::resume::DEFAULT_WINDOW,
             adapt_after: crate::codec::governor::MIN_GAP,
             replay_budget: crate::resume::DEFAULT_REPLAY_BUDGET,
+            delta: false,
         }
     }
 }
@@ -148,6 +152,10 @@ struct Session {
     governor: Option<Arc<Governor>>,
     /// The protocol version the receiver chose.
     version: u16,
+    /// A delta transfer's fingerprints (set when DELTA was granted).
+    prints: lane::Prints,
+    /// Data bytes sent as references.
+    reused: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -219,13 +227,14 @@ impl Session {
         // instead of letting them send the rest into a receiver that has
         // given up. (The wait is bounded in `finish`.)
         let abort = Arc::new(Abort::default());
+        let prints: lane::Prints = Arc::default();
         let (verdict_tx, verdict) = unbounded();
         let mut readers = Vec::new();
         let listened = if resume.is_some() { lanes.len() } else { 1 };
         for i in 0..listened {
             let opener = session.clone().map(|k| Sealer::new(k, Direction::ToSender, i as u16));
-            let tx = (i == 0).then(|| verdict_tx.clone());
-            readers.push(lane::spawn_reader(&lanes, i, opener, peer.clone(), tx, resume.clone(), Arc::clone(&abort))?);
+            let zero = (i == 0).then(|| (verdict_tx.clone(), Arc::clone(&prints)));
+            readers.push(lane::spawn_reader(&lanes, i, opener, peer.clone(), zero, resume.clone(), Arc::clone(&abort))?);
         }
         let stopped = Arc::new(std::sync::OnceLock::new());
         let said: Arc<Vec<_>> = Arc::new((0..cfg.streams).map(|_| std::sync::atomic::AtomicBool::new(false)).collect());
@@ -259,6 +268,8 @@ impl Session {
             caps,
             governor,
             version: welcome.version,
+            prints,
+            reused: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -287,13 +298,13 @@ impl Session {
         tracing::warn!(stream = lane.index, "stream {} broke ({why}); reconnecting (resume window {:?})", lane.index, resume.window);
         let (frames, writer, opener) = resume.reconnect(lane, deadline, why, &self.abort)?;
         *seal = writer;
-        let tx = (lane.index == 0).then(|| self.verdict_tx.clone());
+        let zero = (lane.index == 0).then(|| (self.verdict_tx.clone(), Arc::clone(&self.prints)));
         let reader = lane::spawn_reader(
             &self.lanes,
             usize::from(lane.index),
             opener,
             self.peer.clone(),
-            tx,
+            zero,
             self.resume.clone(),
             Arc::clone(&self.abort),
         )?;
@@ -419,8 +430,8 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         return Err(Error::Config("external filters are supported in streamed sessions only".into()));
     }
     let mut method = backend::select(cfg.io, true)?;
-    if (cfg.compress != Compression::None || cfg.seal_key.is_some() || cfg.tls.enabled()) && method != backend::Method::Copy {
-        tracing::info!("compression, sealing or TLS transforms every block; using the copy path instead of {method}");
+    if (cfg.compress != Compression::None || cfg.seal_key.is_some() || cfg.tls.enabled() || cfg.delta) && method != backend::Method::Copy {
+        tracing::info!("compression, sealing, TLS or a delta reads every block; using the copy path instead of {method}");
         method = backend::Method::Copy;
     }
     tracing::info!(backend = %method, streams = cfg.streams, compress = %cfg.compress, sealed = cfg.seal_key.is_some(), "sending");
@@ -428,6 +439,12 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, false)?;
+    if session.caps & wire::caps::DELTA != 0 {
+        tracing::info!("delta: the receiver has an old copy; ranges whose pages it holds travel as references");
+        let _ = session.prints.set(Arc::new(crate::delta::Book::new(&tree.entries)));
+    } else if cfg.delta {
+        tracing::info!("delta: the receiver has no old copy to compare with; sending everything");
+    }
     StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: Some(tree) }.manifest(
         &tree.entries,
         tree.data_bytes(),
@@ -485,6 +502,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         wire_bytes,
         resent: progress.snapshot().resent,
         held: held_bytes,
+        reused: session.reused.load(std::sync::atomic::Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
 }
@@ -561,6 +579,7 @@ where
         wire_bytes: progress.snapshot().wire,
         resent: progress.snapshot().resent,
         held: 0,
+        reused: 0,
         elapsed: started.elapsed(),
     })
 }
@@ -573,6 +592,7 @@ fn capabilities(cfg: &SendConfig, streamed: bool) -> u64 {
         | if cfg.filter.is_some() { wire::caps::EXTERNAL_FILTER } else { 0 }
         | if cfg.resume_window.is_zero() { 0 } else { wire::caps::RESUME }
         | if streamed { 0 } else { wire::caps::HAVE }
+        | if cfg.delta && !streamed { wire::caps::DELTA } else { 0 }
 }
 
 /// Locks a stream's sealer slot (a poisoned lock only means a stream thread
@@ -828,6 +848,7 @@ impl StreamCtx<'_> {
         let mut encoder = self.encoder()?;
         let mut open: Option<(u32, File)> = None;
         let mut out = Outbound::new();
+        let book = self.session.prints.get().map(|b| &**b);
         while let Some(b) = schedule.next_block() {
             if self.session.abort.is_set() {
                 return Err(Abort::error());
@@ -841,9 +862,23 @@ impl StreamCtx<'_> {
             let _ = backend::sys::will_need(file, b.offset + u64::from(b.len), READ_AHEAD);
             let path = || tree.paths[b.file_id as usize].display().to_string();
             let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
+            if let Some(book) = book {
+                let pieces = self.compare(book, &b, io.loaded(b.len));
+                if pieces.iter().any(|p| p.reference) {
+                    let last = self.send_pieces(&b, &pieces, &mut io, &mut out, tally, &mut encoder, seal, &path())?;
+                    if last {
+                        book.forget(b.file_id);
+                    }
+                    self.progress.add(u64::from(b.len));
+                    continue;
+                }
+            }
             let header = out.block(b.file_id, b.offset, b.len, checksum)?;
             // The FILE_DONE of a file's last block rides in the same write.
             let done = tally.record(&b, checksum).map(|digest| Frame::FileDone { file_id: b.file_id, digest });
+            if let (Some(book), Some(_)) = (book, &done) {
+                book.forget(b.file_id);
+            }
             self.record(Replay::Block { file_id: b.file_id, seq: header.seq, offset: b.offset, len: b.len, checksum }, 0);
             if let Some(f) = &done {
                 self.record(Replay::Frame(f.clone()), 0);
@@ -885,6 +920,102 @@ impl StreamCtx<'_> {
         }
         self.end_stream(&out, seal)?;
         Ok(out.totals())
+    }
+
+    /// Which pieces of block `b` (its bytes `data`) the receiver's old
+    /// copy holds: the pages whose fingerprints equal theirs become
+    /// references, the rest data. Waits for the fingerprints (bounded:
+    /// a silent receiver closes the book, and everything is sent).
+    fn compare(&self, book: &crate::delta::Book, b: &crate::plan::Block, data: &[u8]) -> Vec<crate::delta::Piece> {
+        let pages = crate::delta::pages_within(b.offset, b.len);
+        let whole = || vec![crate::delta::Piece { offset: b.offset, len: b.len, reference: false }];
+        if pages.is_empty() || book.is_closed() {
+            return whole();
+        }
+        let wait = self.cfg.idle_timeout.max(Duration::from_secs(30));
+        let prints = book.take(b.file_id, pages.clone(), wait, &|| self.session.abort.is_set());
+        if prints.iter().all(Option::is_none) {
+            return whole();
+        }
+        let page = wire::PRINT_PAGE as usize;
+        let matched: Vec<bool> = prints
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = ((pages.start + i as u64) * wire::PRINT_PAGE - b.offset) as usize;
+                p.is_some_and(|h| crate::fingerprint::of(&data[at..at + page]) == h)
+            })
+            .collect();
+        crate::delta::split(b.offset, b.len, &matched)
+    }
+
+    /// Sends block `b` (loaded in `io`) as `pieces`: references without
+    /// payload, the rest as data (compressed as the session says), each
+    /// with its own sequence number and checksum; the file digest is the
+    /// sum over the pieces. Returns whether it was the file's last block.
+    #[allow(clippy::too_many_arguments)]
+    fn send_pieces(
+        &self,
+        b: &crate::plan::Block,
+        pieces: &[crate::delta::Piece],
+        io: &mut StreamIo,
+        out: &mut Outbound,
+        tally: &SendTally,
+        encoder: &mut Option<Encoder>,
+        seal: &mut Option<Sealer>,
+        path: &str,
+    ) -> Result<bool> {
+        let mut headers = Vec::with_capacity(pieces.len());
+        let mut sum = 0u64;
+        {
+            let data = io.loaded(b.len);
+            for p in pieces {
+                let at = (p.offset - b.offset) as usize;
+                let checksum = crate::digest::checksum(&data[at..at + p.len as usize]);
+                sum = sum.wrapping_add(crate::digest::block_digest(b.file_id, p.offset, p.len, checksum));
+                headers.push(out.block(b.file_id, p.offset, p.len, checksum)?);
+            }
+        }
+        let done = tally.record_digest(b, sum).map(|digest| Frame::FileDone { file_id: b.file_id, digest });
+        for h in &headers {
+            // Sent again as data after a reconnection (read from the file).
+            self.record(Replay::Block { file_id: h.file_id, seq: h.seq, offset: h.offset, len: h.raw_len, checksum: h.checksum }, 0);
+        }
+        if let Some(f) = &done {
+            self.record(Replay::Frame(f.clone()), 0);
+        }
+        let link = self.lane.link();
+        let data = io.loaded_mut(b.len);
+        for (k, (p, h)) in pieces.iter().zip(headers).enumerate() {
+            let trailer = if k + 1 == pieces.len() { done.as_ref() } else { None };
+            let at = (p.offset - b.offset) as usize;
+            let bytes = &mut data[at..at + p.len as usize];
+            let sent = if p.reference {
+                self.session.reused.fetch_add(u64::from(p.len), std::sync::atomic::Ordering::Relaxed);
+                self.send_memory(&link, h, wire::data_flags::REF, &mut [], trailer, seal).map(|(wire, _)| wire)
+            } else {
+                match encoder.as_mut().and_then(|e| e.encode(bytes)) {
+                    Some((flag, packed)) => self.send_memory(&link, h, flag, packed, trailer, seal),
+                    None => self.send_memory(&link, h, 0, bytes, trailer, seal),
+                }
+                .map(|(wire, took)| {
+                    if let Some(e) = encoder.as_mut() {
+                        e.record_send(p.len as usize, wire as usize, took);
+                    }
+                    wire
+                })
+            };
+            match sent {
+                Ok(wire) => self.progress.add_wire(wire),
+                // Everything recorded, the pieces not yet written included,
+                // goes again on the new connection.
+                Err(e) => {
+                    self.recover(e, seal, path)?;
+                    break;
+                }
+            }
+        }
+        Ok(done.is_some())
     }
 
     /// Sends items of a streamed session until the producer is done;

@@ -74,6 +74,9 @@ pub struct Sink {
     /// are opened as they are; every other file is truncated.
     resuming: bool,
     kept: Vec<bool>,
+    /// A delta transfer into the old copy: existing files are opened as
+    /// they are (references keep their bytes) and cut to their new size.
+    in_place: bool,
 }
 
 pub(crate) fn cpath(p: &[u8]) -> CString {
@@ -218,7 +221,16 @@ impl Sink {
             })?;
         write_marker(&root_file).map_err(|e| dest_err(format!("not writable: {e}")))?;
         let slots = entries.iter().map(|_| Mutex::new(Slot::Closed)).collect();
-        Ok(Self { root: root_file, root_path: root.to_path_buf(), entries, slots, opts, resuming: false, kept: Vec::new() })
+        Ok(Self {
+            root: root_file,
+            root_path: root.to_path_buf(),
+            entries,
+            slots,
+            opts,
+            resuming: false,
+            kept: Vec::new(),
+            in_place: false,
+        })
     }
 
     /// Creates the manifest's directories.
@@ -243,6 +255,13 @@ impl Sink {
         for id in kept {
             self.kept[id as usize] = true;
         }
+    }
+
+    /// A delta transfer updates the destination's files in place: they
+    /// are neither refused nor truncated, only cut to their new size, and
+    /// symlinks already there are replaced.
+    pub fn update_in_place(&mut self) {
+        self.in_place = true;
     }
 
     fn err(&self, rel: &[u8], what: &str, e: &io::Error) -> Error {
@@ -275,6 +294,13 @@ impl Sink {
                 let what = "reopening a file the journal holds data of (receive again without --resume if it was removed)";
                 self.err(&e.path, what, &err)
             })?
+        } else if self.in_place {
+            let f = create_file(&self.root, &e.path, libc::O_RDWR | libc::O_CREAT, 0o600)
+                .map_err(|err| self.err(&e.path, "opening the old copy to update it", &err))?;
+            if f.metadata().map_err(|err| self.err(&e.path, "reading file size", &err))?.len() != e.size {
+                f.set_len(e.size).map_err(|err| self.err(&e.path, "setting file size", &err))?;
+            }
+            f
         } else {
             let excl = if self.opts.overwrite || self.resuming { libc::O_TRUNC } else { libc::O_EXCL };
             create_file(&self.root, &e.path, libc::O_RDWR | libc::O_CREAT | excl, 0o600)
@@ -412,8 +438,9 @@ impl Sink {
                 .map_err(|err| self.err(parent, "opening directory", &err))?;
             let name = cpath(name);
             let made = match sys::symlinkat(&cpath(&e.link_target), &pfd, &name) {
-                // An interrupted run may have made it already.
-                Err(err) if self.resuming && err.raw_os_error() == Some(libc::EEXIST) => {
+                // An interrupted run, or the old copy being updated, may
+                // hold it already.
+                Err(err) if (self.resuming || self.in_place || self.opts.overwrite) && err.raw_os_error() == Some(libc::EEXIST) => {
                     sys::unlinkat(&pfd, &name).and_then(|()| sys::symlinkat(&cpath(&e.link_target), &pfd, &name))
                 }
                 r => r,

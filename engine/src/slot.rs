@@ -128,6 +128,13 @@ impl Slot {
         }
     }
 
+    /// Sends `frame` back on the current connection (a delta receiver's
+    /// fingerprints).
+    pub fn tell(&self, frame: &Frame) -> Result<()> {
+        let mut back = lock(&self.back);
+        self.send_back(&mut back, frame)
+    }
+
     /// Sends a resuming receiver's HAVE list and keeps it to send again
     /// after a rejoin (failures show on the read side).
     pub fn tell_have(&self, frames: Vec<Frame>) {

@@ -15,7 +15,7 @@ use crate::manifest::{Entry, EntryKind, Extent, validate_rel_path};
 pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The oldest protocol version this build accepts: version 4 bound the
 /// sealing key to both ends (SECURITY.md F2) and version 5 changed
 /// WELCOME's layout for resumable sessions, so only version 5 and later
@@ -55,6 +55,10 @@ pub mod since {
     /// frame instead of from MANIFEST_END. A version 5 peer is still
     /// served, with the version 5 count.
     pub const MANIFEST_RESUMES: u16 = 6;
+    /// Delta transfers (capability DELTA): the receiver serves page
+    /// fingerprints of its old copy (PRINTS), and the sender replaces equal
+    /// ranges with references (DATA frames flagged REF, without payload).
+    pub const DELTA: u16 = 7;
 }
 
 /// Capability bits a sender may request in HELLO; the receiver grants them
@@ -81,8 +85,16 @@ pub mod caps {
     /// durable, and the sender sends only the rest. A sender asks for it
     /// in every tree session; a receiver grants it only when resuming.
     pub const HAVE: u64 = 1 << 6;
+    /// A delta transfer (v7, tree sessions): the receiver holds an older
+    /// copy of the tree (in its destination, or in a base directory it
+    /// names itself), fingerprints its pages and sends the fingerprints in
+    /// PRINTS frames on stream 0; the sender sends a reference (a DATA
+    /// frame flagged REF) for every range whose pages are equal. A sender
+    /// asks for it when told to; a receiver grants it only when it has an
+    /// old copy and is not resuming.
+    pub const DELTA: u64 = 1 << 7;
     /// Every capability this build implements.
-    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | RESUME | STREAMED | EXTERNAL_FILTER | HAVE;
+    pub const SUPPORTED: u64 = COMPRESS_LZ4 | COMPRESS_ZSTD | SEAL_AES256GCM | RESUME | STREAMED | EXTERNAL_FILTER | HAVE | DELTA;
 }
 
 /// Flag of any frame whose body is sealed (AES-256-GCM, tag appended).
@@ -98,8 +110,12 @@ pub mod data_flags {
     /// The payload is the output of the session's external filter command;
     /// `raw_len` is the length its inverse must produce.
     pub const EXTERNAL: u8 = 1 << 3;
+    /// A reference (capability DELTA): no payload; the receiver's old copy
+    /// of the file holds these `raw_len` bytes at the same offset, and
+    /// `checksum` is theirs. Never combined with a compression flag.
+    pub const REF: u8 = 1 << 4;
     /// Flags this build understands on DATA frames.
-    pub const KNOWN: u8 = LZ4 | ZSTD | EXTERNAL | super::SEALED;
+    pub const KNOWN: u8 = LZ4 | ZSTD | EXTERNAL | REF | super::SEALED;
     /// The compression flags (at most one per frame).
     pub const COMPRESSED: u8 = LZ4 | ZSTD | EXTERNAL;
 }
@@ -131,6 +147,11 @@ pub const MAX_STREAMS: u16 = 256;
 pub const HAVE_RANGE_LEN: usize = 24;
 /// Most ranges in one HAVE frame: its body fits a control frame.
 pub const HAVE_RANGES_PER_FRAME: usize = (MAX_CONTROL_BODY as usize - 8) / HAVE_RANGE_LEN;
+/// The page a fingerprint covers: InnoDB's default page size.
+pub const PRINT_PAGE: u64 = 16 << 10;
+/// A PRINTS frame's fixed part, and the fingerprints one frame carries.
+pub const PRINTS_HEADER_LEN: usize = 24;
+pub const PRINTS_PER_FRAME: usize = (MAX_CONTROL_BODY as usize - PRINTS_HEADER_LEN) / 32;
 
 /// Everything that can be wrong with bytes received from a peer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,6 +229,10 @@ pub enum Kind {
     /// R (stream 0, capability HAVE): data ranges the receiver already
     /// holds, verified and durable; the last HAVE of a session says so.
     Have = 18,
+    /// R (stream 0, capability DELTA): fingerprints of the receiver's old
+    /// copy of a file, one BLAKE3 per page, from `first_page` on; the last
+    /// PRINTS of a file says so.
+    Prints = 19,
 }
 
 impl Kind {
@@ -231,6 +256,7 @@ impl Kind {
             16 => Self::Ack,
             17 => Self::Bye,
             18 => Self::Have,
+            19 => Self::Prints,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -371,6 +397,16 @@ impl DataHeader {
         let compressed = flags & data_flags::COMPRESSED != 0;
         let tag = if flags & SEALED != 0 { SEAL_TAG_LEN as u32 } else { 0 };
         let plain_len = payload_len.checked_sub(tag).ok_or(WireError::Truncated { what: "sealed DATA payload" })?;
+        if flags & data_flags::REF != 0 {
+            if compressed || plain_len != 0 || h.raw_len == 0 || h.raw_len > MAX_PAYLOAD {
+                return Err(WireError::Invalid {
+                    what: "DATA reference (a payload, a codec or a bad length)",
+                    value: u64::from(h.raw_len),
+                });
+            }
+            h.offset.checked_add(u64::from(h.raw_len)).ok_or(WireError::Invalid { what: "DATA offset", value: h.offset })?;
+            return Ok((h, payload_len));
+        }
         if compressed && (h.raw_len == 0 || h.raw_len > MAX_PAYLOAD || plain_len == 0) {
             return Err(WireError::Invalid { what: "DATA decoded length", value: u64::from(h.raw_len) });
         }
@@ -406,6 +442,14 @@ pub enum Frame {
     Have {
         last: bool,
         ranges: Vec<(u32, Extent)>,
+    },
+    /// Fingerprints of the receiver's old copy of `file_id`: BLAKE3 of
+    /// page `first_page + i` ([`PRINT_PAGE`] bytes); `last` ends the file's.
+    Prints {
+        file_id: u32,
+        last: bool,
+        first_page: u64,
+        hashes: Vec<[u8; 32]>,
     },
     Reject {
         reason: String,
@@ -469,6 +513,7 @@ impl Frame {
             Self::Ack { .. } => Kind::Ack,
             Self::Bye => Kind::Bye,
             Self::Have { .. } => Kind::Have,
+            Self::Prints { .. } => Kind::Prints,
         }
     }
 
@@ -502,6 +547,17 @@ impl Frame {
                     put32(out, 0);
                     put64(out, x.offset);
                     put64(out, x.len);
+                }
+            }
+            Self::Prints { file_id, last, first_page, hashes } => {
+                put32(out, *file_id);
+                out.push(u8::from(*last));
+                out.extend_from_slice(&[0; 3]);
+                put64(out, *first_page);
+                put32(out, hashes.len() as u32);
+                put32(out, 0);
+                for h in hashes {
+                    out.extend_from_slice(h);
                 }
             }
             Self::Reject { reason } | Self::Abort { reason } => put_str(out, reason),
@@ -574,6 +630,7 @@ impl Frame {
             Kind::Ack => "ACK",
             Kind::Bye => "BYE",
             Kind::Have => "HAVE",
+            Kind::Prints => "PRINTS",
         };
         let mut r = Reader::new(body, what);
         let frame = match header.kind {
@@ -618,6 +675,32 @@ impl Frame {
                     ranges.push((id, Extent { offset, len }));
                 }
                 Self::Have { last, ranges }
+            }
+            Kind::Prints => {
+                let file_id = r.u32()?;
+                let last = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(WireError::Invalid { what: "PRINTS last flag", value: u64::from(other) }),
+                };
+                let pad: [u8; 3] = r.array()?;
+                if pad != [0; 3] {
+                    return Err(WireError::Invalid { what: "PRINTS reserved field", value: 1 });
+                }
+                let first_page = r.u64()?;
+                let count = r.u32()? as usize;
+                r.zero32("PRINTS reserved field")?;
+                if count != r.remaining() / 32 || r.remaining() % 32 != 0 {
+                    return Err(WireError::Invalid { what: "PRINTS fingerprint count", value: count as u64 });
+                }
+                if first_page.checked_add(count as u64).is_none_or(|end| end > u64::MAX / PRINT_PAGE) {
+                    return Err(WireError::Invalid { what: "PRINTS first page", value: first_page });
+                }
+                let mut hashes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    hashes.push(r.array()?);
+                }
+                Self::Prints { file_id, last, first_page, hashes }
             }
             Kind::Welcome => {
                 let version = r.u16()?;
@@ -998,6 +1081,9 @@ mod tests {
             Frame::Abort { reason: "mariadb-backup failed".into() },
             Frame::Have { last: true, ranges: vec![(3, Extent { offset: 0, len: 1 << 20 }), (9, Extent { offset: 1 << 40, len: 7 })] },
             Frame::Have { last: false, ranges: Vec::new() },
+            Frame::Prints { file_id: 4, last: false, first_page: 9, hashes: vec![[1; 32], [2; 32]] },
+            Frame::Prints { file_id: 5, last: true, first_page: 0, hashes: vec![[3; 32]; PRINTS_PER_FRAME] },
+            Frame::Prints { file_id: 6, last: true, first_page: 0, hashes: Vec::new() },
         ];
         for f in frames {
             let mut out = Vec::new();
@@ -1030,6 +1116,31 @@ mod tests {
         assert!(matches!(FrameHeader::decode(&ctl), Err(WireError::Flags { .. })));
         let huge = FrameHeader { kind: Kind::Data, flags: 0, len: u32::MAX }.encode();
         assert!(matches!(FrameHeader::decode(&huge), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_reference_has_no_payload_and_no_codec_and_prints_their_announced_count() {
+        let h = DataHeader { file_id: 1, seq: 0, offset: 16 << 10, raw_len: 32 << 10, checksum: 7 };
+        let decode = |payload: u32, flags: u8| {
+            let b = h.encode_prefix(payload, flags);
+            let fh = FrameHeader::decode(b[..8].try_into().unwrap())?;
+            DataHeader::decode(fh.len, fh.flags, b[8..].try_into().unwrap())
+        };
+        assert_eq!(decode(0, data_flags::REF).unwrap(), (h, 0));
+        assert_eq!(decode(SEAL_TAG_LEN as u32, data_flags::REF | SEALED).unwrap(), (h, SEAL_TAG_LEN as u32), "sealed: the tag only");
+        assert!(matches!(decode(5, data_flags::REF), Err(WireError::Invalid { .. })), "a payload on a reference");
+        assert!(matches!(decode(0, data_flags::REF | data_flags::LZ4), Err(WireError::Invalid { .. })), "a codec on a reference");
+        let zero = DataHeader { raw_len: 0, ..h }.encode_prefix(0, data_flags::REF);
+        let fh = FrameHeader::decode(zero[..8].try_into().unwrap()).unwrap();
+        assert!(DataHeader::decode(fh.len, fh.flags, zero[8..].try_into().unwrap()).is_err(), "an empty reference");
+        // PRINTS whose count disagrees with the body, or runs past any file.
+        let mut out = Vec::new();
+        Frame::Prints { file_id: 1, last: false, first_page: 0, hashes: vec![[0; 32]; 2] }.encode(&mut out);
+        out[FRAME_HEADER_LEN + 16] = 3;
+        assert!(matches!(decode_all(&out), Err(WireError::Invalid { .. })));
+        let mut out = Vec::new();
+        Frame::Prints { file_id: 1, last: false, first_page: u64::MAX - 1, hashes: vec![[0; 32]; 2] }.encode(&mut out);
+        assert!(matches!(decode_all(&out), Err(WireError::Invalid { .. })));
     }
 
     #[test]

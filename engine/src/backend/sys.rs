@@ -233,6 +233,17 @@ pub fn tcp_backoff(sock: impl AsFd) -> io::Result<(u8, u32)> {
     Ok((info.tcpi_backoff, info.tcpi_unacked))
 }
 
+/// `copy_file_range(2)` of up to `len` bytes from `src` at `src_off` to
+/// `dst` at `dst_off` (the kernel copies, or shares the extents where the
+/// filesystem can reflink); returns the bytes copied (0 at `src`'s end).
+pub fn copy_file_range(src: impl AsFd, src_off: u64, dst: impl AsFd, dst_off: u64, len: usize) -> io::Result<usize> {
+    let (mut so, mut d) = (src_off as libc::loff_t, dst_off as libc::loff_t);
+    // SAFETY: both offsets point to locals that live across the call; the
+    // fds are borrowed and open; no user memory is read or written.
+    let n = unsafe { libc::copy_file_range(src.as_fd().as_raw_fd(), &raw mut so, dst.as_fd().as_raw_fd(), &raw mut d, len, 0) };
+    cvt_size(n)
+}
+
 /// `syncfs(2)`: flushes the whole filesystem holding `fd`, data and metadata.
 pub fn syncfs(fd: impl AsFd) -> io::Result<()> {
     // SAFETY: syncfs touches no memory of ours; the fd is borrowed and open.

@@ -1,0 +1,445 @@
+//! Delta transfers (capability DELTA, issue 13): the receiver holds an
+//! older copy of the tree; it fingerprints that copy's pages
+//! ([`crate::fingerprint`]) and serves the fingerprints to the sender,
+//! which sends a reference instead of every range whose pages are equal.
+//!
+//! Three parts, each without sockets:
+//! - [`split`]: which pieces of a block travel and which are references,
+//!   given which of its whole pages match;
+//! - [`Book`]: the sender's store of the fingerprints that arrived, waited
+//!   for by the streams and freed as their blocks are sent, bounded;
+//! - [`serve`]: the receiver's walk over its old copy in the sender's
+//!   order, paced so that it stays a bounded distance ahead of the data.
+//!
+//! Correctness never rests on a fingerprint: the receiver checks every
+//! reference's bytes against the sender's xxh3 checksum, so a stale or
+//! hostile fingerprint costs a block sent, or a named error, never a wrong
+//! byte kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::fingerprint::{self, Fingerprint};
+use crate::manifest::{Entry, EntryKind};
+use crate::wire::{Frame, PRINT_PAGE, PRINTS_PER_FRAME};
+
+/// Where a delta receiver's old copy is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    /// In the destination itself: files are updated in place (only the
+    /// ranges that changed are written; a failed transfer leaves the
+    /// destination marked incomplete).
+    InPlace,
+    /// In another directory (an SST joiner's datadir, received into a
+    /// staging directory beside it): referenced ranges are copied from it.
+    Dir(PathBuf),
+}
+
+/// How far ahead of the data the receiver fingerprints (bytes of the
+/// sender's order): the sender holds at most this much in fingerprints
+/// (2 MiB per GiB), whatever the tree's size.
+pub const LEAD: u64 = 1 << 30;
+
+/// Most fingerprints a sender keeps at once; a receiver that sends more
+/// than its pacing allows fails the session.
+pub const MAX_HELD: usize = (4 * LEAD / PRINT_PAGE) as usize;
+
+/// The pages wholly inside the block `[offset, offset + len)`.
+pub fn pages_within(offset: u64, len: u32) -> Range<u64> {
+    let first = offset.div_ceil(PRINT_PAGE);
+    let end = (offset + u64::from(len)) / PRINT_PAGE;
+    first..end.max(first)
+}
+
+/// One piece of a block: sent as data, or as a reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub offset: u64,
+    pub len: u32,
+    pub reference: bool,
+}
+
+/// Splits the block `[offset, offset + len)` into alternating runs: the
+/// pages of [`pages_within`] whose `matched` entry is true become
+/// references, everything else (unmatched pages, partial pages at the
+/// edges) data. Adjacent pieces of one kind are merged.
+pub fn split(offset: u64, len: u32, matched: &[bool]) -> Vec<Piece> {
+    let pages = pages_within(offset, len);
+    debug_assert_eq!(matched.len() as u64, pages.end - pages.start);
+    let end = offset + u64::from(len);
+    let mut out: Vec<Piece> = Vec::new();
+    let mut push = |from: u64, to: u64, reference: bool| {
+        if to <= from {
+            return;
+        }
+        match out.last_mut() {
+            Some(p) if p.reference == reference && p.offset + u64::from(p.len) == from => p.len += (to - from) as u32,
+            _ => out.push(Piece { offset: from, len: (to - from) as u32, reference }),
+        }
+    };
+    push(offset, (pages.start * PRINT_PAGE).min(end), false);
+    for (i, &m) in matched.iter().enumerate() {
+        let at = (pages.start + i as u64) * PRINT_PAGE;
+        push(at, at + PRINT_PAGE, m);
+    }
+    push((pages.end * PRINT_PAGE).max(offset), end, false);
+    out
+}
+
+/// The fingerprints of one file that arrived and are not used yet.
+#[derive(Debug, Default)]
+struct FilePrints {
+    /// Every fingerprint below this page has arrived (if it exists).
+    upto: u64,
+    /// The receiver said it sent this file's last fingerprint.
+    last: bool,
+    pages: BTreeMap<u64, Fingerprint>,
+}
+
+#[derive(Debug, Default)]
+struct BookState {
+    files: HashMap<u32, FilePrints>,
+    held: usize,
+    /// No more fingerprints will come (stream 0 broke, or the receiver
+    /// said its walk ended, or a wait timed out): waits end at once.
+    closed: bool,
+    /// Files whose blocks are all sent: late fingerprints are dropped.
+    forgotten: std::collections::HashSet<u32>,
+}
+
+/// The sender's fingerprints: added by stream 0's reader as PRINTS frames
+/// arrive, taken by the streams for their blocks.
+#[derive(Debug)]
+pub struct Book {
+    /// Each manifest entry's size, for regular files.
+    sizes: Vec<Option<u64>>,
+    state: Mutex<BookState>,
+    changed: Condvar,
+}
+
+impl Book {
+    /// A book for the session whose manifest is `entries`.
+    pub fn new(entries: &[Entry]) -> Self {
+        Self {
+            sizes: entries.iter().map(|e| (e.kind == EntryKind::File).then_some(e.size)).collect(),
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BookState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A PRINTS frame: checked against the manifest (a file's pages come
+    /// in order, within the file, and nothing after its last). `Err`
+    /// names what the receiver did wrong.
+    pub fn add(&self, file_id: u32, last: bool, first_page: u64, hashes: Vec<Fingerprint>) -> Result<(), String> {
+        let size = self
+            .sizes
+            .get(file_id as usize)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("sent fingerprints of entry {file_id}, which is not a file of this manifest"))?;
+        let end = first_page + hashes.len() as u64;
+        if end * PRINT_PAGE > size.next_multiple_of(PRINT_PAGE) {
+            return Err(format!("sent fingerprints of entry {file_id} beyond its size"));
+        }
+        let mut s = self.lock();
+        if s.forgotten.contains(&file_id) {
+            return Ok(());
+        }
+        let n = hashes.len();
+        let f = s.files.entry(file_id).or_default();
+        if f.last || first_page < f.upto {
+            return Err(format!("sent fingerprints of entry {file_id} out of order"));
+        }
+        for (i, h) in hashes.into_iter().enumerate() {
+            f.pages.insert(first_page + i as u64, h);
+        }
+        f.upto = end;
+        f.last = last;
+        s.held += n;
+        if s.held > MAX_HELD {
+            return Err(format!("sent more than {MAX_HELD} fingerprints ahead of the data"));
+        }
+        drop(s);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// No more fingerprints will arrive: every wait ends now.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// The fingerprints of `pages` of `file_id`, removed from the book:
+    /// waits until the receiver has sent them (or said it has none), the
+    /// book is closed, `stop` says so, or `wait` passes (then the book
+    /// closes: a receiver that falls silent costs the delta, not the
+    /// session). `None` where the receiver has no such page.
+    pub fn take(&self, file_id: u32, pages: Range<u64>, wait: Duration, stop: &dyn Fn() -> bool) -> Vec<Option<Fingerprint>> {
+        let deadline = Instant::now() + wait;
+        let mut s = self.lock();
+        loop {
+            let ready = s.files.get(&file_id).is_some_and(|f| f.last || f.upto >= pages.end);
+            if ready || s.closed || stop() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!("the receiver sent no fingerprints for {wait:?}; sending the rest without comparing");
+                s.closed = true;
+                self.changed.notify_all();
+                break;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, (deadline - now).min(Duration::from_millis(200)))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        let Some(f) = s.files.get_mut(&file_id) else {
+            return vec![None; (pages.end - pages.start) as usize];
+        };
+        // (Streams take a file's blocks in any order; a page no block
+        // holds whole — one a block boundary cuts — goes with the file.)
+        let got: Vec<Option<Fingerprint>> = pages.map(|p| f.pages.remove(&p)).collect();
+        s.held -= got.iter().flatten().count();
+        got
+    }
+
+    /// Every block of `file_id` was sent: its remaining fingerprints go.
+    pub fn forget(&self, file_id: u32) {
+        let mut s = self.lock();
+        if let Some(f) = s.files.remove(&file_id) {
+            s.held -= f.pages.len();
+        }
+        s.forgotten.insert(file_id);
+    }
+
+    /// Fingerprints held now (for tests).
+    pub fn held(&self) -> usize {
+        self.lock().held
+    }
+}
+
+/// What the receiver's walk over its old copy found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Files of the manifest that had an old copy to fingerprint.
+    pub files: u64,
+    /// Pages fingerprinted and sent.
+    pub pages: u64,
+    /// The walk ran to the end (not stopped).
+    pub complete: bool,
+}
+
+/// The receiver's side: walks the manifest's files in `order` (the
+/// sender's), fingerprints each one's old copy beneath `base` (opened
+/// without following symlinks; a missing, unreadable or non-regular old
+/// file has no fingerprints) over the pages that lie wholly inside the
+/// new file's data, and hands PRINTS frames to `send` (false: stop).
+/// Before reading past `position` bytes of the sender's order it calls
+/// `pace(position)`, which waits until the data is near (false: stop).
+pub fn serve(
+    base: impl AsFd,
+    entries: &[Entry],
+    order: &[u32],
+    mut pace: impl FnMut(u64) -> bool,
+    mut send: impl FnMut(Frame) -> bool,
+) -> Served {
+    let mut served = Served::default();
+    let mut position = 0u64;
+    for &id in order {
+        let e = &entries[id as usize];
+        let start = position;
+        position += e.data_bytes();
+        if !pace(start) {
+            return served;
+        }
+        // Pages wholly inside a data extent of the new file.
+        let wanted = |p: u64| e.extents.iter().any(|x| x.offset <= p * PRINT_PAGE && (p + 1) * PRINT_PAGE <= x.offset + x.len);
+        let mut batch: Option<(u64, Vec<Fingerprint>)> = None;
+        let mut ok = true;
+        if let Ok(old) = fingerprint::open(base.as_fd(), &e.path) {
+            served.files += 1;
+            let old_len = old.metadata().map_or(0, |m| m.len());
+            let limit = old_len.min(e.size) / PRINT_PAGE * PRINT_PAGE;
+            let _ = fingerprint::pages_until(&old, limit, |at, f| {
+                let p = at / PRINT_PAGE;
+                if at + PRINT_PAGE > limit {
+                    return false;
+                }
+                if at % (8 << 20) == 0 && !pace(start + at.min(e.data_bytes())) {
+                    ok = false;
+                    return false;
+                }
+                if !wanted(p) {
+                    return true;
+                }
+                match &mut batch {
+                    Some((first, v)) if *first + v.len() as u64 == p && v.len() < PRINTS_PER_FRAME => v.push(f),
+                    _ => {
+                        if let Some((first_page, hashes)) = batch.replace((p, vec![f])) {
+                            served.pages += hashes.len() as u64;
+                            if !send(Frame::Prints { file_id: id, last: false, first_page, hashes }) {
+                                ok = false;
+                                return false;
+                            }
+                        }
+                    }
+                }
+                true
+            });
+        }
+        if !ok {
+            return served;
+        }
+        let (first_page, hashes) = batch.unwrap_or((0, Vec::new()));
+        served.pages += hashes.len() as u64;
+        if !send(Frame::Prints { file_id: id, last: true, first_page, hashes }) {
+            return served;
+        }
+    }
+    served.complete = true;
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+
+    const P: u64 = PRINT_PAGE;
+
+    fn file(id: u32, path: &str, size: u64) -> Entry {
+        Entry::new(id, EntryKind::File, path.as_bytes(), size)
+    }
+
+    #[test]
+    fn pages_within_a_block_are_only_whole_ones() {
+        assert_eq!(pages_within(0, (4 * P) as u32), 0..4);
+        assert_eq!(pages_within(100, (4 * P) as u32), 1..4);
+        assert_eq!(pages_within(P, 100), 1..1);
+        assert_eq!(pages_within(4096, 8192), 1..1);
+    }
+
+    #[test]
+    fn a_block_splits_into_merged_runs_with_data_at_partial_edges() {
+        let b = (4 * P) as u32;
+        assert_eq!(split(0, b, &[true; 4]), vec![Piece { offset: 0, len: b, reference: true }]);
+        assert_eq!(split(0, b, &[false; 4]), vec![Piece { offset: 0, len: b, reference: false }]);
+        let p = split(100, b, &[true, false, true]);
+        assert_eq!(
+            p,
+            vec![
+                Piece { offset: 100, len: (P - 100) as u32, reference: false },
+                Piece { offset: P, len: P as u32, reference: true },
+                Piece { offset: 2 * P, len: P as u32, reference: false },
+                Piece { offset: 3 * P, len: P as u32, reference: true },
+                Piece { offset: 4 * P, len: 100, reference: false },
+            ]
+        );
+        // The pieces cover the block exactly.
+        assert_eq!(p.iter().map(|x| u64::from(x.len)).sum::<u64>(), u64::from(b));
+        assert_eq!(split(4096, 8192, &[]), vec![Piece { offset: 4096, len: 8192, reference: false }]);
+    }
+
+    #[test]
+    fn the_book_waits_for_fingerprints_and_frees_them() {
+        let entries = vec![file(0, "a", 8 * P), file(1, "b", 2 * P)];
+        let book = std::sync::Arc::new(Book::new(&entries));
+        let b2 = std::sync::Arc::clone(&book);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            b2.add(0, false, 0, vec![[1; 32], [2; 32]]).unwrap();
+            b2.add(0, true, 2, vec![[3; 32]]).unwrap();
+        });
+        let got = book.take(0, 0..4, Duration::from_secs(10), &|| false);
+        t.join().unwrap();
+        assert_eq!(got, vec![Some([1; 32]), Some([2; 32]), Some([3; 32]), None]);
+        assert_eq!(book.held(), 0);
+        // Out of order, beyond the file, or a foreign entry: named errors.
+        assert!(book.add(0, false, 0, vec![[0; 32]]).unwrap_err().contains("out of order"));
+        assert!(book.add(1, false, 2, vec![[0; 32]]).unwrap_err().contains("beyond its size"));
+        assert!(book.add(7, false, 0, vec![]).unwrap_err().contains("not a file"));
+        // A closed book answers at once.
+        book.close();
+        let started = Instant::now();
+        assert_eq!(book.take(1, 0..2, Duration::from_secs(10), &|| false), vec![None, None]);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_silent_receiver_closes_the_book_after_the_wait() {
+        let book = Book::new(&[file(0, "a", P)]);
+        let started = Instant::now();
+        assert_eq!(book.take(0, 0..1, Duration::from_millis(100), &|| false), vec![None]);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(book.is_closed());
+    }
+
+    #[test]
+    fn a_flood_of_fingerprints_is_refused() {
+        let book = Book::new(&[file(0, "a", u64::MAX / 2)]);
+        let mut page = 0;
+        let err = loop {
+            match book.add(0, false, page, vec![[0; 32]; PRINTS_PER_FRAME]) {
+                Ok(()) => page += PRINTS_PER_FRAME as u64,
+                Err(e) => break e,
+            }
+        };
+        assert!(err.contains("ahead of the data"), "{err}");
+    }
+
+    #[test]
+    fn the_walk_fingerprints_old_files_in_order_and_skips_what_is_not_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<u8> = (0..(5 * P + 100)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("big"), &old).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("big"), dir.path().join("link")).unwrap();
+        // The new "big" is 3 pages and a bit: only its 3 whole pages.
+        let entries = vec![file(0, "big", 3 * P + 5), file(1, "gone", 4 * P), file(2, "link", 2 * P)];
+        let root = File::open(dir.path()).unwrap();
+        let mut frames = Vec::new();
+        let mut paced = Vec::new();
+        let served = serve(
+            &root,
+            &entries,
+            &[1, 0, 2],
+            |at| {
+                paced.push(at);
+                true
+            },
+            |f| {
+                frames.push(f);
+                true
+            },
+        );
+        assert_eq!(served, Served { files: 1, pages: 3, complete: true });
+        let want: Vec<Fingerprint> = old.chunks(P as usize).take(3).map(fingerprint::of).collect();
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Prints { file_id: 1, last: true, first_page: 0, hashes: vec![] },
+                Frame::Prints { file_id: 0, last: true, first_page: 0, hashes: want },
+                Frame::Prints { file_id: 2, last: true, first_page: 0, hashes: vec![] },
+            ],
+            "the symlink is not followed, the missing file has none"
+        );
+        assert_eq!(paced[..2], [0, 4 * P], "paced by the sender's order");
+        // A stop from the pacing ends the walk.
+        let stopped = serve(&root, &entries, &[0], |_| false, |_| true);
+        assert!(!stopped.complete);
+    }
+}

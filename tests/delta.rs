@@ -1,0 +1,214 @@
+//! Delta transfers over real loopback sockets: the receiver holds an older
+//! copy (in its destination, or in a base directory), and only the pages
+//! that differ travel. Every copy must end byte-identical to the source,
+//! whatever the old copy holds.
+
+mod common;
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use common::{pattern, transfer_with};
+use sluice_engine::codec::Compression;
+use sluice_engine::codec::seal::SealKey;
+use sluice_engine::delta::Base;
+use sluice_engine::{ReceiveConfig, SendConfig};
+
+const PAGE: u64 = 16 << 10;
+
+/// A datadir-like tree: a 24 MiB system tablespace, 30 small tables, a
+/// nested directory, a symlink and an empty file.
+fn tree(root: &Path) -> PathBuf {
+    let src = root.join("src");
+    fs::create_dir_all(src.join("db/sub")).unwrap();
+    fs::write(src.join("ibdata1"), pattern(24 << 20, 11)).unwrap();
+    for i in 0..30 {
+        fs::write(src.join(format!("db/t{i}.ibd")), pattern(96 << 10 | (i * 1000), 100 + i as u32)).unwrap();
+    }
+    fs::write(src.join("db/sub/odd.ibd"), pattern(3 * PAGE as usize + 777, 5)).unwrap();
+    fs::write(src.join("db/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("ibdata1", src.join("link")).unwrap();
+    src
+}
+
+/// Changes the source the way a node that was down misses writes: one
+/// page in twenty of the tablespace rewritten in part, a table grown, one
+/// shrunk, one new. Returns the bytes that must travel at least: the
+/// changed pages, what lies beyond the old copy's last whole page of the
+/// grown table, the new table. (A file's partial last page always
+/// travels too; InnoDB's files have none.)
+fn age(src: &Path) -> u64 {
+    let mut f = fs::OpenOptions::new().write(true).open(src.join("ibdata1")).unwrap();
+    let pages = (24 << 20) / PAGE;
+    let mut changed = 0;
+    for p in (0..pages).step_by(20) {
+        f.seek(SeekFrom::Start(p * PAGE + 300)).unwrap();
+        f.write_all(&pattern(500, p as u32 + 7)).unwrap();
+        changed += PAGE;
+    }
+    let old_len = fs::metadata(src.join("db/t3.ibd")).unwrap().len();
+    let mut grown = fs::OpenOptions::new().append(true).open(src.join("db/t3.ibd")).unwrap();
+    grown.write_all(&pattern(5 * PAGE as usize, 77)).unwrap();
+    changed += old_len + 5 * PAGE - old_len / PAGE * PAGE;
+    fs::OpenOptions::new().write(true).open(src.join("db/t4.ibd")).unwrap().set_len(2 * PAGE).unwrap();
+    fs::write(src.join("db/new.ibd"), pattern(4 * PAGE as usize, 99)).unwrap();
+    changed + 4 * PAGE
+}
+
+fn full_copy(src: &Path, dest: &Path) {
+    let (s, r) = transfer_with(src, dest, ReceiveConfig::default(), &SendConfig::default());
+    s.unwrap();
+    r.unwrap();
+}
+
+fn identical(src: &Path, dest: &Path, what: &str) {
+    let n = sluice_engine::diff::compare(src, dest).unwrap_or_else(|d| panic!("{what}: the copy differs: {d}"));
+    assert!(n >= 35, "{what}: {n} entries compared");
+    assert!(!dest.join(".sluice-incomplete").exists(), "{what}: marker left after success");
+}
+
+#[test]
+fn an_in_place_delta_sends_only_the_changed_pages_with_every_transform() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = || Some(SealKey::parse(&[9u8; 32]).unwrap());
+    let cases: [(&str, u16, Compression, Option<SealKey>); 4] = [
+        ("plain, 2 streams", 2, Compression::None, None),
+        ("one stream", 1, Compression::None, None),
+        ("lz4, 4 streams", 4, Compression::Lz4, None),
+        ("sealed + zstd, 3 streams", 3, Compression::Zstd(1), key()),
+    ];
+    for (i, (what, streams, compress, seal_key)) in cases.into_iter().enumerate() {
+        let root = tmp.path().join(format!("case{i}"));
+        let src = tree(&root);
+        let dest = root.join("dest");
+        full_copy(&src, &dest);
+        let changed = age(&src);
+        let total: u64 = walk_bytes(&src);
+        let send = SendConfig { streams, compress, seal_key: seal_key.clone(), delta: true, ..SendConfig::default() };
+        let recv = ReceiveConfig { seal_key, delta: Some(Base::InPlace), ..ReceiveConfig::default() };
+        let (s, r) = transfer_with(&src, &dest, recv, &send);
+        let (s, r) = (s.unwrap_or_else(|e| panic!("{what}: sender: {e}")), r.unwrap_or_else(|e| panic!("{what}: receiver: {e}")));
+        identical(&src, &dest, what);
+        assert_eq!(s.bytes, total, "{what}: every data byte is accounted for");
+        assert_eq!(s.reused, r.reused, "{what}: both ends count the same references");
+        let travelled = s.bytes - s.reused;
+        let tails = 34 * PAGE;
+        assert!(
+            (changed..changed + tails).contains(&travelled),
+            "{what}: {travelled} bytes travelled; the changed pages are {changed}, partial last pages at most {tails} more"
+        );
+        assert!(r.wire_bytes < total / 5, "{what}: {} wire bytes for {total} data bytes", r.wire_bytes);
+    }
+}
+
+fn walk_bytes(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            n += walk_bytes(&e.path());
+        } else if t.is_file() {
+            n += e.metadata().unwrap().len();
+        }
+    }
+    n
+}
+
+#[test]
+fn a_base_directory_is_only_read_and_torn_or_hostile_old_files_still_give_an_identical_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let old = tmp.path().join("old");
+    full_copy(&src, &old);
+    age(&src);
+    // Torn and hostile: a truncated tablespace, a table holding another
+    // table's bytes, a renamed table, garbage pages, a symlink (to a file
+    // with the right bytes, outside) and a directory where tables were.
+    fs::OpenOptions::new().write(true).open(old.join("ibdata1")).unwrap().set_len((10 << 20) + 5).unwrap();
+    fs::copy(old.join("db/t1.ibd"), old.join("db/t2.ibd")).unwrap();
+    fs::rename(old.join("db/t5.ibd"), old.join("db/t5-renamed.ibd")).unwrap();
+    let mut g = fs::OpenOptions::new().write(true).open(old.join("db/t6.ibd")).unwrap();
+    g.seek(SeekFrom::Start(PAGE)).unwrap();
+    g.write_all(&pattern(2 * PAGE as usize, 1234)).unwrap();
+    drop(g);
+    let outside = tmp.path().join("outside.ibd");
+    fs::copy(src.join("db/t7.ibd"), &outside).unwrap();
+    fs::remove_file(old.join("db/t7.ibd")).unwrap();
+    std::os::unix::fs::symlink(&outside, old.join("db/t7.ibd")).unwrap();
+    fs::remove_file(old.join("db/t8.ibd")).unwrap();
+    fs::create_dir(old.join("db/t8.ibd")).unwrap();
+    let before = snapshot(&old);
+    let dest = tmp.path().join("dest");
+    let send = SendConfig { streams: 3, delta: true, ..SendConfig::default() };
+    let recv = ReceiveConfig { delta: Some(Base::Dir(old.clone())), ..ReceiveConfig::default() };
+    let (s, r) = transfer_with(&src, &dest, recv, &send);
+    let (s, r) = (s.unwrap(), r.unwrap());
+    identical(&src, &dest, "hostile base");
+    assert_eq!(snapshot(&old), before, "the base directory was written to");
+    assert!(r.reused > 10 << 20, "the intact part of the tablespace was reused: {} bytes", r.reused);
+    // What the symlink and the directory stand for travelled.
+    let t7 = fs::metadata(src.join("db/t7.ibd")).unwrap().len();
+    assert!(s.bytes - s.reused >= t7, "the symlinked table was taken from outside the base");
+}
+
+/// Every file's path, size and bytes hash under `dir` (symlinks by target).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let what = if t.is_dir() {
+                stack.push(e.path());
+                "dir".to_string()
+            } else if t.is_symlink() {
+                format!("-> {}", fs::read_link(e.path()).unwrap().display())
+            } else {
+                format!("{:x}", sluice_engine::digest::checksum(&fs::read(e.path()).unwrap()))
+            };
+            out.push((e.path(), what));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn without_an_old_copy_or_without_asking_everything_travels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let total = walk_bytes(&src);
+    // The receiver has no old copy: DELTA is not granted.
+    let dest = tmp.path().join("fresh");
+    let (s, r) = transfer_with(&src, &dest, ReceiveConfig::default(), &SendConfig { delta: true, ..SendConfig::default() });
+    let (s, r) = (s.unwrap(), r.unwrap());
+    identical(&src, &dest, "no old copy");
+    assert_eq!((s.reused, r.reused, r.bytes), (0, 0, total));
+    // A receiver with an old copy and a sender that does not ask.
+    age(&src);
+    let (s, r) =
+        transfer_with(&src, &dest, ReceiveConfig { delta: Some(Base::InPlace), ..ReceiveConfig::default() }, &SendConfig::default());
+    s.unwrap();
+    let r = r.unwrap();
+    identical(&src, &dest, "not asked");
+    assert_eq!(r.reused, 0);
+}
+
+#[test]
+fn the_cli_copies_with_delta_and_says_what_it_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tree(tmp.path());
+    let dest = tmp.path().join("dest");
+    full_copy(&src, &dest);
+    age(&src);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).arg("copy").arg("--delta").arg(&src).arg(&dest).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    identical(&src, &dest, "sluice copy --delta");
+    for want in ["MiB were taken from the older copy", "delta: fingerprinted 32 old files"] {
+        assert!(log.contains(want), "the log does not say `{want}`:\n{log}");
+    }
+}
