@@ -670,11 +670,12 @@ fn report(verb: &str, s: &Summary) {
     if s.resent > 0 {
         tracing::info!("{:.1} MiB were sent again after broken connections", s.resent as f64 / 1_048_576.0);
     }
-    if s.reused > 0 {
+    if s.reused + s.zeros > 0 {
         tracing::info!(
-            "delta: {:.1} MiB were taken from the older copy, {:.1} MiB travelled",
+            "delta: {:.1} MiB were taken from the older copy, {:.1} MiB were zeros, {:.1} MiB travelled",
             s.reused as f64 / 1_048_576.0,
-            s.bytes.saturating_sub(s.reused) as f64 / 1_048_576.0
+            s.zeros as f64 / 1_048_576.0,
+            s.bytes.saturating_sub(s.reused + s.zeros) as f64 / 1_048_576.0
         );
     }
     if s.held > 0 {

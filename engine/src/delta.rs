@@ -55,38 +55,56 @@ pub fn pages_within(offset: u64, len: u32) -> Range<u64> {
     first..end.max(first)
 }
 
-/// One piece of a block: sent as data, or as a reference.
+/// How a page (or a piece) travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// As data.
+    Send,
+    /// As a reference: the old copy holds it.
+    Reference,
+    /// As a run of zeros (DATA flagged ZERO): nothing to send.
+    Zero,
+}
+
+/// One piece of a block and how it travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
     pub offset: u64,
     pub len: u32,
-    pub reference: bool,
+    pub fate: Fate,
 }
 
-/// Splits the block `[offset, offset + len)` into alternating runs: the
-/// pages of [`pages_within`] whose `matched` entry is true become
-/// references, everything else (unmatched pages, partial pages at the
-/// edges) data. Adjacent pieces of one kind are merged.
-pub fn split(offset: u64, len: u32, matched: &[bool]) -> Vec<Piece> {
+/// Whether `bytes` are all zero.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let body = bytes.len() / 16 * 16;
+    bytes[..body].chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")) == 0)
+        && bytes[body..].iter().all(|&b| b == 0)
+}
+
+/// Splits the block `[offset, offset + len)` into runs: each page of
+/// [`pages_within`] travels as its `fates` entry says, everything else
+/// (partial pages at the edges) as data. Adjacent pieces of one fate are
+/// merged.
+pub fn split(offset: u64, len: u32, fates: &[Fate]) -> Vec<Piece> {
     let pages = pages_within(offset, len);
-    debug_assert_eq!(matched.len() as u64, pages.end - pages.start);
+    debug_assert_eq!(fates.len() as u64, pages.end - pages.start);
     let end = offset + u64::from(len);
     let mut out: Vec<Piece> = Vec::new();
-    let mut push = |from: u64, to: u64, reference: bool| {
+    let mut push = |from: u64, to: u64, fate: Fate| {
         if to <= from {
             return;
         }
         match out.last_mut() {
-            Some(p) if p.reference == reference && p.offset + u64::from(p.len) == from => p.len += (to - from) as u32,
-            _ => out.push(Piece { offset: from, len: (to - from) as u32, reference }),
+            Some(p) if p.fate == fate && p.offset + u64::from(p.len) == from => p.len += (to - from) as u32,
+            _ => out.push(Piece { offset: from, len: (to - from) as u32, fate }),
         }
     };
-    push(offset, (pages.start * PRINT_PAGE).min(end), false);
-    for (i, &m) in matched.iter().enumerate() {
+    push(offset, (pages.start * PRINT_PAGE).min(end), Fate::Send);
+    for (i, &f) in fates.iter().enumerate() {
         let at = (pages.start + i as u64) * PRINT_PAGE;
-        push(at, at + PRINT_PAGE, m);
+        push(at, at + PRINT_PAGE, f);
     }
-    push((pages.end * PRINT_PAGE).max(offset), end, false);
+    push((pages.end * PRINT_PAGE).max(offset), end, Fate::Send);
     out
 }
 
@@ -336,23 +354,31 @@ mod tests {
 
     #[test]
     fn a_block_splits_into_merged_runs_with_data_at_partial_edges() {
+        use Fate::{Reference as R, Send as S, Zero as Z};
         let b = (4 * P) as u32;
-        assert_eq!(split(0, b, &[true; 4]), vec![Piece { offset: 0, len: b, reference: true }]);
-        assert_eq!(split(0, b, &[false; 4]), vec![Piece { offset: 0, len: b, reference: false }]);
-        let p = split(100, b, &[true, false, true]);
+        assert_eq!(split(0, b, &[R; 4]), vec![Piece { offset: 0, len: b, fate: R }]);
+        assert_eq!(split(0, b, &[S; 4]), vec![Piece { offset: 0, len: b, fate: S }]);
+        let p = split(100, b, &[R, Z, R]);
         assert_eq!(
             p,
             vec![
-                Piece { offset: 100, len: (P - 100) as u32, reference: false },
-                Piece { offset: P, len: P as u32, reference: true },
-                Piece { offset: 2 * P, len: P as u32, reference: false },
-                Piece { offset: 3 * P, len: P as u32, reference: true },
-                Piece { offset: 4 * P, len: 100, reference: false },
+                Piece { offset: 100, len: (P - 100) as u32, fate: S },
+                Piece { offset: P, len: P as u32, fate: R },
+                Piece { offset: 2 * P, len: P as u32, fate: Z },
+                Piece { offset: 3 * P, len: P as u32, fate: R },
+                Piece { offset: 4 * P, len: 100, fate: S },
             ]
         );
         // The pieces cover the block exactly.
         assert_eq!(p.iter().map(|x| u64::from(x.len)).sum::<u64>(), u64::from(b));
-        assert_eq!(split(4096, 8192, &[]), vec![Piece { offset: 4096, len: 8192, reference: false }]);
+        assert_eq!(split(4096, 8192, &[]), vec![Piece { offset: 4096, len: 8192, fate: S }]);
+        assert!(is_zero(&vec![0; 16 * 1024 + 3]) && is_zero(&[]));
+        let mut one = vec![0u8; 16 * 1024 + 3];
+        for i in [0, 5000, 16 * 1024 + 2] {
+            one[i] = 1;
+            assert!(!is_zero(&one), "a 1 at {i}");
+            one[i] = 0;
+        }
     }
 
     #[test]

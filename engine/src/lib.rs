@@ -81,6 +81,11 @@ pub struct Summary {
     /// Data bytes a delta transfer took from the receiver's old copy
     /// instead of sending them (references).
     pub reused: u64,
+    /// Data bytes a delta transfer sent as runs of zeros (nothing on the
+    /// wire).
+    pub zeros: u64,
+    /// The protocol version the session spoke.
+    pub protocol: u16,
     /// Wall time of the session.
     pub elapsed: std::time::Duration,
 }

@@ -279,15 +279,8 @@ impl Receiver {
         };
         let listener = keep.then_some(listener);
         let verdict = Verdict { slot: &slots[0] };
-        let mut result = receive_session(
-            &slots,
-            &cfg,
-            method,
-            dest,
-            (session.as_ref(), granted, wire::PROTOCOL_VERSION.min(h0.max_version)),
-            resumption.as_deref(),
-            &verdict,
-        );
+        let version = wire::PROTOCOL_VERSION.min(h0.max_version);
+        let mut result = receive_session(&slots, &cfg, method, dest, (session.as_ref(), granted, version), resumption.as_deref(), &verdict);
         if let (Ok(_), Some(vet)) = (&result, &cfg.vet) {
             if let Err(reason) = (vet.0)(dest) {
                 result = Err(Error::Refused(reason));
@@ -314,8 +307,11 @@ impl Receiver {
         if let Some(a) = acceptor {
             let _ = a.join();
         }
-        let (entries, files, bytes, wire_bytes, held, reused) = result?;
-        Ok((Summary { entries, files, bytes, wire_bytes, resent: 0, held, reused, elapsed: started.elapsed() }, listener))
+        let (entries, files, bytes, wire_bytes, held, reused, zeros) = result?;
+        Ok((
+            Summary { entries, files, bytes, wire_bytes, resent: 0, held, reused, zeros, protocol: version, elapsed: started.elapsed() },
+            listener,
+        ))
     }
 
     /// Accepts connections until every stream of one session has joined.
@@ -497,7 +493,7 @@ fn receive_session(
     (session, granted, version): (Option<&SessionKey>, u64, u16),
     resumption: Option<&Resumption>,
     verdict: &Verdict<'_>,
-) -> Result<(u64, u64, u64, u64, u64, u64)> {
+) -> Result<(u64, u64, u64, u64, u64, u64, u64)> {
     for s in slots {
         let link = s.link();
         net::configure(link.tcp(), cfg.idle_timeout).map_err(|e| Error::io("configuring a socket", e))?;
@@ -562,6 +558,7 @@ fn receive_session(
     // from (the destination itself, whose files are then updated in place).
     let base = if caps0 & caps::DELTA != 0 { open_base(cfg.delta.as_ref(), &mut sink) } else { None };
     let reused = AtomicU64::new(0);
+    let zeros = AtomicU64::new(0);
     let streams_done = AtomicBool::new(false);
     let journal_failed = std::sync::OnceLock::<String>::new();
     let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
@@ -596,6 +593,7 @@ fn receive_session(
                     journal: journal.as_ref(),
                     base: base.as_ref(),
                     reused: &reused,
+                    zeros: &zeros,
                 };
                 let seal = lock(i).take();
                 let (r, opener) = ctx.run(seal);
@@ -633,16 +631,17 @@ fn receive_session(
     // for the verdict alive meanwhile.
     verdict.keeping_alive(|| sink.finish())?;
     let files = if streamed { count } else { u64::from(tally.regular_files()) };
-    let reused = reused.into_inner();
+    let (reused, zeros) = (reused.into_inner(), zeros.into_inner());
     if base.is_some() {
         tracing::info!(
-            "delta: {:.1} MiB of {:.1} MiB taken from the old copy, {:.1} MiB travelled",
+            "delta: {:.1} MiB of {:.1} MiB taken from the old copy, {:.1} MiB were zeros, {:.1} MiB travelled",
             reused as f64 / 1_048_576.0,
             bytes as f64 / 1_048_576.0,
-            bytes.saturating_sub(reused) as f64 / 1_048_576.0
+            zeros as f64 / 1_048_576.0,
+            bytes.saturating_sub(reused + zeros) as f64 / 1_048_576.0
         );
     }
-    Ok((count, files, bytes, progress.snapshot().wire, held, reused))
+    Ok((count, files, bytes, progress.snapshot().wire, held, reused, zeros))
 }
 
 /// A delta receiver's old copy: the directory its fingerprints and
@@ -917,8 +916,10 @@ struct StreamCtx<'a> {
     journal: Option<&'a journal::Journal>,
     /// A delta transfer's old copy, where references are read.
     base: Option<&'a OldCopy>,
-    /// Data bytes taken from the old copy (references), all streams.
+    /// Data bytes taken from the old copy (references), and written as
+    /// zeros, all streams.
     reused: &'a AtomicU64,
+    zeros: &'a AtomicU64,
 }
 
 /// What a stream carried: DATA frames, data bytes, and (stream 0) END's
@@ -992,7 +993,8 @@ impl StreamCtx<'_> {
                 let flag = h.flags & data_flags::COMPRESSED;
                 let file = target.dest();
                 let reference = h.flags & data_flags::REF != 0;
-                let received = if reference {
+                let zero = h.flags & data_flags::ZERO != 0;
+                let received = if reference || zero {
                     self.reference(&mut inbound, h, &d, wire_len, &target, seal, &mut old, &mut reread)
                 } else if flag == 0 && seal.is_none() {
                     io.receive(&mut inbound, &file.file, file.direct.as_ref(), d.offset, len)
@@ -1029,6 +1031,8 @@ impl StreamCtx<'_> {
                 let processed = t.verified(&d, sum, Instant::now(), || target.display_path())?;
                 if reference {
                     self.reused.fetch_add(u64::from(len), Ordering::Relaxed);
+                } else if zero {
+                    self.zeros.fetch_add(u64::from(len), Ordering::Relaxed);
                 }
                 self.progress.add(u64::from(len));
                 self.progress.add_wire(u64::from(wire_len));
@@ -1077,9 +1081,10 @@ impl StreamCtx<'_> {
         }
     }
 
-    /// A reference (DATA flagged REF): its seal checked, the range taken
-    /// from the old copy (copied, unless the destination is the old copy),
-    /// and the checksum of what the destination now holds there.
+    /// A reference (DATA flagged REF) or zeros (ZERO): its seal checked,
+    /// the range taken from the old copy (copied, unless the destination
+    /// is the old copy) or written with zeros, and the checksum of what
+    /// the destination now holds there.
     #[allow(clippy::too_many_arguments)]
     fn reference(
         &self,
@@ -1103,8 +1108,14 @@ impl StreamCtx<'_> {
                 return Err(invalid("a reference with a payload".into()));
             }
         }
-        let Some(base) = self.base else { return Err(invalid("a reference, but this receiver has no old copy".into())) };
         let (len, dest) = (d.raw_len as usize, &target.dest().file);
+        if h.flags & data_flags::ZERO != 0 {
+            buf.clear();
+            buf.resize(len, 0);
+            std::os::unix::fs::FileExt::write_all_at(dest, buf, d.offset)?;
+            return Ok(crate::digest::checksum(buf));
+        }
+        let Some(base) = self.base else { return Err(invalid("a reference, but this receiver has no old copy".into())) };
         if !base.in_place {
             if old.as_ref().is_none_or(|(id, _)| *id != d.file_id) {
                 *old = None;

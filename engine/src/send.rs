@@ -154,8 +154,9 @@ struct Session {
     version: u16,
     /// A delta transfer's fingerprints (set when DELTA was granted).
     prints: lane::Prints,
-    /// Data bytes sent as references.
+    /// Data bytes sent as references, and as zeros.
     reused: std::sync::atomic::AtomicU64,
+    zeros: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -270,6 +271,7 @@ impl Session {
             version: welcome.version,
             prints,
             reused: std::sync::atomic::AtomicU64::new(0),
+            zeros: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -493,6 +495,17 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
             .resume_after(seal, "the connection broke")
     };
     let bytes = session.close(tree.entries.len() as u64, results, &resend)?;
+    if session.prints.get().is_some() {
+        let (reused, zeros) =
+            (session.reused.load(std::sync::atomic::Ordering::Relaxed), session.zeros.load(std::sync::atomic::Ordering::Relaxed));
+        tracing::info!(
+            "delta: {:.1} MiB of {:.1} MiB sent as references to the old copy, {:.1} MiB as zeros, {:.1} MiB as data",
+            reused as f64 / 1_048_576.0,
+            bytes as f64 / 1_048_576.0,
+            zeros as f64 / 1_048_576.0,
+            bytes.saturating_sub(reused + zeros) as f64 / 1_048_576.0,
+        );
+    }
     let files = tree.entries.iter().filter(|e| e.kind == crate::manifest::EntryKind::File).count() as u64;
     let wire_bytes = progress.snapshot().wire;
     Ok(Summary {
@@ -503,6 +516,8 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         resent: progress.snapshot().resent,
         held: held_bytes,
         reused: session.reused.load(std::sync::atomic::Ordering::Relaxed),
+        zeros: session.zeros.load(std::sync::atomic::Ordering::Relaxed),
+        protocol: session.version,
         elapsed: started.elapsed(),
     })
 }
@@ -523,6 +538,7 @@ where
     let progress = cfg.progress.clone().unwrap_or_default();
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, true)?;
+    let session_version = session.version;
     StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: None }.manifest(
         &[],
         0,
@@ -580,6 +596,8 @@ where
         resent: progress.snapshot().resent,
         held: 0,
         reused: 0,
+        zeros: 0,
+        protocol: session_version,
         elapsed: started.elapsed(),
     })
 }
@@ -864,7 +882,7 @@ impl StreamCtx<'_> {
             let checksum = io.load(file, b.offset, b.len).map_err(|e| Error::io(format!("reading {}", path()), e))?;
             if let Some(book) = book {
                 let pieces = self.compare(book, &b, io.loaded(b.len));
-                if pieces.iter().any(|p| p.reference) {
+                if pieces.iter().any(|p| p.fate != crate::delta::Fate::Send) {
                     let last = self.send_pieces(&b, &pieces, &mut io, &mut out, tally, &mut encoder, seal, &path())?;
                     if last {
                         book.forget(b.file_id);
@@ -922,31 +940,40 @@ impl StreamCtx<'_> {
         Ok(out.totals())
     }
 
-    /// Which pieces of block `b` (its bytes `data`) the receiver's old
-    /// copy holds: the pages whose fingerprints equal theirs become
-    /// references, the rest data. Waits for the fingerprints (bounded:
-    /// a silent receiver closes the book, and everything is sent).
+    /// How the pieces of block `b` (its bytes `data`) travel: the pages
+    /// whose fingerprints equal the receiver's old copy's become
+    /// references, pages of zeros zeros, the rest data. Waits for the
+    /// fingerprints (bounded: a silent receiver closes the book, and
+    /// every page is compared with nothing).
     fn compare(&self, book: &crate::delta::Book, b: &crate::plan::Block, data: &[u8]) -> Vec<crate::delta::Piece> {
+        use crate::delta::Fate;
         let pages = crate::delta::pages_within(b.offset, b.len);
-        let whole = || vec![crate::delta::Piece { offset: b.offset, len: b.len, reference: false }];
-        if pages.is_empty() || book.is_closed() {
-            return whole();
+        if pages.is_empty() {
+            return vec![crate::delta::Piece { offset: b.offset, len: b.len, fate: Fate::Send }];
         }
-        let wait = self.cfg.idle_timeout.max(Duration::from_secs(30));
-        let prints = book.take(b.file_id, pages.clone(), wait, &|| self.session.abort.is_set());
-        if prints.iter().all(Option::is_none) {
-            return whole();
-        }
+        let prints = if book.is_closed() {
+            vec![None; (pages.end - pages.start) as usize]
+        } else {
+            let wait = self.cfg.idle_timeout.max(Duration::from_secs(30));
+            book.take(b.file_id, pages.clone(), wait, &|| self.session.abort.is_set())
+        };
         let page = wire::PRINT_PAGE as usize;
-        let matched: Vec<bool> = prints
+        let fates: Vec<Fate> = prints
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let at = ((pages.start + i as u64) * wire::PRINT_PAGE - b.offset) as usize;
-                p.is_some_and(|h| crate::fingerprint::of(&data[at..at + page]) == h)
+                let bytes = &data[at..at + page];
+                if p.is_some_and(|h| crate::fingerprint::of(bytes) == h) {
+                    Fate::Reference
+                } else if crate::delta::is_zero(bytes) {
+                    Fate::Zero
+                } else {
+                    Fate::Send
+                }
             })
             .collect();
-        crate::delta::split(b.offset, b.len, &matched)
+        crate::delta::split(b.offset, b.len, &fates)
     }
 
     /// Sends block `b` (loaded in `io`) as `pieces`: references without
@@ -990,9 +1017,14 @@ impl StreamCtx<'_> {
             let trailer = if k + 1 == pieces.len() { done.as_ref() } else { None };
             let at = (p.offset - b.offset) as usize;
             let bytes = &mut data[at..at + p.len as usize];
-            let sent = if p.reference {
-                self.session.reused.fetch_add(u64::from(p.len), std::sync::atomic::Ordering::Relaxed);
-                self.send_memory(&link, h, wire::data_flags::REF, &mut [], trailer, seal).map(|(wire, _)| wire)
+            let (counter, flag) = match p.fate {
+                crate::delta::Fate::Send => (None, 0),
+                crate::delta::Fate::Zero => (Some(&self.session.zeros), wire::data_flags::ZERO),
+                crate::delta::Fate::Reference => (Some(&self.session.reused), wire::data_flags::REF),
+            };
+            let sent = if let Some(counter) = counter {
+                counter.fetch_add(u64::from(p.len), std::sync::atomic::Ordering::Relaxed);
+                self.send_memory(&link, h, flag, &mut [], trailer, seal).map(|(wire, _)| wire)
             } else {
                 match encoder.as_mut().and_then(|e| e.encode(bytes)) {
                     Some((flag, packed)) => self.send_memory(&link, h, flag, packed, trailer, seal),

@@ -114,8 +114,13 @@ pub mod data_flags {
     /// of the file holds these `raw_len` bytes at the same offset, and
     /// `checksum` is theirs. Never combined with a compression flag.
     pub const REF: u8 = 1 << 4;
+    /// Zeros (capability DELTA): no payload; the `raw_len` bytes at
+    /// `offset` are zero, and `checksum` is theirs.
+    pub const ZERO: u8 = 1 << 5;
+    /// The flags of a DATA frame without payload.
+    pub const NO_PAYLOAD: u8 = REF | ZERO;
     /// Flags this build understands on DATA frames.
-    pub const KNOWN: u8 = LZ4 | ZSTD | EXTERNAL | REF | super::SEALED;
+    pub const KNOWN: u8 = LZ4 | ZSTD | EXTERNAL | REF | ZERO | super::SEALED;
     /// The compression flags (at most one per frame).
     pub const COMPRESSED: u8 = LZ4 | ZSTD | EXTERNAL;
 }
@@ -397,8 +402,9 @@ impl DataHeader {
         let compressed = flags & data_flags::COMPRESSED != 0;
         let tag = if flags & SEALED != 0 { SEAL_TAG_LEN as u32 } else { 0 };
         let plain_len = payload_len.checked_sub(tag).ok_or(WireError::Truncated { what: "sealed DATA payload" })?;
-        if flags & data_flags::REF != 0 {
-            if compressed || plain_len != 0 || h.raw_len == 0 || h.raw_len > MAX_PAYLOAD {
+        if flags & data_flags::NO_PAYLOAD != 0 {
+            let both = flags & data_flags::NO_PAYLOAD == data_flags::NO_PAYLOAD;
+            if both || compressed || plain_len != 0 || h.raw_len == 0 || h.raw_len > MAX_PAYLOAD {
                 return Err(WireError::Invalid {
                     what: "DATA reference (a payload, a codec or a bad length)",
                     value: u64::from(h.raw_len),
@@ -1130,6 +1136,9 @@ mod tests {
         assert_eq!(decode(SEAL_TAG_LEN as u32, data_flags::REF | SEALED).unwrap(), (h, SEAL_TAG_LEN as u32), "sealed: the tag only");
         assert!(matches!(decode(5, data_flags::REF), Err(WireError::Invalid { .. })), "a payload on a reference");
         assert!(matches!(decode(0, data_flags::REF | data_flags::LZ4), Err(WireError::Invalid { .. })), "a codec on a reference");
+        assert_eq!(decode(0, data_flags::ZERO).unwrap(), (h, 0));
+        assert!(matches!(decode(0, data_flags::REF | data_flags::ZERO), Err(WireError::Invalid { .. })), "both");
+        assert!(matches!(decode(9, data_flags::ZERO), Err(WireError::Invalid { .. })), "a payload on zeros");
         let zero = DataHeader { raw_len: 0, ..h }.encode_prefix(0, data_flags::REF);
         let fh = FrameHeader::decode(zero[..8].try_into().unwrap()).unwrap();
         assert!(DataHeader::decode(fh.len, fh.flags, zero[8..].try_into().unwrap()).is_err(), "an empty reference");

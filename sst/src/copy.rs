@@ -40,6 +40,9 @@ pub fn skipped_at_top(name: &str) -> bool {
         "grastate.dat",
         "gvwstate.dat",
         "galera.cache",
+        // InnoDB's temporary tablespace (its default name): recreated at
+        // every start, never worth sending.
+        "ibtmp1",
         "sst_in_progress",
         "wsrep_sst.pid",
         "tables_flushed",

@@ -90,10 +90,17 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
         return proto.done(&gtid);
     }
 
-    let estimate = announce(s, &target, &token, &cfg, mode)?;
+    let (estimate, protocol) = announce(s, &target, &token, &cfg, mode)?;
     if copy_mode {
         progress.set_total(estimate);
         s.monitor.stage(Stage::Sending, Some(Arc::clone(&progress)), estimate);
+        // A delta, unless turned off or the joiner's sluice predates it
+        // (it would refuse the request).
+        let delta = s.opts.delta && protocol >= sluice_engine::wire::since::DELTA;
+        if s.opts.delta && !delta {
+            tracing::info!("the joiner's sluice speaks protocol {protocol}, without delta transfers: sending everything");
+        }
+        let cfg = SendConfig { delta, ..cfg };
         return crate::copy::donor(s, proto, &target, &token, &cfg, &s.layout);
     }
     let program = find_program("mariadb-backup")?;
@@ -124,13 +131,17 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
 
 /// Sends `p` in a session of its own; the joiner's refusal is this
 /// donor's error.
-fn send_announcement(target: &str, token: &Token, cfg: &SendConfig, p: &Preamble) -> Result<()> {
+/// Sends the announcement; returns the protocol version the joiner speaks.
+fn send_announcement(target: &str, token: &Token, cfg: &SendConfig, p: &Preamble) -> Result<u16> {
     let one = SendConfig { streams: 1, progress: None, ..cfg.clone() };
-    send_streamed(target, token, &one, |f| f.file_bytes(PREAMBLE_FILE.as_bytes(), p.to_text().as_bytes())).map_err(|e| match e {
-        EngineError::ReceiverFailed(why) => SstError::Incompatible(format!("the joiner refused this SST before any data was sent: {why}")),
-        e => SstError::Transfer(e),
-    })?;
-    Ok(())
+    let s =
+        send_streamed(target, token, &one, |f| f.file_bytes(PREAMBLE_FILE.as_bytes(), p.to_text().as_bytes())).map_err(|e| match e {
+            EngineError::ReceiverFailed(why) => {
+                SstError::Incompatible(format!("the joiner refused this SST before any data was sent: {why}"))
+            }
+            e => SstError::Transfer(e),
+        })?;
+    Ok(s.protocol)
 }
 
 /// The donor's directories: the datadir, then its special directories.
@@ -152,8 +163,8 @@ fn server_version(parent: Option<u32>) -> Option<String> {
 }
 
 /// Sends the announcement and waits for the joiner's answer; returns the
-/// payload estimate.
-fn announce(s: &Plan, target: &str, token: &Token, cfg: &SendConfig, mode: Mode) -> Result<u64> {
+/// payload estimate and the protocol version the joiner speaks.
+fn announce(s: &Plan, target: &str, token: &Token, cfg: &SendConfig, mode: Mode) -> Result<(u64, u16)> {
     let (bytes, parts) = preflight::payload(&donor_dirs(s));
     let context = [preflight::KEY_CONTEXT, token.as_bytes()].concat();
     let keys = match preflight::gather_keyring(&s.opts, &context) {
@@ -174,11 +185,11 @@ fn announce(s: &Plan, target: &str, token: &Token, cfg: &SendConfig, mode: Mode)
         keys,
         ist: false,
     };
-    send_announcement(target, token, cfg, &p)?;
+    let protocol = send_announcement(target, token, cfg, &p)?;
     tracing::info!(
         "the joiner accepted the SST: about {:.1} MiB to send{}",
         bytes as f64 / 1_048_576.0,
         p.server.as_deref().map(|v| format!(" from {}", v.trim())).unwrap_or_default()
     );
-    Ok(bytes)
+    Ok((bytes, protocol))
 }

@@ -121,6 +121,9 @@ pub struct SstOptions {
     /// Seconds a broken SST connection waits to come back and resume
     /// (`resume-window`; 0 = fail at the first break).
     pub resume_window: u64,
+    /// sluice: a copy-mode donor sends only the pages the joiner's old
+    /// datadir lacks (`delta`, default on; off: send everything).
+    pub delta: bool,
     /// Every `plugin-load`/`plugin-load-add` value of the server groups.
     pub plugin_load: Vec<String>,
     pub file_key_management_filename: Option<PathBuf>,
@@ -352,6 +355,7 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
         status_file: l.path("status-file", SST),
         sst_idle_timeout: l.number("sst-idle-timeout", SST, "seconds (0 = never)")?.unwrap_or(120),
         resume_window: l.number("resume-window", SST, "seconds (0 = off)")?.unwrap_or(600),
+        delta: l.flag("delta", SST, true)?,
         plugin_load: [l.all("plugin-load", MYSQLD), l.all("plugin-load-add", MYSQLD)].concat(),
         file_key_management_filename: l.path("file-key-management-filename", MYSQLD),
         file_key_management_filekey: l.string("file-key-management-filekey", MYSQLD),
@@ -381,6 +385,7 @@ mod tests {
         assert_eq!(o.sst_log_archive_dir, PathBuf::from("/tmp/sst_log_archive"));
         assert_eq!((o.low_space.as_str(), o.sst_idle_timeout, o.status_file.as_ref()), ("refuse", 120, None));
         assert_eq!(o.resume_window, 600);
+        assert!(o.delta, "delta is on by default");
     }
 
     #[test]
@@ -388,13 +393,14 @@ mod tests {
         let o = opts(
             "[mysqld]\nplugin_load_add=file_key_management\nloose-file-key-management-filename=/etc/mysql/keys.txt\n\
              innodb_encrypt_tables=ON\n[galera]\nplugin-load-add=auth_pam\n\
-             [sst]\nlow-space=clean\nsst-idle-timeout=0\nresume-window=30\nstatus-file=/run/sst.json\nprepare-binary=/opt/mb/bin/mariadb-backup\n",
+             [sst]\nlow-space=clean\nsst-idle-timeout=0\nresume-window=30\ndelta=off\nstatus-file=/run/sst.json\nprepare-binary=/opt/mb/bin/mariadb-backup\n",
         )
         .unwrap();
         assert_eq!(o.plugin_load, ["file_key_management", "auth_pam"]);
         assert_eq!(o.file_key_management_filename, Some(PathBuf::from("/etc/mysql/keys.txt")));
         assert_eq!((o.low_space.as_str(), o.sst_idle_timeout), ("clean", 0));
         assert_eq!(o.resume_window, 30);
+        assert!(!o.delta);
         assert_eq!(o.status_file, Some(PathBuf::from("/run/sst.json")));
         assert_eq!(o.prepare_binary, Some(PathBuf::from("/opt/mb/bin/mariadb-backup")));
         assert!(opts("[sst]\nlow-space=maybe\n").unwrap_err().to_string().contains("refuse or clean"));

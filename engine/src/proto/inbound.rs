@@ -125,8 +125,8 @@ impl Inbound {
         if self.granted & needed != needed {
             return Err(self.peer_err("sent a compressed block without negotiating compression".into()));
         }
-        if h.flags & data_flags::REF != 0 && self.granted & caps::DELTA == 0 {
-            return Err(self.peer_err("sent a reference to an old copy without negotiating a delta transfer".into()));
+        if h.flags & data_flags::NO_PAYLOAD != 0 && self.granted & caps::DELTA == 0 {
+            return Err(self.peer_err("sent a reference or zeros without negotiating a delta transfer".into()));
         }
         self.check_sealing(h)?;
         self.admitted = Some((d.raw_len, d.checksum));
