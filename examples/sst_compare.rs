@@ -39,7 +39,14 @@
 //! compressor, sluice). Methods beyond the three above: `mariabackup-zstd`
 //! (the stock method with `compressor=zstd -1` / `decompressor=zstd -d`),
 //! `rsync` (the stock rsync method; needs `SST_OS_USER`, it will not run as
-//! root), `sluice-none` (backup mode with `compressor=none`).
+//! root), `sluice-none` (backup mode with `compressor=none`),
+//! `sluice-copy-full` (copy mode with `delta=off`: everything travels).
+//!
+//! With `OLD_DATADIR=1 CHANGE_PCT=5`, before each SST that percentage of
+//! every table's rows (a contiguous range of ids, a different one each
+//! time) is updated on the donor: the joiner's old datadir is stale by
+//! that much, the case of a delta SST (`sluice-copy`, whose `delta` is on
+//! by default).
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -105,8 +112,24 @@ fn main() {
             |_| vec!["mariabackup".into(), "sluice".into(), "sluice-copy".into()],
             |m| m.split(',').map(String::from).collect(),
         );
-        for method in methods.iter().map(String::as_str) {
+        for (m, method) in methods.iter().map(String::as_str).enumerate() {
             c.stop(1);
+            if let Some(pct) = std::env::var("CHANGE_PCT").ok().and_then(|p| p.parse::<u64>().ok()) {
+                let t = Instant::now();
+                let turn = (round - 1) * methods.len() + m;
+                for table in ["blobs", "texts", "small"] {
+                    let n: u64 = c.sql(0, &format!("SELECT MAX(id) FROM sb.{table}")).unwrap().trim().parse().unwrap_or(0);
+                    let span = n * pct / 100;
+                    let from = (turn as u64 * span) % n.max(1);
+                    let set = match table {
+                        "blobs" => "b = REVERSE(b)",
+                        "texts" => "t = REVERSE(t)",
+                        _ => "s = REVERSE(s)",
+                    };
+                    c.sql(0, &format!("UPDATE sb.{table} SET {set} WHERE id > {from} AND id <= {}", from + span)).unwrap();
+                }
+                println!("round {round} {method:<12} updated {pct} % of the rows first ({:.1} s)", t.elapsed().as_secs_f64());
+            }
             let grastate = c.nodes[1].datadir.join("grastate.dat");
             if std::env::var_os("OLD_DATADIR").is_some() && grastate.exists() {
                 let g = std::fs::read_to_string(&grastate).unwrap();
@@ -125,6 +148,7 @@ fn main() {
             let extra = match method {
                 "mariabackup-zstd" => "compressor=zstd -1\ndecompressor=zstd -d\n".to_string(),
                 "sluice-none" => "compressor=none\nmode=backup\n".to_string(),
+                "sluice-copy-full" => "mode=copy\ndelta=off\n".to_string(),
                 m if m.starts_with("sluice") => format!("mode={}\n", if copy { "copy" } else { "backup" }),
                 _ => String::new(),
             };
@@ -219,6 +243,14 @@ fn main() {
                     &mut line,
                     format_args!("  peak RSS donor {} MiB, joiner {} MiB", donor_rss >> 10, joiner_rss >> 10),
                 );
+            }
+            let joiner_log = c.error_log(1);
+            let this_sst = joiner_log.rfind("sluice SST started on joiner").map_or(&joiner_log[..], |i| &joiner_log[i..]);
+            if let Some(line_) = this_sst.lines().rev().find(|l| l.contains("taken from the old copy")) {
+                if let Some(d) = line_.split("delta: ").nth(1) {
+                    line.push_str("  delta: ");
+                    line.push_str(d.trim());
+                }
             }
             if copy {
                 let log = c.error_log(0);
