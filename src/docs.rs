@@ -104,7 +104,7 @@ mod tests {
     fn every_sst_key_row_of_the_readme_reaches_the_sst_page() {
         let keys = sst_keys();
         assert!(keys.len() >= 20, "{keys:?}");
-        for k in ["streams", "low-space", "sst-idle-timeout", "prepare-binary", "status-file", "cpat", "rlimit"] {
+        for k in ["streams", "delta", "low-space", "sst-idle-timeout", "prepare-binary", "status-file", "cpat", "rlimit"] {
             assert!(keys.iter().any(|(names, _)| names.split([',', ' ']).any(|n| n == k)), "{k} missing from {keys:?}");
         }
         assert!(keys.iter().all(|(k, v)| !k.contains('`') && !v.is_empty()));

@@ -190,14 +190,15 @@ fn copy_and_demo_commands_work() {
 fn version_help_man_pages_and_completions() {
     let v = bin().arg("--version").output().unwrap();
     let text = String::from_utf8_lossy(&v.stdout).into_owned();
-    assert!(v.status.success() && text.starts_with("sluice ") && text.contains("protocol 5-6"), "{text}");
+    let protocol = format!("protocol {}-{}", sluice_engine::wire::MIN_PROTOCOL_VERSION, sluice_engine::wire::PROTOCOL_VERSION);
+    assert!(v.status.success() && text.starts_with("sluice ") && text.contains(&protocol), "{text}");
     assert_eq!(text.contains("io_uring") && !text.contains("no io_uring"), cfg!(feature = "uring"), "{text}");
     let dir = tempfile::tempdir().unwrap();
     let sst = dir.path().join("wsrep_sst_sluice");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sluice"), &sst).unwrap();
     let h = Command::new(&sst).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&h.stdout);
-    assert!(h.status.success() && help.contains("--role joiner|donor") && help.contains("protocol 5-6"), "{help}");
+    assert!(h.status.success() && help.contains("--role joiner|donor") && help.contains(&protocol), "{help}");
     let v = Command::new(&sst).arg("--version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&v.stdout), text);
     let out = dir.path().join("docs");
@@ -207,7 +208,7 @@ fn version_help_man_pages_and_completions() {
         assert!(roff.starts_with(".ie") || roff.contains(".TH"), "{page}: {roff:.200}");
     }
     let sst_page = std::fs::read_to_string(out.join("man/wsrep_sst_sluice.1")).unwrap();
-    for key in ["compressor", "sst\\-idle\\-timeout", "low\\-space", "prepare\\-binary", "cpat", "rlimit", "encrypt=1"] {
+    for key in ["compressor", "delta", "sst\\-idle\\-timeout", "low\\-space", "prepare\\-binary", "cpat", "rlimit", "encrypt=1"] {
         assert!(sst_page.contains(key), "{key} missing from wsrep_sst_sluice(1)");
     }
     for (file, marker) in [("sluice.bash", "complete -F"), ("_sluice", "#compdef sluice"), ("sluice.fish", "complete -c sluice")] {
