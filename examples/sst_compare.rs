@@ -105,7 +105,7 @@ fn main() {
         t.elapsed().as_secs_f64(),
         String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap_or("?")
     );
-    let expect = c.checksums(0);
+    let mut expect = c.checksums(0);
     let table_gib = size.trim().parse::<f64>().unwrap_or(0.0) / 1024.0;
     for round in 1..=rounds {
         let methods: Vec<String> = std::env::var("METHODS").map_or_else(
@@ -129,6 +129,7 @@ fn main() {
                     c.sql(0, &format!("UPDATE sb.{table} SET {set} WHERE id > {from} AND id <= {}", from + span)).unwrap();
                 }
                 println!("round {round} {method:<12} updated {pct} % of the rows first ({:.1} s)", t.elapsed().as_secs_f64());
+                expect = c.checksums(0);
             }
             let grastate = c.nodes[1].datadir.join("grastate.dat");
             if std::env::var_os("OLD_DATADIR").is_some() && grastate.exists() {

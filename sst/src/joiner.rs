@@ -276,7 +276,7 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     // A copy-mode donor may send only what the old datadir lacks: its
     // files are the base it compares with (read only; the new data goes
     // to the staging directory, and the old stays until it is placed).
-    let delta = s.opts.delta.then(|| sluice_engine::delta::Base::Dir(datadir.clone()));
+    let delta = (s.opts.delta != Some(false)).then(|| sluice_engine::delta::Base::Dir(datadir.clone()));
     let data_cfg = ReceiveConfig { progress: Some(Arc::clone(&progress)), delta, ..base };
     let announce_dir = sluice_engine::cleanup::private_dir(&staging_base, PREAMBLE_DIR_PREFIX)
         .map_err(|e| SstError::io(format!("creating a private directory in {}", staging_base.display()), e))?;

@@ -121,9 +121,11 @@ pub struct SstOptions {
     /// Seconds a broken SST connection waits to come back and resume
     /// (`resume-window`; 0 = fail at the first break).
     pub resume_window: u64,
-    /// sluice: a copy-mode donor sends only the pages the joiner's old
-    /// datadir lacks (`delta`, default on; off: send everything).
-    pub delta: bool,
+    /// sluice: whether a copy-mode donor sends only the pages the
+    /// joiner's old datadir lacks (`delta`): `Some(true)` on, `Some(false)`
+    /// off, `None` (`auto`, the default) on unless the joiner is on this
+    /// host, where hashing both copies costs more than sending.
+    pub delta: Option<bool>,
     /// Every `plugin-load`/`plugin-load-add` value of the server groups.
     pub plugin_load: Vec<String>,
     pub file_key_management_filename: Option<PathBuf>,
@@ -355,7 +357,9 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
         status_file: l.path("status-file", SST),
         sst_idle_timeout: l.number("sst-idle-timeout", SST, "seconds (0 = never)")?.unwrap_or(120),
         resume_window: l.number("resume-window", SST, "seconds (0 = off)")?.unwrap_or(600),
-        delta: l.flag("delta", SST, true)?,
+        delta: l
+            .parsed("delta", SST, "auto, on or off", |v| if v.eq_ignore_ascii_case("auto") { Some(None) } else { parse_bool(v).map(Some) })?
+            .flatten(),
         plugin_load: [l.all("plugin-load", MYSQLD), l.all("plugin-load-add", MYSQLD)].concat(),
         file_key_management_filename: l.path("file-key-management-filename", MYSQLD),
         file_key_management_filekey: l.string("file-key-management-filekey", MYSQLD),
@@ -385,7 +389,7 @@ mod tests {
         assert_eq!(o.sst_log_archive_dir, PathBuf::from("/tmp/sst_log_archive"));
         assert_eq!((o.low_space.as_str(), o.sst_idle_timeout, o.status_file.as_ref()), ("refuse", 120, None));
         assert_eq!(o.resume_window, 600);
-        assert!(o.delta, "delta is on by default");
+        assert_eq!(o.delta, None, "delta is auto by default");
     }
 
     #[test]
@@ -400,7 +404,7 @@ mod tests {
         assert_eq!(o.file_key_management_filename, Some(PathBuf::from("/etc/mysql/keys.txt")));
         assert_eq!((o.low_space.as_str(), o.sst_idle_timeout), ("clean", 0));
         assert_eq!(o.resume_window, 30);
-        assert!(!o.delta);
+        assert_eq!(o.delta, Some(false));
         assert_eq!(o.status_file, Some(PathBuf::from("/run/sst.json")));
         assert_eq!(o.prepare_binary, Some(PathBuf::from("/opt/mb/bin/mariadb-backup")));
         assert!(opts("[sst]\nlow-space=maybe\n").unwrap_err().to_string().contains("refuse or clean"));

@@ -57,6 +57,16 @@ pub fn codec_for(command: &str) -> Option<Compression> {
 
 /// Parses socat-style `sockopt` (`,pf=ip6,keepalive`); items sluice has no
 /// equivalent for are reported, not fatal.
+/// Whether `target` (`host:port`) names this host only: every address it
+/// resolves to is a loopback one (a name that does not resolve is not).
+pub fn is_this_host(target: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    target.to_socket_addrs().is_ok_and(|a| {
+        let a: Vec<_> = a.collect();
+        !a.is_empty() && a.iter().all(|x| x.ip().is_loopback())
+    })
+}
+
 fn sockopt(s: &str, notes: &mut Vec<String>) -> SockOpts {
     let mut kept = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -188,6 +198,13 @@ mod tests {
 
     fn opts(cnf: &str) -> SstOptions {
         SstOptions::from_cnf(cnf).unwrap()
+    }
+
+    #[test]
+    fn only_loopback_addresses_are_this_host() {
+        assert!(is_this_host("127.0.0.1:4444") && is_this_host("[::1]:4444") && is_this_host("127.0.0.2:1"));
+        assert!(!is_this_host("10.77.0.2:4444") && !is_this_host("192.0.2.1:4444"));
+        assert!(!is_this_host("no-such-host.invalid:4444"), "a name that does not resolve");
     }
 
     #[test]
