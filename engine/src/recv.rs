@@ -208,6 +208,14 @@ impl Receiver {
         self.session(dest, false).map(|(s, _)| s)
     }
 
+    /// Grants no delta transfer after all (a caller that learnt from a
+    /// first session that comparing would not pay).
+    #[must_use]
+    pub fn without_delta(mut self) -> Self {
+        self.cfg.delta = None;
+        self
+    }
+
     /// Receives one session into `dest`, like [`run`](Self::run), and
     /// returns a receiver for the next session on the same listener with the
     /// same token (a fresh nonce) and `next`'s configuration. Connections

@@ -232,12 +232,14 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     let timeout = s.opts.sst_initial_timeout;
     let t = transport::logged(&s.opts, Role::Joiner, addr.host_unbracketed())?;
     let token_slot = Arc::new(OnceLock::new());
+    let old_allocated: Vec<(u64, u64)> = old.iter().map(|p| preflight::allocated(p)).collect();
+    let old_bytes: u64 = old_allocated.iter().map(|(b, _)| b).sum();
     let facts = Facts {
         mode: s.mode,
         staging: staging.clone(),
         datadir: datadir.clone(),
         layout: layout.clone(),
-        old: old.iter().map(|p| preflight::allocated(p)).collect(),
+        old: old_allocated,
         low_space: s.low_space,
         backup: program.as_ref().map(|p| (p.clone(), preflight::program_version(p).unwrap_or_default())),
         opts: s.opts.clone(),
@@ -285,10 +287,20 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     let decision = decided.lock().unwrap_or_else(PoisonError::into_inner).take();
     let receiver = match (first, decision) {
         (Ok((_, r)), Some(Ok(d))) => {
+            let mut r = r;
             if let Some(w) = &d.clean_first {
                 tracing::warn!("{w}");
                 let removed = clean_old(&old)?;
                 tracing::warn!("deleted {removed} old entries before receiving");
+                r = r.without_delta();
+            } else if s.opts.delta.is_none() && old_bytes < d.preamble.bytes / 10 {
+                // Little old data (a fresh node): the SST runs as a full one.
+                tracing::info!(
+                    "delta off: the old datadir holds {:.1} MiB, less than a tenth of the {:.1} MiB announced",
+                    old_bytes as f64 / 1_048_576.0,
+                    d.preamble.bytes as f64 / 1_048_576.0
+                );
+                r = r.without_delta();
             }
             s.monitor.stage(Stage::Receiving, Some(Arc::clone(&progress)), d.preamble.bytes);
             progress.set_total(d.preamble.bytes);
