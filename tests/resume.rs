@@ -179,9 +179,10 @@ fn killed_tls_connections_resume() {
 }
 
 /// A delta transfer whose connections are killed: references sent before
-/// a break are sent again as data (read from the file), the comparison
-/// ends with stream 0's first connection, and the old copy, updated in
-/// place, ends identical to the source.
+/// a break are sent again as data (read from the file), the receiver walks
+/// its old copy again after stream 0 reconnects (fingerprints in flight are
+/// lost with the connection), the comparison goes on, and the old copy,
+/// updated in place, ends identical to the source.
 #[test]
 fn killed_connections_during_a_delta_resume_and_the_copy_is_identical() {
     if !ss_kills() {
@@ -206,7 +207,10 @@ fn killed_connections_during_a_delta_resume_and_the_copy_is_identical() {
         let recv = ReceiveConfig { delta: Some(sluice_engine::delta::Base::InPlace), seal_key: key, ..base_recv() };
         let (s, kills) = killed_transfer("delta", &src, &dest, recv, &send);
         assert!(kills >= 2, "the kills missed the session");
-        assert!(s.reused > 0, "nothing was reused before the first kill");
+        // Unchanged: the 16 MiB log, two pages in three of the 24 MiB
+        // tablespace, the fixture; most of it is reused across the kills
+        // (before the walk resumed after a reconnection, ~10 MB were).
+        assert!(s.reused > 20 << 20, "only {} bytes were reused across the kills", s.reused);
         eprintln!("delta (sealed: {seal}): {kills} killed, {} bytes reused, {} sent again", s.reused, s.resent);
     }
 }

@@ -122,9 +122,13 @@ struct FilePrints {
 struct BookState {
     files: HashMap<u32, FilePrints>,
     held: usize,
-    /// No more fingerprints will come (stream 0 broke, or the receiver
-    /// said its walk ended, or a wait timed out): waits end at once.
+    /// No more fingerprints will come on this connection (stream 0 broke,
+    /// or a wait timed out): waits end at once.
     closed: bool,
+    /// Stream 0's connection the fingerprints come on.
+    generation: u32,
+    /// A wait timed out: the receiver is silent, and the book stays closed.
+    silent: bool,
     /// Files whose blocks are all sent: late fingerprints are dropped.
     forgotten: std::collections::HashSet<u32>,
 }
@@ -153,10 +157,12 @@ impl Book {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A PRINTS frame: checked against the manifest (a file's pages come
-    /// in order, within the file, and nothing after its last). `Err`
-    /// names what the receiver did wrong.
-    pub fn add(&self, file_id: u32, last: bool, first_page: u64, hashes: Vec<Fingerprint>) -> Result<(), String> {
+    /// A PRINTS frame that arrived on stream 0's connection `generation`:
+    /// checked against the manifest (a file's pages come in order, within
+    /// the file, and nothing after its last); one read late from a
+    /// connection that has been replaced is dropped. `Err` names what the
+    /// receiver did wrong.
+    pub fn add(&self, generation: u32, file_id: u32, last: bool, first_page: u64, hashes: Vec<Fingerprint>) -> Result<(), String> {
         let size = self
             .sizes
             .get(file_id as usize)
@@ -168,20 +174,21 @@ impl Book {
             return Err(format!("sent fingerprints of entry {file_id} beyond its size"));
         }
         let mut s = self.lock();
-        if s.forgotten.contains(&file_id) {
+        if s.forgotten.contains(&file_id) || generation < s.generation {
             return Ok(());
         }
-        let n = hashes.len();
         let f = s.files.entry(file_id).or_default();
         if f.last || first_page < f.upto {
             return Err(format!("sent fingerprints of entry {file_id} out of order"));
         }
+        let mut added = 0;
         for (i, h) in hashes.into_iter().enumerate() {
-            f.pages.insert(first_page + i as u64, h);
+            // (A page sent again after a reconnection replaces itself.)
+            added += usize::from(f.pages.insert(first_page + i as u64, h).is_none());
         }
         f.upto = end;
         f.last = last;
-        s.held += n;
+        s.held += added;
         if s.held > MAX_HELD {
             return Err(format!("sent more than {MAX_HELD} fingerprints ahead of the data"));
         }
@@ -193,6 +200,37 @@ impl Book {
     /// No more fingerprints will arrive: every wait ends now.
     pub fn close(&self) {
         self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Stream 0's connection `generation` ended: no more fingerprints
+    /// arrive on it (a later connection may have reopened the book).
+    pub fn close_connection(&self, generation: u32) {
+        let mut s = self.lock();
+        if s.generation == generation {
+            s.closed = true;
+            drop(s);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Stream 0 reconnected (`generation`): the receiver walks its old
+    /// copy again from the files it has not completed, so every file
+    /// still in progress takes fingerprints from its first page again
+    /// (those sent on the broken connection may be lost). A book closed
+    /// because the receiver fell silent stays closed.
+    pub fn reopen(&self, generation: u32) {
+        let mut s = self.lock();
+        if s.silent || generation <= s.generation {
+            return;
+        }
+        s.generation = generation;
+        s.closed = false;
+        for f in s.files.values_mut() {
+            f.upto = 0;
+            f.last = false;
+        }
+        drop(s);
         self.changed.notify_all();
     }
 
@@ -217,6 +255,7 @@ impl Book {
             if now >= deadline {
                 tracing::warn!("the receiver sent no fingerprints for {wait:?}; sending the rest without comparing");
                 s.closed = true;
+                s.silent = true;
                 self.changed.notify_all();
                 break;
             }
@@ -269,10 +308,14 @@ pub struct Served {
 /// new file's data, and hands PRINTS frames to `send` (false: stop).
 /// Before reading past `position` bytes of the sender's order it calls
 /// `pace(position)`, which waits until the data is near (false: stop).
+/// `from(id)` says where a file's walk begins (`Some(0)`: all of it; a
+/// later offset after a reconnection, where the data has arrived already;
+/// `None`: leave the file out, it is complete).
 pub fn serve(
     base: impl AsFd,
     entries: &[Entry],
     order: &[u32],
+    from: impl Fn(u32) -> Option<u64>,
     mut pace: impl FnMut(u64) -> bool,
     mut send: impl FnMut(Frame) -> bool,
 ) -> Served {
@@ -282,7 +325,9 @@ pub fn serve(
         let e = &entries[id as usize];
         let start = position;
         position += e.data_bytes();
-        if !pace(start) {
+        let Some(first) = from(id) else { continue };
+        let first = first / PRINT_PAGE * PRINT_PAGE;
+        if !pace(start + first.min(e.data_bytes())) {
             return served;
         }
         // Pages wholly inside a data extent of the new file.
@@ -293,7 +338,7 @@ pub fn serve(
             served.files += 1;
             let old_len = old.metadata().map_or(0, |m| m.len());
             let limit = old_len.min(e.size) / PRINT_PAGE * PRINT_PAGE;
-            let _ = fingerprint::pages_until(&old, limit, |at, f| {
+            let _ = fingerprint::pages_until(&old, first, limit, |at, f| {
                 let p = at / PRINT_PAGE;
                 if at + PRINT_PAGE > limit {
                     return false;
@@ -388,22 +433,47 @@ mod tests {
         let b2 = std::sync::Arc::clone(&book);
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            b2.add(0, false, 0, vec![[1; 32], [2; 32]]).unwrap();
-            b2.add(0, true, 2, vec![[3; 32]]).unwrap();
+            b2.add(0, 0, false, 0, vec![[1; 32], [2; 32]]).unwrap();
+            b2.add(0, 0, true, 2, vec![[3; 32]]).unwrap();
         });
         let got = book.take(0, 0..4, Duration::from_secs(10), &|| false);
         t.join().unwrap();
         assert_eq!(got, vec![Some([1; 32]), Some([2; 32]), Some([3; 32]), None]);
         assert_eq!(book.held(), 0);
         // Out of order, beyond the file, or a foreign entry: named errors.
-        assert!(book.add(0, false, 0, vec![[0; 32]]).unwrap_err().contains("out of order"));
-        assert!(book.add(1, false, 2, vec![[0; 32]]).unwrap_err().contains("beyond its size"));
-        assert!(book.add(7, false, 0, vec![]).unwrap_err().contains("not a file"));
+        assert!(book.add(0, 0, false, 0, vec![[0; 32]]).unwrap_err().contains("out of order"));
+        assert!(book.add(0, 1, false, 2, vec![[0; 32]]).unwrap_err().contains("beyond its size"));
+        assert!(book.add(0, 7, false, 0, vec![]).unwrap_err().contains("not a file"));
         // A closed book answers at once.
         book.close();
         let started = Instant::now();
         assert_eq!(book.take(1, 0..2, Duration::from_secs(10), &|| false), vec![None, None]);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_reconnection_reopens_the_book_and_fingerprints_come_again() {
+        let book = Book::new(&[file(0, "a", 8 * P), file(1, "b", 8 * P)]);
+        book.add(0, 0, false, 0, vec![[1; 32], [2; 32]]).unwrap();
+        book.add(0, 1, true, 0, vec![[7; 32]]).unwrap();
+        // The connection breaks: waits end; a late close of an older
+        // connection does not close the reopened book.
+        book.close_connection(0);
+        assert_eq!(book.take(0, 2..4, Duration::from_secs(5), &|| false), vec![None, None]);
+        book.reopen(1);
+        book.close_connection(0);
+        assert!(!book.is_closed());
+        // The receiver walks again from page 0; pages kept are replaced, not counted twice.
+        // A frame read late from the old connection is dropped.
+        book.add(0, 0, false, 5, vec![[9; 32]]).unwrap();
+        book.add(1, 0, false, 0, vec![[1; 32], [2; 32], [3; 32]]).unwrap();
+        book.add(1, 1, true, 0, vec![[7; 32]]).unwrap();
+        assert_eq!(book.held(), 4);
+        assert_eq!(book.take(0, 0..3, Duration::from_secs(5), &|| false), vec![Some([1; 32]), Some([2; 32]), Some([3; 32])]);
+        // A silent receiver's book stays closed.
+        let _ = book.take(0, 5..6, Duration::from_millis(50), &|| false);
+        book.reopen(2);
+        assert!(book.is_closed());
     }
 
     #[test]
@@ -420,7 +490,7 @@ mod tests {
         let book = Book::new(&[file(0, "a", u64::MAX / 2)]);
         let mut page = 0;
         let err = loop {
-            match book.add(0, false, page, vec![[0; 32]; PRINTS_PER_FRAME]) {
+            match book.add(0, 0, false, page, vec![[0; 32]; PRINTS_PER_FRAME]) {
                 Ok(()) => page += PRINTS_PER_FRAME as u64,
                 Err(e) => break e,
             }
@@ -443,6 +513,7 @@ mod tests {
             &root,
             &entries,
             &[1, 0, 2],
+            |_| Some(0),
             |at| {
                 paced.push(at);
                 true
@@ -465,7 +536,29 @@ mod tests {
         );
         assert_eq!(paced[..2], [0, 4 * P], "paced by the sender's order");
         // A stop from the pacing ends the walk.
-        let stopped = serve(&root, &entries, &[0], |_| false, |_| true);
+        let stopped = serve(&root, &entries, &[0], |_| Some(0), |_| false, |_| true);
         assert!(!stopped.complete);
+        // A skipped file sends nothing; a walk from a later page starts there.
+        let mut sent = Vec::new();
+        assert!(
+            serve(
+                &root,
+                &entries,
+                &[1, 0],
+                |id| (id == 0).then_some(P + 7),
+                |_| true,
+                |f| {
+                    sent.push(f);
+                    true
+                }
+            )
+            .complete
+        );
+        let want: Vec<Fingerprint> = old.chunks(P as usize).skip(1).take(2).map(fingerprint::of).collect();
+        assert_eq!(
+            sent,
+            vec![Frame::Prints { file_id: 0, last: true, first_page: 1, hashes: want }],
+            "only the file not skipped, from page 1"
+        );
     }
 }

@@ -48,17 +48,17 @@ pub fn of(block: &[u8]) -> Fingerprint {
 /// far as it is read: the donor compares, so a stale fingerprint costs a
 /// block sent, never a wrong one kept.
 pub fn pages(file: &File, mut each: impl FnMut(u64, Fingerprint)) -> io::Result<u64> {
-    pages_until(file, u64::MAX, |at, f| {
+    pages_until(file, 0, u64::MAX, |at, f| {
         each(at, f);
         true
     })
 }
 
-/// [`pages`] of the first `limit` bytes (rounded up to a read), until
-/// `each` returns `false`.
-pub fn pages_until(file: &File, limit: u64, mut each: impl FnMut(u64, Fingerprint) -> bool) -> io::Result<u64> {
+/// [`pages`] from byte `from` (a page boundary) up to `limit` (rounded
+/// up to a read), until `each` returns `false`.
+pub fn pages_until(file: &File, from: u64, limit: u64, mut each: impl FnMut(u64, Fingerprint) -> bool) -> io::Result<u64> {
     let mut buf = vec![0u8; READ];
-    let mut at = 0u64;
+    let mut at = from;
     loop {
         if at >= limit {
             return Ok(at);

@@ -224,9 +224,12 @@ pub(crate) fn spawn_reader(
         .name(format!("sluice-ack-{index}"))
         .spawn(move || {
             let _ = link.tcp().set_read_timeout(None);
-            // Fingerprints come only on this connection: when it ends,
-            // nobody waits for more.
-            let _closed = prints.as_ref().map(|p| CloseOnDrop(Arc::clone(p)));
+            // Fingerprints come on this connection until it ends; the
+            // receiver sends them again on a new one.
+            if let Some(book) = prints.as_ref().and_then(|p| p.get()) {
+                book.reopen(generation);
+            }
+            let _closed = prints.as_ref().map(|p| CloseOnDrop(Arc::clone(p), generation));
             loop {
                 let frame = net::read_frame(&*link, &peer, "on its way back", opener.as_mut());
                 match frame {
@@ -245,7 +248,7 @@ pub(crate) fn spawn_reader(
                     }
                     Ok(Frame::Prints { file_id, last, first_page, hashes }) if prints.is_some() => {
                         let added = match prints.as_ref().expect("checked").get() {
-                            Some(book) => book.add(file_id, last, first_page, hashes),
+                            Some(book) => book.add(generation, file_id, last, first_page, hashes),
                             None => Err("sent fingerprints before the manifest".into()),
                         };
                         if let Err(why) = added {
@@ -301,13 +304,13 @@ pub(crate) fn spawn_reader(
 /// the manifest is known).
 pub(crate) type Prints = Arc<std::sync::OnceLock<Arc<crate::delta::Book>>>;
 
-/// Closes the book when the reader that fills it ends.
-struct CloseOnDrop(Prints);
+/// Closes the book for its connection when the reader that fills it ends.
+struct CloseOnDrop(Prints, u32);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         if let Some(book) = self.0.get() {
-            book.close();
+            book.close_connection(self.1);
         }
     }
 }

@@ -282,6 +282,11 @@ impl RecvTally {
         self.lock(id).is_complete()
     }
 
+    /// Data bytes of file `id` verified so far.
+    pub fn received(&self, id: u32) -> u64 {
+        self.lock(id).received()
+    }
+
     /// Files still missing data or their FILE_DONE, as (id, received, expected).
     pub fn incomplete(&self) -> Vec<(u32, u64, u64)> {
         self.files

@@ -579,8 +579,8 @@ fn receive_session(
             scope.spawn(move || journal_rounds(j, stopped, failed, abort));
         }
         if let Some(b) = &base {
-            let (entries, s0, abort, progress, done) = (&entries, &slots[0], &abort, &*progress, &streams_done);
-            scope.spawn(move || serve_prints(&b.root, entries, s0, abort, progress, done));
+            let (entries, slots, abort, progress, done, tally) = (&entries, slots, &abort, &*progress, &streams_done, &tally);
+            scope.spawn(move || serve_prints(&b.root, entries, tally, slots, abort, progress, done));
         }
         let results = pipeline::run_streams(
             slots,
@@ -687,31 +687,70 @@ fn open_base(base: Option<&crate::delta::Base>, sink: &mut Sink) -> Option<OldCo
 }
 
 /// The receiver's fingerprint walk (see [`crate::delta::serve`]): PRINTS
-/// on stream 0's first connection, at most [`crate::delta::LEAD`] bytes
-/// ahead of the data that arrived; it stops when the streams end, the
-/// session fails, or stream 0 reconnects (the sender then compares no
-/// more: a fingerprint lost with a connection must not be waited for).
-fn serve_prints(root: &File, entries: &[Entry], s0: &Slot, abort: &Abort, progress: &Progress, done: &AtomicBool) {
+/// on stream 0, at most [`crate::delta::LEAD`] bytes ahead of the data
+/// that arrived, until the streams end or the session fails. When stream
+/// 0 reconnects (fingerprints in flight may be lost with the connection)
+/// the walk starts again on the new connection, over the files not yet
+/// complete here, each from its first page; the sender takes them anew.
+fn serve_prints(
+    root: &File,
+    entries: &[Entry],
+    tally: &RecvTally,
+    slots: &[Arc<Slot>],
+    abort: &Abort,
+    progress: &Progress,
+    done: &AtomicBool,
+) {
+    let (s0, slots_count) = (&slots[0], slots.len());
     let started = Instant::now();
     let order = crate::plan::Schedule::order(entries);
-    let stop = || abort.is_set() || done.load(Ordering::Acquire) || s0.generation() != 0;
-    let pace = |at: u64| loop {
-        if stop() {
-            return false;
+    let mut total = crate::delta::Served::default();
+    let mut walks = 0;
+    loop {
+        let generation = s0.told_on();
+        let ended = || abort.is_set() || done.load(Ordering::Acquire);
+        let moved = || s0.told_on() != generation;
+        let pace = |at: u64| loop {
+            if ended() || moved() {
+                return false;
+            }
+            if progress.snapshot().done + crate::delta::LEAD >= at {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let send = |f: Frame| !ended() && s0.tell_on(generation, &f).unwrap_or(false);
+        // Again after a reconnection: not the files complete here, and each
+        // other from a little before what arrived of it (blocks arrive in
+        // the sender's order, give or take one block per stream in flight;
+        // one that needs a page not walked again is sent as data).
+        let margin = slots_count as u64 * u64::from(wire::MAX_PAYLOAD);
+        let from = |id: u32| match walks {
+            0 => Some(0),
+            _ if tally.is_complete(id) => None,
+            _ => Some(tally.received(id).saturating_sub(margin)),
+        };
+        let served = crate::delta::serve(root, entries, &order, from, pace, send);
+        (total.files, total.pages, total.complete) = (total.files + served.files, total.pages + served.pages, served.complete);
+        walks += 1;
+        // Until the streams end: if stream 0 reconnects (fingerprints in
+        // flight, even those of a finished walk, are lost with the old
+        // connection, and the sender takes them afresh), walk again.
+        while !ended() && !moved() {
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if progress.snapshot().done + crate::delta::LEAD >= at {
-            return true;
+        if ended() {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let send = |f: Frame| !stop() && s0.tell(&f).is_ok();
-    let served = crate::delta::serve(root, entries, &order, pace, send);
+        tracing::info!("delta: stream 0 reconnected; fingerprinting the files not yet complete again");
+    }
     tracing::info!(
-        "delta: fingerprinted {} old files ({:.1} MiB) in {:.2} s{}",
-        served.files,
-        (served.pages * wire::PRINT_PAGE) as f64 / 1_048_576.0,
+        "delta: fingerprinted {} old files ({:.1} MiB) in {:.2} s{}{}",
+        total.files,
+        (total.pages * wire::PRINT_PAGE) as f64 / 1_048_576.0,
         started.elapsed().as_secs_f64(),
-        if served.complete { "" } else { " (stopped early)" }
+        if walks > 1 { format!(" ({walks} walks: stream 0 reconnected)") } else { String::new() },
+        if total.complete { "" } else { " (stopped early)" }
     );
 }
 

@@ -68,6 +68,8 @@ struct Back {
     /// A resuming receiver's HAVE list (stream 0), sent again after a
     /// rejoin until the sender's first frame after it shows it arrived.
     have: Vec<Frame>,
+    /// The connection `link` is (0 the first; a rejoin's generation).
+    generation: u32,
 }
 
 #[derive(Default)]
@@ -99,7 +101,7 @@ impl Slot {
         Self {
             index,
             peer,
-            back: Mutex::new(Back { link: Arc::clone(&link), sealer, verdict: None, have: Vec::new() }),
+            back: Mutex::new(Back { link: Arc::clone(&link), sealer, verdict: None, have: Vec::new(), generation: 0 }),
             link: Mutex::new(link),
             generation: AtomicU32::new(0),
             processed: AtomicU64::new(0),
@@ -128,11 +130,20 @@ impl Slot {
         }
     }
 
-    /// Sends `frame` back on the current connection (a delta receiver's
-    /// fingerprints).
-    pub fn tell(&self, frame: &Frame) -> Result<()> {
+    /// The connection what is told back goes on (see [`tell_on`](Self::tell_on)).
+    pub fn told_on(&self) -> u32 {
+        lock(&self.back).generation
+    }
+
+    /// Sends `frame` back if the current connection is still `generation`
+    /// (a delta receiver's fingerprints, which the sender takes afresh on
+    /// each connection); `Ok(false)` when another has taken over.
+    pub fn tell_on(&self, generation: u32, frame: &Frame) -> Result<bool> {
         let mut back = lock(&self.back);
-        self.send_back(&mut back, frame)
+        if back.generation != generation {
+            return Ok(false);
+        }
+        self.send_back(&mut back, frame).map(|()| true)
     }
 
     /// Sends a resuming receiver's HAVE list and keeps it to send again
@@ -213,6 +224,7 @@ impl Slot {
         let mut back = lock(&self.back);
         back.link = link;
         back.sealer = sealer;
+        back.generation = generation;
         let frames = self.processed.load(Ordering::Acquire);
         self.send_back(&mut back, &Frame::Ack { frames })?;
         for f in back.have.clone() {
