@@ -60,6 +60,15 @@ fn age(src: &Path) -> u64 {
     changed + 4 * PAGE
 }
 
+/// A source, and a full copy of it left behind while the source ages.
+fn stale_copy(tmp: &Path, dest: &str) -> (PathBuf, PathBuf, u64) {
+    let src = tree(tmp);
+    let dest = tmp.join(dest);
+    full_copy(&src, &dest);
+    let changed = age(&src);
+    (src, dest, changed)
+}
+
 fn full_copy(src: &Path, dest: &Path) {
     let (s, r) = transfer_with(src, dest, ReceiveConfig::default(), &SendConfig::default());
     s.unwrap();
@@ -84,10 +93,7 @@ fn an_in_place_delta_sends_only_the_changed_pages_with_every_transform() {
     ];
     for (i, (what, streams, compress, seal_key)) in cases.into_iter().enumerate() {
         let root = tmp.path().join(format!("case{i}"));
-        let src = tree(&root);
-        let dest = root.join("dest");
-        full_copy(&src, &dest);
-        let changed = age(&src);
+        let (src, dest, changed) = stale_copy(&root, "dest");
         let total: u64 = walk_bytes(&src);
         let send = SendConfig { streams, compress, seal_key: seal_key.clone(), delta: true, ..SendConfig::default() };
         let recv = ReceiveConfig { seal_key, delta: Some(Base::InPlace), ..ReceiveConfig::default() };
@@ -124,10 +130,7 @@ fn walk_bytes(dir: &Path) -> u64 {
 #[test]
 fn a_base_directory_is_only_read_and_torn_or_hostile_old_files_still_give_an_identical_copy() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tree(tmp.path());
-    let old = tmp.path().join("old");
-    full_copy(&src, &old);
-    age(&src);
+    let (src, old, _) = stale_copy(tmp.path(), "old");
     // Torn and hostile: a truncated tablespace, a table holding another
     // table's bytes, a renamed table, garbage pages, a symlink (to a file
     // with the right bytes, outside) and a directory where tables were.
@@ -205,10 +208,7 @@ fn without_an_old_copy_or_without_asking_everything_travels() {
 #[test]
 fn the_cli_copies_with_delta_and_says_what_it_reused() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tree(tmp.path());
-    let dest = tmp.path().join("dest");
-    full_copy(&src, &dest);
-    age(&src);
+    let (src, dest, _) = stale_copy(tmp.path(), "dest");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).arg("copy").arg("--delta").arg(&src).arg(&dest).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");

@@ -653,15 +653,7 @@ impl Frame {
             Kind::Ack => Self::Ack { frames: r.u64()? },
             Kind::Bye => Self::Bye,
             Kind::Have => {
-                let last = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    other => return Err(WireError::Invalid { what: "HAVE last flag", value: u64::from(other) }),
-                };
-                let pad: [u8; 3] = r.array()?;
-                if pad != [0; 3] {
-                    return Err(WireError::Invalid { what: "HAVE reserved field", value: 1 });
-                }
+                let last = r.last_flag("HAVE last flag", "HAVE reserved field")?;
                 let count = r.u32()? as usize;
                 if count > r.remaining() / HAVE_RANGE_LEN {
                     return Err(WireError::TooLarge {
@@ -684,15 +676,7 @@ impl Frame {
             }
             Kind::Prints => {
                 let file_id = r.u32()?;
-                let last = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    other => return Err(WireError::Invalid { what: "PRINTS last flag", value: u64::from(other) }),
-                };
-                let pad: [u8; 3] = r.array()?;
-                if pad != [0; 3] {
-                    return Err(WireError::Invalid { what: "PRINTS reserved field", value: 1 });
-                }
+                let last = r.last_flag("PRINTS last flag", "PRINTS reserved field")?;
                 let first_page = r.u64()?;
                 let count = r.u32()? as usize;
                 r.zero32("PRINTS reserved field")?;
@@ -996,6 +980,20 @@ impl<'a> Reader<'a> {
         }
         let what = self.what;
         std::str::from_utf8(self.bytes(n)?).map(str::to_string).map_err(|_| WireError::Invalid { what, value: n as u64 })
+    }
+
+    /// A `last u8` flag (0 or 1) and three reserved zero bytes.
+    pub fn last_flag(&mut self, flag: &'static str, reserved: &'static str) -> Result<bool, WireError> {
+        let last = match self.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(WireError::Invalid { what: flag, value: u64::from(other) }),
+        };
+        let pad: [u8; 3] = self.array()?;
+        if pad != [0; 3] {
+            return Err(WireError::Invalid { what: reserved, value: 1 });
+        }
+        Ok(last)
     }
 
     pub fn finish(&self) -> Result<(), WireError> {
