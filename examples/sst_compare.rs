@@ -40,13 +40,14 @@
 //! (the stock method with `compressor=zstd -1` / `decompressor=zstd -d`),
 //! `rsync` (the stock rsync method; needs `SST_OS_USER`, it will not run as
 //! root), `sluice-none` (backup mode with `compressor=none`),
-//! `sluice-copy-full` (copy mode with `delta=off`: everything travels).
+//! `sluice-copy-full` (copy mode with `delta=off`: everything travels),
+//! `sluice-full` (backup mode with `delta=off`).
 //!
 //! With `OLD_DATADIR=1 CHANGE_PCT=5`, before each SST that percentage of
 //! every table's rows (a contiguous range of ids, a different one each
 //! time) is updated on the donor: the joiner's old datadir is stale by
-//! that much, the case of a delta SST (`sluice-copy`, whose `delta` is on
-//! by default).
+//! that much, the case of a delta SST (`sluice` and `sluice-copy`, whose
+//! `delta` is on by default toward another host).
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -150,6 +151,7 @@ fn main() {
                 "mariabackup-zstd" => "compressor=zstd -1\ndecompressor=zstd -d\n".to_string(),
                 "sluice-none" => "compressor=none\nmode=backup\n".to_string(),
                 "sluice-copy-full" => "mode=copy\ndelta=off\n".to_string(),
+                "sluice-full" => "mode=backup\ndelta=off\n".to_string(),
                 m if m.starts_with("sluice") => format!("mode={}\n", if copy { "copy" } else { "backup" }),
                 _ => String::new(),
             };

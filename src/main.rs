@@ -340,10 +340,11 @@ struct SendArgs {
     #[arg(long)]
     backup: bool,
     /// Send only what the receiver's older copy lacks (a receiver started
-    /// with --delta or --delta-base): every 16 KiB page equal to the old
-    /// copy's travels as a reference. Costs a BLAKE3 of each page on both
-    /// ends; pays on a link slower than about 1 GB/s.
-    #[arg(long, conflicts_with = "backup")]
+    /// with --delta or --delta-base; for --backup, --delta-base): every
+    /// 16 KiB page equal to the old copy's travels as a reference. Costs a
+    /// BLAKE3 of each page on both ends; pays on a link slower than about
+    /// 1 GB/s.
+    #[arg(long)]
     delta: bool,
     #[command(flatten)]
     source: BackupOpts,

@@ -228,18 +228,35 @@ fn a_streamed_session_resumes_from_its_replay_buffer() {
     let key = || Some(SealKey::parse(&[3u8; 32]).unwrap());
     let files: Vec<(String, Vec<u8>)> =
         (0..6).map(|i| (format!("dir/file{i}.ibd"), pattern((5 << 20) + i * 4099, 40 + i as u32))).collect();
-    for (name, seal, compress) in
-        [("plain", None, Compression::None), ("sealed", key(), Compression::None), ("lz4", None, Compression::Lz4)]
-    {
+    // An older copy of the files for the delta case: one page in three differs.
+    let old = tmp.path().join("old");
+    for (path, data) in &files {
+        let mut aged = data.clone();
+        for page in aged.chunks_mut(16 << 10).step_by(3) {
+            page[7] ^= 0x5a;
+        }
+        std::fs::create_dir_all(old.join(path).parent().unwrap()).unwrap();
+        std::fs::write(old.join(path), aged).unwrap();
+    }
+    for (name, seal, compress, delta) in [
+        ("plain", None, Compression::None, false),
+        ("sealed", key(), Compression::None, false),
+        ("lz4", None, Compression::Lz4, false),
+        ("sealed delta", key(), Compression::None, true),
+    ] {
         let dest = dest.join(name);
-        let (addr, token, h) = common::spawn_receiver(ReceiveConfig { seal_key: seal.clone(), ..base_recv() }, &dest);
+        let recv =
+            ReceiveConfig { seal_key: seal.clone(), delta: delta.then(|| sluice_engine::delta::Base::Dir(old.clone())), ..base_recv() };
+        let (addr, token, h) = common::spawn_receiver(recv, &dest);
         let done = Arc::new(AtomicBool::new(false));
         let k = killer(
             addr.port(),
             vec![Duration::from_millis(600), Duration::from_millis(1400), Duration::from_millis(2200)],
             Arc::clone(&done),
         );
-        let cfg = SendConfig { seal_key: seal, compress, replay_budget: 4 << 20, ..base_send(3) };
+        // (A delta sends a third of the bytes: slower, so the kills land.)
+        let rate_limit = Some(if delta { 4 << 20 } else { 12 << 20 });
+        let cfg = SendConfig { seal_key: seal, compress, replay_budget: 4 << 20, delta, rate_limit, ..base_send(3) };
         let sent = send_streamed(&addr.to_string(), &token, &cfg, |f: &mut Feeder| {
             for (path, data) in &files {
                 for (n, chunk) in data.chunks(300_000).enumerate() {
@@ -264,7 +281,11 @@ fn a_streamed_session_resumes_from_its_replay_buffer() {
             assert!(std::fs::read(dest.join(path)).unwrap() == *data, "{name}: {path} differs");
         }
         assert!(kills >= 3, "{name}: the kills missed the session");
-        eprintln!("streamed {name}: {kills} killed, {} bytes sent again", s.resent);
+        if delta {
+            // Two pages in three are reused, across the kills too.
+            assert!(s.reused > 12 << 20, "{name}: only {} bytes were reused across the kills", s.reused);
+        }
+        eprintln!("streamed {name}: {kills} killed, {} bytes sent again, {} reused", s.resent, s.reused);
     }
 }
 

@@ -141,8 +141,9 @@ impl<'a> Catalog<'a> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Handles an ANNOUNCE (the wire decoder has validated the path).
-    pub fn announce(&self, id: u32, mode: u32, path: &[u8]) -> Result<()> {
+    /// Handles an ANNOUNCE (the wire decoder has validated the path);
+    /// `true` for the file's first announcement.
+    pub fn announce(&self, id: u32, mode: u32, path: &[u8]) -> Result<bool> {
         let mut t = self.table();
         if let Some(f) = t.files.get(&id) {
             if f.path != path || f.mode != mode {
@@ -151,7 +152,7 @@ impl<'a> Catalog<'a> {
                     reason: format!("file id {id} was announced before as {}", f.display_path()),
                 });
             }
-            return Ok(());
+            return Ok(false);
         }
         if t.paths.contains(path) {
             return Err(Error::Verify {
@@ -171,7 +172,15 @@ impl<'a> Catalog<'a> {
         t.files.insert(id, Arc::new(f));
         drop(t);
         self.opened(id);
-        Ok(())
+        Ok(true)
+    }
+
+    /// The data bytes that arrived of file `id`, unless it is complete
+    /// (or unknown).
+    pub fn arrived(&self, id: u32) -> Option<u64> {
+        let f = self.table().files.get(&id).cloned()?;
+        let s = f.lock();
+        (!s.tally.is_complete()).then(|| s.tally.received())
     }
 
     /// The announced file `id`; a frame about an unannounced id is a

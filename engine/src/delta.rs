@@ -9,7 +9,13 @@
 //! - [`Book`]: the sender's store of the fingerprints that arrived, waited
 //!   for by the streams and freed as their blocks are sent, bounded;
 //! - [`serve`]: the receiver's walk over its old copy in the sender's
-//!   order, paced so that it stays a bounded distance ahead of the data.
+//!   order, paced so that it stays a bounded distance ahead of the data;
+//! - [`Walks`]: the same for a streamed session, which has no order: each
+//!   file as the sender announces it, in turns, each a bounded distance
+//!   ahead of that file's data.
+//!
+//! (In a streamed session the sender's producer, [`crate::send::Feeder`],
+//! does the cutting, so the file digests it computes cover the pieces.)
 //!
 //! Correctness never rests on a fingerprint: the receiver checks every
 //! reference's bytes against the sender's xxh3 checksum, so a stale or
@@ -81,6 +87,29 @@ pub fn is_zero(bytes: &[u8]) -> bool {
         && bytes[body..].iter().all(|&b| b == 0)
 }
 
+/// How each page of [`pages_within`] a block travels: a reference when its
+/// fingerprint equals the receiver's (`prints`, one per page from page
+/// `first_page`; `None` where the receiver has none), zeros when it is
+/// all zero, data otherwise. `data` is the block, which starts at `offset`.
+pub fn fates(data: &[u8], offset: u64, first_page: u64, prints: &[Option<Fingerprint>]) -> Vec<Fate> {
+    let page = PRINT_PAGE as usize;
+    prints
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let at = ((first_page + i as u64) * PRINT_PAGE - offset) as usize;
+            let bytes = &data[at..at + page];
+            if p.is_some_and(|h| fingerprint::of(bytes) == h) {
+                Fate::Reference
+            } else if is_zero(bytes) {
+                Fate::Zero
+            } else {
+                Fate::Send
+            }
+        })
+        .collect()
+}
+
 /// Splits the block `[offset, offset + len)` into runs: each page of
 /// [`pages_within`] travels as its `fates` entry says, everything else
 /// (partial pages at the edges) as data. Adjacent pieces of one fate are
@@ -131,14 +160,17 @@ struct BookState {
     silent: bool,
     /// Files whose blocks are all sent: late fingerprints are dropped.
     forgotten: std::collections::HashSet<u32>,
+    /// A streamed session's files announced so far.
+    announced: std::collections::HashSet<u32>,
 }
 
 /// The sender's fingerprints: added by stream 0's reader as PRINTS frames
 /// arrive, taken by the streams for their blocks.
 #[derive(Debug)]
 pub struct Book {
-    /// Each manifest entry's size, for regular files.
-    sizes: Vec<Option<u64>>,
+    /// Each manifest entry's size, for regular files; `None` in a streamed
+    /// session, whose files are those the sender announced.
+    sizes: Option<Vec<Option<u64>>>,
     state: Mutex<BookState>,
     changed: Condvar,
 }
@@ -147,10 +179,28 @@ impl Book {
     /// A book for the session whose manifest is `entries`.
     pub fn new(entries: &[Entry]) -> Self {
         Self {
-            sizes: entries.iter().map(|e| (e.kind == EntryKind::File).then_some(e.size)).collect(),
+            sizes: Some(entries.iter().map(|e| (e.kind == EntryKind::File).then_some(e.size)).collect()),
             state: Mutex::default(),
             changed: Condvar::new(),
         }
+    }
+
+    /// A book for a streamed session: fingerprints are accepted for the
+    /// files the sender has [`announced`](Self::announce).
+    pub fn streamed() -> Self {
+        Self { sizes: None, state: Mutex::default(), changed: Condvar::new() }
+    }
+
+    /// A streamed session's file `file_id` was announced to the receiver,
+    /// which may now send its fingerprints.
+    pub fn announce(&self, file_id: u32) {
+        self.lock().announced.insert(file_id);
+    }
+
+    /// Whether [`take`](Self::take) of `pages` would return at once.
+    pub fn ready(&self, file_id: u32, pages: Range<u64>) -> bool {
+        let s = self.lock();
+        pages.is_empty() || s.closed || s.files.get(&file_id).is_some_and(|f| f.last || f.upto >= pages.end)
     }
 
     fn lock(&self) -> MutexGuard<'_, BookState> {
@@ -163,17 +213,20 @@ impl Book {
     /// connection that has been replaced is dropped. `Err` names what the
     /// receiver did wrong.
     pub fn add(&self, generation: u32, file_id: u32, last: bool, first_page: u64, hashes: Vec<Fingerprint>) -> Result<(), String> {
-        let size = self
-            .sizes
-            .get(file_id as usize)
-            .copied()
-            .flatten()
-            .ok_or_else(|| format!("sent fingerprints of entry {file_id}, which is not a file of this manifest"))?;
-        let end = first_page + hashes.len() as u64;
-        if end * PRINT_PAGE > size.next_multiple_of(PRINT_PAGE) {
+        let mut s = self.lock();
+        let size = match &self.sizes {
+            Some(sizes) => sizes
+                .get(file_id as usize)
+                .copied()
+                .flatten()
+                .ok_or_else(|| format!("sent fingerprints of entry {file_id}, which is not a file of this manifest"))?,
+            None if s.announced.contains(&file_id) => crate::catalog::MAX_STREAMED_FILE,
+            None => return Err(format!("sent fingerprints of file {file_id}, which was not announced")),
+        };
+        let end = first_page.saturating_add(hashes.len() as u64);
+        if end.saturating_mul(PRINT_PAGE) > size.next_multiple_of(PRINT_PAGE) {
             return Err(format!("sent fingerprints of entry {file_id} beyond its size"));
         }
-        let mut s = self.lock();
         if s.forgotten.contains(&file_id) || generation < s.generation {
             return Ok(());
         }
@@ -378,6 +431,144 @@ pub fn serve(
     served
 }
 
+/// How far a streamed session's walk fingerprints each file ahead of what
+/// arrived of it: more than the sender holds back and has in flight (its
+/// window of blocks waiting for fingerprints, its queue, the sockets), so
+/// the sender rarely waits; at most [`MAX_WALKS`] × 2 MiB of fingerprints.
+pub const FILE_LEAD: u64 = 128 << 20;
+
+/// Most old files a streamed session's walk has open at once; files
+/// announced beyond it wait their turn.
+pub const MAX_WALKS: usize = 64;
+
+/// Pages a file's walk fingerprints in one turn before the next file's.
+const TURN: u64 = 256;
+
+#[derive(Debug)]
+struct Walk {
+    id: u32,
+    path: Vec<u8>,
+    /// Whether its old file was looked for (on its first turn).
+    opened: bool,
+    /// The old file and its count of whole pages.
+    old: Option<(std::fs::File, u64)>,
+    /// The next page to fingerprint.
+    page: u64,
+}
+
+/// The receiver's walk in a streamed session (no manifest: the files come
+/// as the sender announces them, interleaved as its source produces them).
+/// Each announced file's old copy is fingerprinted in turns of a few MiB,
+/// round robin over the files being sent, each at most [`FILE_LEAD`]
+/// ahead of what arrived of it, so a file the sender waits for is never
+/// stuck behind another.
+#[derive(Debug, Default)]
+pub struct Walks {
+    active: std::collections::VecDeque<Walk>,
+    queued: std::collections::VecDeque<(u32, Vec<u8>)>,
+    /// Files whose walk ended (walked again after a reconnection while
+    /// they are not complete).
+    walked: Vec<(u32, Vec<u8>)>,
+    served: Served,
+}
+
+impl Walks {
+    /// The sender announced file `id` at `path`.
+    pub fn add(&mut self, id: u32, path: Vec<u8>) {
+        self.queued.push_back((id, path));
+    }
+
+    /// Stream 0 reconnected: every file not complete is walked again, from
+    /// the page `from(id)` names (`None`: complete, left out).
+    pub fn restart(&mut self, from: impl Fn(u32) -> Option<u64>) {
+        let all = self.active.drain(..).map(|w| (w.id, w.path)).chain(self.walked.drain(..)).chain(self.queued.drain(..));
+        let mut again: Vec<(u64, u32, Vec<u8>)> = all.filter_map(|(id, path)| from(id).map(|at| (at, id, path))).collect();
+        again.sort_by_key(|(_, id, _)| *id);
+        for (at, id, path) in again {
+            if self.active.len() < MAX_WALKS {
+                self.active.push_back(Walk { id, path, opened: false, old: None, page: at / PRINT_PAGE });
+            } else {
+                self.queued.push_back((id, path));
+            }
+        }
+    }
+
+    /// What the walk found so far.
+    pub fn served(&self) -> Served {
+        self.served
+    }
+
+    /// Whether any file is being walked or waits to be.
+    pub fn is_idle(&self) -> bool {
+        self.active.is_empty() && self.queued.is_empty()
+    }
+
+    /// One turn of every file being walked: up to a few MiB of its old
+    /// copy beneath `base` (opened without following symlinks; a missing
+    /// or unreadable one has no fingerprints), within [`FILE_LEAD`] of
+    /// `arrived(id)` (`None`: the file is complete, its walk ends
+    /// silently). PRINTS go to `send` (false: stop). Returns whether it
+    /// sent anything, or `None` when `send` said stop.
+    pub fn turn(&mut self, base: impl AsFd, arrived: impl Fn(u32) -> Option<u64>, mut send: impl FnMut(Frame) -> bool) -> Option<bool> {
+        while self.active.len() < MAX_WALKS {
+            let Some((id, path)) = self.queued.pop_front() else { break };
+            self.active.push_back(Walk { id, path, opened: false, old: None, page: 0 });
+        }
+        let mut sent = false;
+        let mut i = 0;
+        while i < self.active.len() {
+            let w = &mut self.active[i];
+            let Some(got) = arrived(w.id) else {
+                self.active.remove(i);
+                continue;
+            };
+            if !w.opened {
+                w.opened = true;
+                w.old = fingerprint::open(base.as_fd(), &w.path).ok().map(|f| {
+                    let len = f.metadata().map_or(0, |m| m.len());
+                    (f, len / PRINT_PAGE)
+                });
+                self.served.files += u64::from(w.old.is_some());
+            }
+            let pages = w.old.as_ref().map_or(0, |(_, n)| *n);
+            let allowed = (got + FILE_LEAD).div_ceil(PRINT_PAGE);
+            let end = pages.min(w.page + TURN).min(allowed).max(w.page);
+            if end == w.page && w.page < pages {
+                i += 1;
+                continue;
+            }
+            let first_page = w.page;
+            let mut hashes = Vec::with_capacity((end - first_page) as usize);
+            let read = match &w.old {
+                Some((old, _)) if end > first_page => fingerprint::pages_until(old, first_page * PRINT_PAGE, end * PRINT_PAGE, |at, f| {
+                    if at / PRINT_PAGE >= end {
+                        return false;
+                    }
+                    hashes.push(f);
+                    true
+                })
+                .map(|_| ()),
+                _ => Ok(()),
+            };
+            // A read that fails ends the file's fingerprints where it failed.
+            let last = read.is_err() || hashes.len() as u64 != end - first_page || end >= pages;
+            w.page = first_page + hashes.len() as u64;
+            self.served.pages += hashes.len() as u64;
+            if !send(Frame::Prints { file_id: w.id, last, first_page, hashes }) {
+                return None;
+            }
+            sent = true;
+            if last {
+                let w = self.active.remove(i).expect("in range");
+                self.walked.push((w.id, w.path));
+            } else {
+                i += 1;
+            }
+        }
+        Some(sent)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,5 +751,114 @@ mod tests {
             vec![Frame::Prints { file_id: 0, last: true, first_page: 1, hashes: want }],
             "only the file not skipped, from page 1"
         );
+    }
+
+    #[test]
+    fn the_streamed_walk_takes_turns_over_announced_files_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(300 * P + 77)).map(|i| (i % 241) as u8).collect();
+        std::fs::write(dir.path().join("big"), &big).unwrap();
+        std::fs::write(dir.path().join("small"), &big[..(10 * P) as usize]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("big"), dir.path().join("link")).unwrap();
+        let root = File::open(dir.path()).unwrap();
+        let mut w = Walks::default();
+        for (id, path) in [(0, "big"), (1, "small"), (2, "missing"), (3, "link")] {
+            w.add(id, path.as_bytes().to_vec());
+        }
+        let mut frames = Vec::new();
+        let turn = |w: &mut Walks, arrived: &dyn Fn(u32) -> Option<u64>| {
+            let mut got = Vec::new();
+            let r = w.turn(&root, arrived, |f| {
+                got.push(f);
+                true
+            });
+            (r, got)
+        };
+        let (r, got) = turn(&mut w, &|_| Some(0));
+        assert_eq!(r, Some(true));
+        let summary: Vec<(u32, bool, u64, usize)> = got
+            .iter()
+            .map(|f| match f {
+                Frame::Prints { file_id, last, first_page, hashes } => (*file_id, *last, *first_page, hashes.len()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // One turn each: the big file's first 256 pages, the small one whole,
+        // nothing for a missing file or a symlink (not followed).
+        assert_eq!(summary, vec![(0, false, 0, 256), (1, true, 0, 10), (2, true, 0, 0), (3, true, 0, 0)]);
+        frames.extend(got);
+        let (r, got) = turn(&mut w, &|_| Some(0));
+        assert_eq!(r, Some(true));
+        match &got[..] {
+            [Frame::Prints { file_id: 0, last: true, first_page: 256, hashes }] => {
+                assert_eq!(hashes.len(), 44, "the partial last page is not fingerprinted");
+                assert_eq!(hashes[0], fingerprint::of(&big[(256 * P) as usize..(257 * P) as usize]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(turn(&mut w, &|_| Some(0)), (Some(false), vec![]), "nothing left to walk");
+        assert_eq!(w.served(), Served { files: 2, pages: 310, complete: false });
+        // A reconnection: the files not complete are walked again from
+        // where their data had arrived; complete ones are left out.
+        w.restart(|id| match id {
+            0 => Some(290 * P + 5),
+            _ => None,
+        });
+        let (_, got) = turn(&mut w, &|_| Some(0));
+        assert!(matches!(&got[..], [Frame::Prints { file_id: 0, last: true, first_page: 290, hashes }] if hashes.len() == 10), "{got:?}");
+        // A file that completes while it is walked is dropped silently.
+        w.add(4, b"big".to_vec());
+        assert_eq!(turn(&mut w, &|_| None), (Some(false), vec![]));
+        assert!(w.is_idle());
+    }
+
+    #[test]
+    fn the_streamed_walk_stays_within_its_lead_of_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("huge")).unwrap();
+        f.set_len(FILE_LEAD + 64 * P).unwrap();
+        let root = File::open(dir.path()).unwrap();
+        let mut w = Walks::default();
+        w.add(0, b"huge".to_vec());
+        let mut pages = 0;
+        while let Some(true) = w.turn(
+            &root,
+            |_| Some(0),
+            |f| {
+                if let Frame::Prints { hashes, .. } = f {
+                    pages += hashes.len() as u64;
+                }
+                true
+            },
+        ) {}
+        assert_eq!(pages * P, FILE_LEAD, "no further than its lead ahead of what arrived");
+        // More data arrived: the walk goes on to the end.
+        while let Some(true) = w.turn(
+            &root,
+            |_| Some(FILE_LEAD),
+            |f| {
+                if let Frame::Prints { hashes, .. } = f {
+                    pages += hashes.len() as u64;
+                }
+                true
+            },
+        ) {}
+        assert_eq!(pages, FILE_LEAD / P + 64);
+        // A stop from `send` ends the turn.
+        let mut w = Walks::default();
+        w.add(0, b"huge".to_vec());
+        assert_eq!(w.turn(&root, |_| Some(0), |_| false), None);
+    }
+
+    #[test]
+    fn a_streamed_book_takes_fingerprints_only_for_announced_files() {
+        let book = Book::streamed();
+        assert!(book.add(0, 3, true, 0, vec![[1; 32]]).unwrap_err().contains("not announced"));
+        book.announce(3);
+        assert!(!book.ready(3, 0..1));
+        assert!(book.ready(3, 5..5), "no pages: ready at once");
+        book.add(0, 3, true, 0, vec![[1; 32]]).unwrap();
+        assert!(book.ready(3, 0..4), "the last fingerprint came");
+        assert_eq!(book.take(3, 0..2, Duration::from_secs(1), &|| false), vec![Some([1; 32]), None]);
     }
 }

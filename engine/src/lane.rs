@@ -54,6 +54,17 @@ pub(crate) enum Replay {
         data: Arc<Vec<u8>>,
         checksum: u64,
     },
+    /// A piece of a streamed source that travels without payload (a
+    /// reference to the receiver's old copy, or zeros): sent again as it
+    /// was, since the old copy a receiver reads is not changed by it.
+    Mark {
+        file_id: u32,
+        seq: u32,
+        offset: u64,
+        len: u32,
+        checksum: u64,
+        flag: u8,
+    },
     /// A MANIFEST frame of a tree source: its entries (by index), encoded
     /// again.
     Entries {

@@ -240,7 +240,7 @@ impl Receiver {
         let (streams, gate) = self.assemble(resume_ok)?;
         let Self { listener, token, nonce, secret, cfg, .. } = self;
         let h0 = streams[0].hello.clone();
-        let granted = grant(h0.capabilities, resume_ok, cfg.journal, cfg.delta.is_some());
+        let granted = grant(h0.capabilities, resume_ok, cfg.journal, cfg.delta.as_ref());
         let session = cfg.seal_key.as_ref().map(|k| {
             k.session(&Binding {
                 sender_salt: &h0.session_salt,
@@ -375,7 +375,7 @@ impl Receiver {
                 }
                 let welcome = Frame::Welcome {
                     version: wire::PROTOCOL_VERSION.min(h.max_version),
-                    capabilities: grant(h.capabilities, resume_ok, self.cfg.journal, self.cfg.delta.is_some()),
+                    capabilities: grant(h.capabilities, resume_ok, self.cfg.journal, self.cfg.delta.as_ref()),
                     nonce: self.nonce,
                     secret: self.secret,
                 };
@@ -414,7 +414,7 @@ impl Receiver {
 /// The capabilities granted to a sender that asked for `requested`: all
 /// of them, but RESUME only when this session may resume and HAVE only
 /// when it continues an interrupted one.
-fn grant(requested: u64, resume_ok: bool, journal: Journaling, delta: bool) -> u64 {
+fn grant(requested: u64, resume_ok: bool, journal: Journaling, delta: Option<&crate::delta::Base>) -> u64 {
     let mut granted = requested;
     if !resume_ok {
         granted &= !caps::RESUME;
@@ -423,8 +423,14 @@ fn grant(requested: u64, resume_ok: bool, journal: Journaling, delta: bool) -> u
         granted &= !caps::HAVE;
     }
     // A resuming receiver's destination holds what it journaled, not an
-    // old copy to compare with.
-    if !delta || journal == Journaling::Resume || requested & caps::STREAMED != 0 {
+    // old copy to compare with; a streamed session's files are created
+    // afresh, so its old copy must be another directory.
+    let usable = match delta {
+        None => false,
+        Some(crate::delta::Base::InPlace) => requested & caps::STREAMED == 0,
+        Some(crate::delta::Base::Dir(_)) => true,
+    };
+    if !usable || journal == Journaling::Resume {
         granted &= !caps::DELTA;
     }
     granted
@@ -570,6 +576,8 @@ fn receive_session(
     let streams_done = AtomicBool::new(false);
     let journal_failed = std::sync::OnceLock::<String>::new();
     let catalog = Catalog::with_limits(&sink, crate::catalog::MAX_OPEN_FILES, cfg.max_entries);
+    // (Unbounded: one entry per announced file, which the catalog bounds.)
+    let walks = (base.is_some() && streamed).then(crossbeam_channel::unbounded::<(u32, Vec<u8>)>);
     let table = ManifestTable { entries: &entries, tally: &tally };
     let files = if streamed { Files::Streamed(&catalog) } else { Files::Manifest(table) };
     let (stop_journal, journal_stopped) = bounded::<()>(0);
@@ -578,9 +586,16 @@ fn receive_session(
             let (stopped, failed, abort) = (&journal_stopped, &journal_failed, &abort);
             scope.spawn(move || journal_rounds(j, stopped, failed, abort));
         }
-        if let Some(b) = &base {
-            let (entries, slots, abort, progress, done, tally) = (&entries, slots, &abort, &*progress, &streams_done, &tally);
-            scope.spawn(move || serve_prints(&b.root, entries, tally, slots, abort, progress, done));
+        match (&base, &walks) {
+            (Some(b), Some((_, rx))) => {
+                let (catalog, slots, abort, done) = (&catalog, slots, &abort, &streams_done);
+                scope.spawn(move || serve_announced(&b.root, rx, catalog, slots, abort, done));
+            }
+            (Some(b), None) => {
+                let (entries, slots, abort, progress, done, tally) = (&entries, slots, &abort, &*progress, &streams_done, &tally);
+                scope.spawn(move || serve_prints(&b.root, entries, tally, slots, abort, progress, done));
+            }
+            _ => {}
         }
         let results = pipeline::run_streams(
             slots,
@@ -602,6 +617,7 @@ fn receive_session(
                     base: base.as_ref(),
                     reused: &reused,
                     zeros: &zeros,
+                    walks: walks.as_ref().map(|(tx, _)| tx),
                 };
                 let seal = lock(i).take();
                 let (r, opener) = ctx.run(seal);
@@ -751,6 +767,58 @@ fn serve_prints(
         started.elapsed().as_secs_f64(),
         if walks > 1 { format!(" ({walks} walks: stream 0 reconnected)") } else { String::new() },
         if total.complete { "" } else { " (stopped early)" }
+    );
+}
+
+/// The receiver's fingerprint walk in a streamed session (see
+/// [`crate::delta::Walks`]): each file the sender announces is
+/// fingerprinted in turns, each at most [`crate::delta::FILE_LEAD`] ahead
+/// of what arrived of it, until the streams end or the session fails.
+/// When stream 0 reconnects, the files not complete are walked again on
+/// the new connection from a little before what arrived of each.
+fn serve_announced(
+    root: &File,
+    announced: &crossbeam_channel::Receiver<(u32, Vec<u8>)>,
+    catalog: &Catalog<'_>,
+    slots: &[Arc<Slot>],
+    abort: &Abort,
+    done: &AtomicBool,
+) {
+    let s0 = &slots[0];
+    let started = Instant::now();
+    let margin = slots.len() as u64 * u64::from(wire::MAX_PAYLOAD);
+    let mut walks = crate::delta::Walks::default();
+    let mut generation = s0.told_on();
+    let mut reconnections = 0;
+    let ended = || abort.is_set() || done.load(Ordering::Acquire);
+    while !ended() {
+        while let Ok((id, path)) = announced.try_recv() {
+            walks.add(id, path);
+        }
+        if s0.told_on() != generation {
+            generation = s0.told_on();
+            reconnections += 1;
+            tracing::info!("delta: stream 0 reconnected; fingerprinting the files not yet complete again");
+            walks.restart(|id| catalog.arrived(id).map(|got| got.saturating_sub(margin)));
+        }
+        let send = |f: Frame| !ended() && s0.tell_on(generation, &f).unwrap_or(false);
+        match walks.turn(root, |id| catalog.arrived(id), send) {
+            Some(true) => {}
+            // Nothing to do now: wait for an announcement or for data.
+            Some(false) | None => {
+                if let Ok((id, path)) = announced.recv_timeout(Duration::from_millis(if walks.is_idle() { 20 } else { 2 })) {
+                    walks.add(id, path);
+                }
+            }
+        }
+    }
+    let served = walks.served();
+    tracing::info!(
+        "delta: fingerprinted {} old files ({:.1} MiB) in {:.2} s{}",
+        served.files,
+        (served.pages * wire::PRINT_PAGE) as f64 / 1_048_576.0,
+        started.elapsed().as_secs_f64(),
+        if reconnections > 0 { format!(" ({reconnections} reconnections of stream 0)") } else { String::new() },
     );
 }
 
@@ -967,6 +1035,9 @@ struct StreamCtx<'a> {
     /// zeros, all streams.
     reused: &'a AtomicU64,
     zeros: &'a AtomicU64,
+    /// A streamed delta session: where newly announced files go to be
+    /// fingerprinted.
+    walks: Option<&'a crossbeam_channel::Sender<(u32, Vec<u8>)>>,
 }
 
 /// What a stream carried: DATA frames, data bytes, and (stream 0) END's
@@ -1114,7 +1185,13 @@ impl StreamCtx<'_> {
                     let (entry, state) = table.done(file_id, digest, peer)?;
                     self.settle(entry, state)?;
                 }
-                (Event::Announce { file_id, mode, path }, Files::Streamed(catalog)) => catalog.announce(file_id, mode, &path)?,
+                (Event::Announce { file_id, mode, path }, Files::Streamed(catalog)) => {
+                    if catalog.announce(file_id, mode, &path)?
+                        && let Some(walks) = self.walks
+                    {
+                        let _ = walks.send((file_id, path));
+                    }
+                }
                 (Event::FileEnd { file_id, size, data_bytes, digest }, Files::Streamed(catalog)) => {
                     let f = catalog.get(file_id, peer)?;
                     catalog.record_end(&f, size, data_bytes, digest)?;

@@ -73,8 +73,9 @@ pub struct SendConfig {
     /// first measures another codec against it, and the shortest wait
     /// between such measurements.
     pub adapt_after: Duration,
-    /// Ask for a delta transfer (tree sessions): a receiver with an old
-    /// copy serves its fingerprints, and equal ranges travel as references.
+    /// Ask for a delta transfer: a receiver with an old copy serves its
+    /// fingerprints, and equal ranges travel as references (in a streamed
+    /// session, a receiver whose old copy is another directory).
     pub delta: bool,
 }
 
@@ -276,6 +277,36 @@ impl Session {
     }
 
     /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
+    /// A delta transfer, if the receiver granted it: its fingerprints go
+    /// to a new book.
+    fn start_delta(&self, cfg: &SendConfig, book: impl FnOnce() -> crate::delta::Book) {
+        if self.caps & wire::caps::DELTA != 0 {
+            tracing::info!("delta: the receiver has an old copy; ranges whose pages it holds travel as references");
+            let _ = self.prints.set(Arc::new(book()));
+        } else if cfg.delta {
+            tracing::info!("delta: the receiver has no old copy to compare with; sending everything");
+        }
+    }
+
+    /// Data bytes sent as references and as zeros.
+    fn delta_totals(&self) -> (u64, u64) {
+        (self.reused.load(std::sync::atomic::Ordering::Relaxed), self.zeros.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Logs what a delta transfer of `bytes` data bytes sent how.
+    fn report_delta(&self, bytes: u64) {
+        if self.prints.get().is_some() {
+            let (reused, zeros) = self.delta_totals();
+            tracing::info!(
+                "delta: {:.1} MiB of {:.1} MiB sent as references to the old copy, {:.1} MiB as zeros, {:.1} MiB as data",
+                reused as f64 / 1_048_576.0,
+                bytes as f64 / 1_048_576.0,
+                zeros as f64 / 1_048_576.0,
+                bytes.saturating_sub(reused + zeros) as f64 / 1_048_576.0,
+            );
+        }
+    }
+
     fn run_streams<T: Send>(&self, work: impl Fn(usize, &Lane, &mut Option<Sealer>) -> Result<T> + Sync) -> Vec<Result<T>> {
         pipeline::run_streams(
             &self.lanes[..],
@@ -441,12 +472,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     progress.set_total(tree.data_bytes());
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, false)?;
-    if session.caps & wire::caps::DELTA != 0 {
-        tracing::info!("delta: the receiver has an old copy; ranges whose pages it holds travel as references");
-        let _ = session.prints.set(Arc::new(crate::delta::Book::new(&tree.entries)));
-    } else if cfg.delta {
-        tracing::info!("delta: the receiver has no old copy to compare with; sending everything");
-    }
+    session.start_delta(cfg, || crate::delta::Book::new(&tree.entries));
     StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: Some(tree) }.manifest(
         &tree.entries,
         tree.data_bytes(),
@@ -495,17 +521,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
             .resume_after(seal, "the connection broke")
     };
     let bytes = session.close(tree.entries.len() as u64, results, &resend)?;
-    if session.prints.get().is_some() {
-        let (reused, zeros) =
-            (session.reused.load(std::sync::atomic::Ordering::Relaxed), session.zeros.load(std::sync::atomic::Ordering::Relaxed));
-        tracing::info!(
-            "delta: {:.1} MiB of {:.1} MiB sent as references to the old copy, {:.1} MiB as zeros, {:.1} MiB as data",
-            reused as f64 / 1_048_576.0,
-            bytes as f64 / 1_048_576.0,
-            zeros as f64 / 1_048_576.0,
-            bytes.saturating_sub(reused + zeros) as f64 / 1_048_576.0,
-        );
-    }
+    session.report_delta(bytes);
     let files = tree.entries.iter().filter(|e| e.kind == crate::manifest::EntryKind::File).count() as u64;
     let wire_bytes = progress.snapshot().wire;
     Ok(Summary {
@@ -515,8 +531,8 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         wire_bytes,
         resent: progress.snapshot().resent,
         held: held_bytes,
-        reused: session.reused.load(std::sync::atomic::Ordering::Relaxed),
-        zeros: session.zeros.load(std::sync::atomic::Ordering::Relaxed),
+        reused: session.delta_totals().0,
+        zeros: session.delta_totals().1,
         protocol: session.version,
         elapsed: started.elapsed(),
     })
@@ -538,6 +554,7 @@ where
     let progress = cfg.progress.clone().unwrap_or_default();
     let throttle = cfg.rate_limit.map(Throttle::new);
     let session = Session::open(addr, token, cfg, true)?;
+    session.start_delta(cfg, crate::delta::Book::streamed);
     let session_version = session.version;
     StreamCtx { lane: &session.lanes[0], session: &session, cfg, throttle: None, progress: &progress, tree: None }.manifest(
         &[],
@@ -550,9 +567,12 @@ where
     // Why the producer failed, for the ABORT frame the streams send.
     let failure = std::sync::OnceLock::new();
     let (results, produced) = std::thread::scope(|scope| {
-        let (abort, failure) = (Arc::clone(&session.abort), &failure);
+        let (abort, failure, book) = (Arc::clone(&session.abort), &failure, session.prints.get().cloned());
         let producer = scope.spawn(move || {
             let mut feeder = Feeder::new(tx, cfg.block_size, Arc::clone(&abort));
+            if let Some(book) = book {
+                feeder = feeder.with_delta(book, cfg.idle_timeout.max(Duration::from_secs(30)));
+            }
             let r = produce(&mut feeder).and_then(|()| feeder.finish());
             // A producer stopped by the session's abort (the receiver
             // refused, a stream failed) only echoes that failure.
@@ -588,6 +608,8 @@ where
     };
     let bytes = session.close(files, results, &resend)?;
     debug_assert_eq!(bytes, data_bytes);
+    session.report_delta(bytes);
+    let (reused, zeros) = session.delta_totals();
     Ok(Summary {
         entries: files,
         files,
@@ -595,8 +617,8 @@ where
         wire_bytes: progress.snapshot().wire,
         resent: progress.snapshot().resent,
         held: 0,
-        reused: 0,
-        zeros: 0,
+        reused,
+        zeros,
         protocol: session_version,
         elapsed: started.elapsed(),
     })
@@ -610,7 +632,7 @@ fn capabilities(cfg: &SendConfig, streamed: bool) -> u64 {
         | if cfg.filter.is_some() { wire::caps::EXTERNAL_FILTER } else { 0 }
         | if cfg.resume_window.is_zero() { 0 } else { wire::caps::RESUME }
         | if streamed { 0 } else { wire::caps::HAVE }
-        | if cfg.delta && !streamed { wire::caps::DELTA } else { 0 }
+        | if cfg.delta { wire::caps::DELTA } else { 0 }
 }
 
 /// Locks a stream's sealer slot (a poisoned lock only means a stream thread
@@ -792,6 +814,10 @@ impl StreamCtx<'_> {
                     self.write_data(&link, header, 0, &mut data, seal)?;
                     bytes += u64::from(*len);
                 }
+                Replay::Mark { file_id, seq, offset, len, checksum, flag } => {
+                    let header = DataHeader { file_id: *file_id, seq: *seq, offset: *offset, raw_len: *len, checksum: *checksum };
+                    self.write_data(&link, header, *flag, &mut [], seal)?;
+                }
                 Replay::Bytes { file_id, seq, offset, data, checksum } => {
                     let header =
                         DataHeader { file_id: *file_id, seq: *seq, offset: *offset, raw_len: data.len() as u32, checksum: *checksum };
@@ -957,22 +983,7 @@ impl StreamCtx<'_> {
             let wait = self.cfg.idle_timeout.max(Duration::from_secs(30));
             book.take(b.file_id, pages.clone(), wait, &|| self.session.abort.is_set())
         };
-        let page = wire::PRINT_PAGE as usize;
-        let fates: Vec<Fate> = prints
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let at = ((pages.start + i as u64) * wire::PRINT_PAGE - b.offset) as usize;
-                let bytes = &data[at..at + page];
-                if p.is_some_and(|h| crate::fingerprint::of(bytes) == h) {
-                    Fate::Reference
-                } else if crate::delta::is_zero(bytes) {
-                    Fate::Zero
-                } else {
-                    Fate::Send
-                }
-            })
-            .collect();
+        let fates = crate::delta::fates(data, b.offset, pages.start, &prints);
         crate::delta::split(b.offset, b.len, &fates)
     }
 
@@ -1090,6 +1101,34 @@ impl StreamCtx<'_> {
                 self.record(Replay::Frame(frame), 0);
             }
             match item.what {
+                ItemKind::Announce => {
+                    if !control.is_empty()
+                        && let Err(e) = backend::write_parts(&*self.lane.link(), &[&control])
+                    {
+                        self.recover(e, seal, &path())?;
+                    }
+                }
+                ItemKind::Mark { offset, len, checksum, flag } => {
+                    let header = out.block(item.file_id, offset, len, checksum)?;
+                    if self.resumable() {
+                        let frame = Replay::Mark { file_id: item.file_id, seq: header.seq, offset, len, checksum, flag };
+                        self.lane.record(frame, 0);
+                    }
+                    let counter = if flag == wire::data_flags::REF { &self.session.reused } else { &self.session.zeros };
+                    counter.fetch_add(u64::from(len), std::sync::atomic::Ordering::Relaxed);
+                    let link = self.lane.link();
+                    let sent = (|| {
+                        if !control.is_empty() {
+                            backend::write_parts(&*link, &[&control])?;
+                        }
+                        self.send_memory(&link, header, flag, &mut [], None, seal)
+                    })();
+                    match sent {
+                        Ok((wire, _)) => self.progress.add_wire(wire),
+                        Err(e) => self.recover(e, seal, &path())?,
+                    }
+                    self.progress.add(u64::from(len));
+                }
                 ItemKind::End { size, data_bytes, digest } => {
                     let frame = Frame::FileEnd { file_id: item.file_id, size, data_bytes, digest };
                     net::encode_frame(&frame, &mut control, seal.as_mut());

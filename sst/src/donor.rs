@@ -91,25 +91,25 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     }
 
     let (estimate, protocol) = announce(s, &target, &token, &cfg, mode)?;
+    // A delta, unless turned off, the joiner's sluice predates it (it
+    // would refuse the request, or in backup mode not grant it), or
+    // (auto) the joiner is on this host: there, hashing both copies costs
+    // more than sending them (perf/RESULTS.md).
+    let wanted = s.opts.delta.unwrap_or_else(|| {
+        let local = crate::transport::is_this_host(&target);
+        if local {
+            tracing::info!("delta off: the joiner at {target} is on this host, where sending costs less than comparing ([sst] delta=on compares anyway)");
+        }
+        !local
+    });
+    let delta = wanted && protocol >= sluice_engine::wire::since::DELTA;
+    if wanted && !delta {
+        tracing::info!("the joiner's sluice speaks protocol {protocol}, without delta transfers: sending everything");
+    }
+    let cfg = SendConfig { delta, ..cfg };
     if copy_mode {
         progress.set_total(estimate);
         s.monitor.stage(Stage::Sending, Some(Arc::clone(&progress)), estimate);
-        // A delta, unless turned off, the joiner's sluice predates it (it
-        // would refuse the request), or (auto) the joiner is on this host:
-        // there, hashing both copies costs more than sending them
-        // (perf/RESULTS.md).
-        let wanted = s.opts.delta.unwrap_or_else(|| {
-            let local = crate::transport::is_this_host(&target);
-            if local {
-                tracing::info!("delta off: the joiner at {target} is on this host, where sending costs less than comparing ([sst] delta=on compares anyway)");
-            }
-            !local
-        });
-        let delta = wanted && protocol >= sluice_engine::wire::since::DELTA;
-        if wanted && !delta {
-            tracing::info!("the joiner's sluice speaks protocol {protocol}, without delta transfers: sending everything");
-        }
-        let cfg = SendConfig { delta, ..cfg };
         return crate::copy::donor(s, proto, &target, &token, &cfg, &s.layout);
     }
     let program = find_program("mariadb-backup")?;

@@ -90,6 +90,9 @@ pub struct Spec {
     pub sst_method: String,
     /// Extra `[mysqld]` lines for every node.
     pub mysqld: String,
+    /// Galera's `gcache.size` (a node that was down while more was
+    /// written needs an SST instead of an IST).
+    pub gcache: String,
     /// `[sst]` lines for every node.
     pub sst: String,
     /// `wsrep_sst_auth` per node (index 0 is the donor in these tests).
@@ -125,6 +128,7 @@ impl Spec {
             os_user: None,
             nofile: None,
             netns: None,
+            gcache: "128M".into(),
         }
     }
 }
@@ -197,7 +201,7 @@ impl Cluster {
                  innodb_autoinc_lock_mode=2\ninnodb_buffer_pool_size=256M\ninnodb_log_file_size=96M\n\
                  innodb_flush_log_at_trx_commit=2\nwsrep_on=ON\nwsrep_provider={GALERA}\nwsrep_cluster_name=sluice_test\n\
                  wsrep_cluster_address=gcomm://{gcomm}\nwsrep_node_address={a}\nwsrep_node_name={name}\n\
-                 wsrep_provider_options=\"gmcast.listen_addr=tcp://{a}:{gp};ist.recv_addr={a}:{ip};gcache.size=128M\"\n\
+                 wsrep_provider_options=\"gmcast.listen_addr=tcp://{a}:{gp};ist.recv_addr={a}:{ip};gcache.size={gcache}\"\n\
                  wsrep_sst_method={method}\nwsrep_sst_receive_address={sa}:{sp}\nwsrep_sst_auth={auth}\n{extra}\n\
                  [sst]\nsst-log-archive-dir={dir}/sst_log_archive\n{sst}\n",
                 user = spec.os_user.as_deref().unwrap_or("root"),
@@ -216,6 +220,7 @@ impl Cluster {
                 sp = node.sst_port,
                 extra = spec.mysqld.replace("{node}", &node.dir.to_string_lossy()).replace("{idx}", &(i + 1).to_string()),
                 sst = spec.sst,
+                gcache = spec.gcache,
             );
             fs::write(&node.cnf, cnf).unwrap();
             nodes.push(node);
@@ -250,6 +255,17 @@ impl Cluster {
             .lines()
             .map(|l| if l.starts_with("wsrep_sst_method=") { format!("wsrep_sst_method={method}") } else { l.to_string() })
             .collect();
+        fs::write(&self.nodes[i].cnf, out.join("\n") + "\n").unwrap();
+    }
+
+    /// Sets `key=value` in node `i`'s `[sst]` section, replacing the line
+    /// that sets `key` (takes effect at its next SST).
+    pub fn set_sst_option(&self, i: usize, key: &str, value: &str) {
+        let cnf = fs::read_to_string(&self.nodes[i].cnf).unwrap();
+        let prefix = format!("{key}=");
+        let mut out: Vec<String> = cnf.lines().filter(|l| !l.starts_with(&prefix)).map(str::to_string).collect();
+        let at = out.iter().position(|l| l == "[sst]").expect("an [sst] section") + 1;
+        out.insert(at, format!("{key}={value}"));
         fs::write(&self.nodes[i].cnf, out.join("\n") + "\n").unwrap();
     }
 
