@@ -249,7 +249,10 @@ fn main() {
             }
             let joiner_log = c.error_log(1);
             let this_sst = joiner_log.rfind("sluice SST started on joiner").map_or(&joiner_log[..], |i| &joiner_log[i..]);
-            if let Some(line_) = this_sst.lines().rev().find(|l| l.contains("taken from the old copy")) {
+            // (A stock method's SST leaves the last sluice SST's lines in the log.)
+            if let Some(line_) =
+                this_sst.lines().rev().find(|l| l.contains("taken from the old copy")).filter(|_| method.starts_with("sluice"))
+            {
                 if let Some(d) = line_.split("delta: ").nth(1) {
                     line.push_str("  delta: ");
                     line.push_str(d.trim());

@@ -434,12 +434,12 @@ pub fn serve(
 /// How far a streamed session's walk fingerprints each file ahead of what
 /// arrived of it: more than the sender holds back and has in flight (its
 /// window of blocks waiting for fingerprints, its queue, the sockets), so
-/// the sender rarely waits; at most [`MAX_WALKS`] × 2 MiB of fingerprints.
+/// the sender rarely waits; 256 KiB of fingerprints per file walked.
 pub const FILE_LEAD: u64 = 128 << 20;
 
 /// Most old files a streamed session's walk has open at once; files
 /// announced beyond it wait their turn.
-pub const MAX_WALKS: usize = 64;
+pub const MAX_WALKS: usize = 32;
 
 /// Pages a file's walk fingerprints in one turn before the next file's.
 const TURN: u64 = 256;
