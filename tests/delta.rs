@@ -114,26 +114,31 @@ fn an_in_place_delta_sends_only_the_changed_pages_with_every_transform() {
 }
 
 fn walk_bytes(dir: &Path) -> u64 {
-    let mut n = 0;
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            n += walk_bytes(&e.path());
-        } else if t.is_file() {
-            n += e.metadata().unwrap().len();
-        }
-    }
-    n
+    tree_entries(dir).iter().filter(|(_, t)| t.is_file()).map(|(p, _)| fs::metadata(p).unwrap().len()).sum()
 }
 
-#[test]
-fn a_base_directory_is_only_read_and_torn_or_hostile_old_files_still_give_an_identical_copy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, old, _) = stale_copy(tmp.path(), "old");
-    // Torn and hostile: a truncated tablespace, a table holding another
-    // table's bytes, a renamed table, garbage pages, a symlink (to a file
-    // with the right bytes, outside) and a directory where tables were.
+/// Every entry under `dir` (recursively, not following symlinks) and its type.
+fn tree_entries(dir: &Path) -> Vec<(PathBuf, fs::FileType)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path(), t));
+        }
+    }
+    out
+}
+
+/// Tears and poisons the old copy `old` of `src`: a truncated tablespace,
+/// a table holding another table's bytes, a renamed table, garbage pages,
+/// a symlink (to a file with the right bytes, at `outside`) and a
+/// directory where tables were.
+fn tear(src: &Path, old: &Path, outside: &Path) {
     fs::OpenOptions::new().write(true).open(old.join("ibdata1")).unwrap().set_len((10 << 20) + 5).unwrap();
     fs::copy(old.join("db/t1.ibd"), old.join("db/t2.ibd")).unwrap();
     fs::rename(old.join("db/t5.ibd"), old.join("db/t5-renamed.ibd")).unwrap();
@@ -141,12 +146,18 @@ fn a_base_directory_is_only_read_and_torn_or_hostile_old_files_still_give_an_ide
     g.seek(SeekFrom::Start(PAGE)).unwrap();
     g.write_all(&pattern(2 * PAGE as usize, 1234)).unwrap();
     drop(g);
-    let outside = tmp.path().join("outside.ibd");
-    fs::copy(src.join("db/t7.ibd"), &outside).unwrap();
+    fs::copy(src.join("db/t7.ibd"), outside).unwrap();
     fs::remove_file(old.join("db/t7.ibd")).unwrap();
-    std::os::unix::fs::symlink(&outside, old.join("db/t7.ibd")).unwrap();
+    std::os::unix::fs::symlink(outside, old.join("db/t7.ibd")).unwrap();
     fs::remove_file(old.join("db/t8.ibd")).unwrap();
     fs::create_dir(old.join("db/t8.ibd")).unwrap();
+}
+
+#[test]
+fn a_base_directory_is_only_read_and_torn_or_hostile_old_files_still_give_an_identical_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, old, _) = stale_copy(tmp.path(), "old");
+    tear(&src, &old, &tmp.path().join("outside.ibd"));
     let before = snapshot(&old);
     let dest = tmp.path().join("dest");
     let send = SendConfig { streams: 3, delta: true, ..SendConfig::default() };
@@ -163,23 +174,19 @@ fn a_base_directory_is_only_read_and_torn_or_hostile_old_files_still_give_an_ide
 
 /// Every file's path, size and bytes hash under `dir` (symlinks by target).
 fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
+    let mut out: Vec<(PathBuf, String)> = tree_entries(dir)
+        .into_iter()
+        .map(|(p, t)| {
             let what = if t.is_dir() {
-                stack.push(e.path());
                 "dir".to_string()
             } else if t.is_symlink() {
-                format!("-> {}", fs::read_link(e.path()).unwrap().display())
+                format!("-> {}", fs::read_link(&p).unwrap().display())
             } else {
-                format!("{:x}", sluice_engine::digest::checksum(&fs::read(e.path()).unwrap()))
+                format!("{:x}", sluice_engine::digest::checksum(&fs::read(&p).unwrap()))
             };
-            out.push((e.path(), what));
-        }
-    }
+            (p, what)
+        })
+        .collect();
     out.sort();
     out
 }
@@ -220,20 +227,11 @@ fn the_cli_copies_with_delta_and_says_what_it_reused() {
 
 /// Every regular file under `dir`, by path relative to it, sorted.
 fn regular_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.push((rel, fs::read(e.path()).unwrap()));
-            }
-        }
-    }
+    let mut out: Vec<(String, Vec<u8>)> = tree_entries(dir)
+        .into_iter()
+        .filter(|(_, t)| t.is_file())
+        .map(|(p, _)| (p.strip_prefix(dir).unwrap().to_string_lossy().into_owned(), fs::read(&p).unwrap()))
+        .collect();
     out.sort();
     out
 }
@@ -245,7 +243,8 @@ struct Case {
     compress: Compression,
     seal_key: Option<SealKey>,
     chunk: usize,
-    with_base: bool,
+    /// The old copy, if any.
+    base: Option<PathBuf>,
 }
 
 /// A streamed session (the SST donor's mariadb-backup stream): files are
@@ -263,29 +262,28 @@ fn a_streamed_backup_is_compared_file_by_file_as_its_files_are_announced() {
     let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
     let before = snapshot(&old);
     let key = || Some(SealKey::parse(&[5u8; 32]).unwrap());
+    // A second old copy, torn and poisoned.
+    let torn = tmp.path().join("torn");
+    full_copy(&old, &torn);
+    tear(&src, &torn, &tmp.path().join("outside.ibd"));
+    let torn_before = snapshot(&torn);
+    let case = |what, streams, compress, seal_key, chunk, base: Option<&PathBuf>| Case {
+        what,
+        streams,
+        compress,
+        seal_key,
+        chunk,
+        base: base.cloned(),
+    };
     let cases = [
-        Case {
-            what: "plain, 2 streams, page-aligned chunks",
-            streams: 2,
-            compress: Compression::None,
-            seal_key: None,
-            chunk: 1 << 20,
-            with_base: true,
-        },
-        Case {
-            what: "sealed + lz4, 3 streams, odd chunks",
-            streams: 3,
-            compress: Compression::Lz4,
-            seal_key: key(),
-            chunk: 300_001,
-            with_base: true,
-        },
-        Case { what: "no old copy", streams: 2, compress: Compression::None, seal_key: None, chunk: 1 << 20, with_base: false },
+        case("plain, 2 streams, page-aligned chunks", 2, Compression::None, None, 1 << 20, Some(&old)),
+        case("sealed + lz4, 3 streams, odd chunks", 3, Compression::Lz4, key(), 300_001, Some(&old)),
+        case("a torn and hostile old copy", 2, Compression::None, None, 1 << 20, Some(&torn)),
+        case("no old copy", 2, Compression::None, None, 1 << 20, None),
     ];
-    for (i, Case { what, streams, compress, seal_key, chunk, with_base }) in cases.into_iter().enumerate() {
+    for (i, Case { what, streams, compress, seal_key, chunk, base }) in cases.into_iter().enumerate() {
         let dest = tmp.path().join(format!("dest{i}"));
-        let recv =
-            ReceiveConfig { seal_key: seal_key.clone(), delta: with_base.then(|| Base::Dir(old.clone())), ..ReceiveConfig::default() };
+        let recv = ReceiveConfig { seal_key: seal_key.clone(), delta: base.clone().map(Base::Dir), ..ReceiveConfig::default() };
         let (addr, token, h) = common::spawn_receiver(recv, &dest);
         let send = SendConfig { streams, compress, seal_key, delta: true, ..SendConfig::default() };
         let sent = send_streamed(&addr.to_string(), &token, &send, |f: &mut Feeder| {
@@ -320,9 +318,16 @@ fn a_streamed_backup_is_compared_file_by_file_as_its_files_are_announced() {
             (sent.unwrap_or_else(|e| panic!("{what}: sender: {e}")), h.join().unwrap().unwrap_or_else(|e| panic!("{what}: receiver: {e}")));
         assert_eq!(regular_files(&dest), files, "{what}: the copy differs");
         assert_eq!(snapshot(&old), before, "{what}: the base directory was written to");
+        assert_eq!(snapshot(&torn), torn_before, "{what}: the torn base directory was written to");
         assert_eq!((s.bytes, r.bytes), (total, total), "{what}: every data byte is accounted for");
         assert_eq!((s.reused, s.zeros), (r.reused, r.zeros), "{what}: both ends count the same references and zeros");
-        if !with_base {
+        if base.as_ref() == Some(&torn) {
+            assert!(s.reused > 10 << 20, "{what}: the intact part of the tablespace was reused: {} bytes", s.reused);
+            let t7 = fs::metadata(src.join("db/t7.ibd")).unwrap().len();
+            assert!(s.bytes - s.reused >= t7, "{what}: the symlinked table was taken from outside the base");
+            continue;
+        }
+        if base.is_none() {
             assert_eq!((s.reused, s.zeros), (0, 0), "{what}: nothing to compare with, nothing reused");
             assert!(r.wire_bytes >= total, "{what}: everything travelled");
             continue;

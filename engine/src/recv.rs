@@ -760,14 +760,11 @@ fn serve_prints(
         }
         tracing::info!("delta: stream 0 reconnected; fingerprinting the files not yet complete again");
     }
-    tracing::info!(
-        "delta: fingerprinted {} old files ({:.1} MiB) in {:.2} s{}{}",
-        total.files,
-        (total.pages * wire::PRINT_PAGE) as f64 / 1_048_576.0,
-        started.elapsed().as_secs_f64(),
-        if walks > 1 { format!(" ({walks} walks: stream 0 reconnected)") } else { String::new() },
-        if total.complete { "" } else { " (stopped early)" }
-    );
+    let mut note = if walks > 1 { format!(" ({walks} walks: stream 0 reconnected)") } else { String::new() };
+    if !total.complete {
+        note += " (stopped early)";
+    }
+    log_fingerprinted(total, started, &note);
 }
 
 /// The receiver's fingerprint walk in a streamed session (see
@@ -812,13 +809,17 @@ fn serve_announced(
             }
         }
     }
-    let served = walks.served();
+    let note = if reconnections > 0 { format!(" ({reconnections} reconnections of stream 0)") } else { String::new() };
+    log_fingerprinted(walks.served(), started, &note);
+}
+
+/// Says what a receiver's walk over its old copy fingerprinted.
+fn log_fingerprinted(served: crate::delta::Served, started: Instant, note: &str) {
     tracing::info!(
-        "delta: fingerprinted {} old files ({:.1} MiB) in {:.2} s{}",
+        "delta: fingerprinted {} old files ({:.1} MiB) in {:.2} s{note}",
         served.files,
         (served.pages * wire::PRINT_PAGE) as f64 / 1_048_576.0,
         started.elapsed().as_secs_f64(),
-        if reconnections > 0 { format!(" ({reconnections} reconnections of stream 0)") } else { String::new() },
     );
 }
 
@@ -1288,5 +1289,26 @@ impl StreamCtx<'_> {
             Completion::Complete => self.sink.finish_file(entry.id),
             Completion::Pending => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::Base;
+
+    #[test]
+    fn delta_is_granted_only_with_an_old_copy_a_streamed_session_can_use() {
+        let dir = Base::Dir(std::path::PathBuf::from("/old"));
+        let tree = caps::DELTA | caps::RESUME;
+        let streamed = tree | caps::STREAMED;
+        let delta = |requested: u64, journal: Journaling, base: Option<&Base>| grant(requested, true, journal, base) & caps::DELTA != 0;
+        assert!(delta(tree, Journaling::Off, Some(&Base::InPlace)));
+        assert!(delta(tree, Journaling::Off, Some(&dir)));
+        assert!(delta(streamed, Journaling::Off, Some(&dir)), "a streamed backup compares with another directory");
+        assert!(!delta(streamed, Journaling::Off, Some(&Base::InPlace)), "a streamed session creates its files afresh");
+        assert!(!delta(tree, Journaling::Off, None), "no old copy");
+        assert!(!delta(tree, Journaling::Resume, Some(&Base::InPlace)), "a resuming destination holds what it journaled");
+        assert!(!delta(caps::RESUME, Journaling::Off, Some(&dir)), "not asked");
     }
 }

@@ -276,7 +276,6 @@ impl Session {
         })
     }
 
-    /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
     /// A delta transfer, if the receiver granted it: its fingerprints go
     /// to a new book.
     fn start_delta(&self, cfg: &SendConfig, book: impl FnOnce() -> crate::delta::Book) {
@@ -307,6 +306,7 @@ impl Session {
         }
     }
 
+    /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
     fn run_streams<T: Send>(&self, work: impl Fn(usize, &Lane, &mut Option<Sealer>) -> Result<T> + Sync) -> Vec<Result<T>> {
         pipeline::run_streams(
             &self.lanes[..],
@@ -522,6 +522,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     };
     let bytes = session.close(tree.entries.len() as u64, results, &resend)?;
     session.report_delta(bytes);
+    let (reused, zeros) = session.delta_totals();
     let files = tree.entries.iter().filter(|e| e.kind == crate::manifest::EntryKind::File).count() as u64;
     let wire_bytes = progress.snapshot().wire;
     Ok(Summary {
@@ -531,8 +532,8 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         wire_bytes,
         resent: progress.snapshot().resent,
         held: held_bytes,
-        reused: session.delta_totals().0,
-        zeros: session.delta_totals().1,
+        reused,
+        zeros,
         protocol: session.version,
         elapsed: started.elapsed(),
     })
