@@ -12,6 +12,7 @@
 //! and its end leave in order; a block waits only while the window has
 //! room, so the source keeps running while the receiver answers.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,16 +159,17 @@ impl Feeder {
         Ok(id)
     }
 
-    /// Queues one piece of file `id` (its bytes `data`) as `fate` says.
-    fn queue(&mut self, id: u32, offset: u64, data: &[u8], fate: Fate) -> Result<()> {
+    /// Queues one piece of file `id` (its bytes `data`) as `fate` says
+    /// (bytes that travel are copied only if borrowed).
+    fn queue(&mut self, id: u32, offset: u64, data: Cow<'_, [u8]>, fate: Fate) -> Result<()> {
         let n = data.len() as u32;
-        let checksum = crate::digest::checksum(data);
+        let checksum = crate::digest::checksum(&data);
         let f = self.files.get_mut(&id).expect("a file is known until its end is queued");
         f.digest = f.digest.wrapping_add(crate::digest::block_digest(id, offset, n, checksum));
         f.size = f.size.max(offset + u64::from(n));
         f.data_bytes += u64::from(n);
         let what = match fate {
-            Fate::Send => ItemKind::Data { offset, data: data.to_vec(), checksum },
+            Fate::Send => ItemKind::Data { offset, data: data.into_owned(), checksum },
             Fate::Reference => ItemKind::Mark { offset, len: n, checksum, flag: crate::wire::data_flags::REF },
             Fate::Zero => ItemKind::Mark { offset, len: n, checksum, flag: crate::wire::data_flags::ZERO },
         };
@@ -213,9 +215,15 @@ impl Feeder {
             let (offset, data) = block.expect("a block");
             d.bytes -= data.len();
             let fates = crate::delta::fates(&data, offset, pages.start, &prints);
-            for p in crate::delta::split(offset, data.len() as u32, &fates) {
+            let pieces = crate::delta::split(offset, data.len() as u32, &fates);
+            if let [whole] = pieces[..] {
+                // One piece: the block itself travels (or not) as it is.
+                self.queue(id, offset, Cow::Owned(data), whole.fate)?;
+                continue;
+            }
+            for p in pieces {
                 let at = (p.offset - offset) as usize;
-                self.queue(id, p.offset, &data[at..at + p.len as usize], p.fate)?;
+                self.queue(id, p.offset, Cow::Borrowed(&data[at..at + p.len as usize]), p.fate)?;
             }
         }
     }
@@ -230,7 +238,7 @@ impl Feeder {
             let n = (data.len() - pos).min(block);
             let at = offset + pos as u64;
             match &mut self.delta {
-                None => self.queue(id, at, &data[pos..pos + n], Fate::Send)?,
+                None => self.queue(id, at, Cow::Borrowed(&data[pos..pos + n]), Fate::Send)?,
                 Some(d) => {
                     d.pending.push_back((id, Some((at, data[pos..pos + n].to_vec()))));
                     d.bytes += n;
