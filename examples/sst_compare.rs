@@ -48,6 +48,14 @@
 //! time) is updated on the donor: the joiner's old datadir is stale by
 //! that much, the case of a delta SST (`sluice` and `sluice-copy`, whose
 //! `delta` is on by default toward another host).
+//!
+//! With `JOINER_FS=xfs` the joiner's datadir is an XFS filesystem of its
+//! own (a sparse image beside the workdir on a loop device, `reflink=1`,
+//! as `mkfs.xfs` makes it by default since xfsprogs 5.1): there a delta
+//! SST's joiner assembles its new files from the old ones by sharing
+//! extents (`copy_file_range` reflinks), instead of writing the datadir
+//! again — the joiner a production host on XFS is. Needs `mkfs.xfs`
+//! (xfsprogs) and a loop device.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -75,7 +83,16 @@ fn main() {
     if link.is_some() {
         spec.netns = Some(79);
     }
+    // Declared before the cluster, so it is unmounted after the cluster's
+    // nodes have stopped.
+    let mut _joiner_fs: Option<Mounted> = None;
     let mut c = Cluster::new(&work, &spec, &sluice.canonicalize().expect("sluice binary"));
+    if let Ok(kind) = std::env::var("JOINER_FS") {
+        assert_eq!(kind, "xfs", "JOINER_FS takes xfs");
+        let m = Mounted::xfs(&work.with_extension("joiner-xfs.img"), &c.nodes[1].datadir);
+        println!("the joiner's datadir is an XFS filesystem of its own (reflink=1) on {}", m.image.display());
+        _joiner_fs = Some(m);
+    }
     if let Ok(old) = std::env::var("SLUICE_OLD") {
         // The old build under another method name (it recognises only its
         // own name, so a wrapper runs its `sst` subcommand).
@@ -402,4 +419,34 @@ fn peak_rss(stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (donor, joiner)
+}
+
+/// A filesystem image mounted (loop) on a directory until dropped.
+struct Mounted {
+    image: PathBuf,
+    on: PathBuf,
+}
+
+impl Mounted {
+    fn xfs(image: &std::path::Path, on: &std::path::Path) -> Self {
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().expect("running a filesystem tool");
+            assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let _ = std::fs::remove_file(image);
+        std::fs::File::create(image).and_then(|f| f.set_len(32 << 30)).expect("creating the XFS image");
+        run(std::process::Command::new("mkfs.xfs").args(["-q", "-f", "-m", "reflink=1"]).arg(image));
+        run(std::process::Command::new("mount").args(["-o", "loop"]).arg(image).arg(on));
+        Mounted { image: image.to_path_buf(), on: on.to_path_buf() }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.on).status();
+        let _ = std::fs::remove_file(&self.image);
+        if let Some(root) = self.on.parent().and_then(std::path::Path::parent) {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
 }

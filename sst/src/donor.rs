@@ -128,6 +128,9 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
         password: s.creds.password.as_deref(),
         what: "mariadb-backup --backup",
     };
+    if s.opts.backup_threads.is_none() {
+        tracing::info!("mariadb-backup copies {} files at once ([sst] backup-threads sets how many)", ctx.backup_threads());
+    }
     let log = s.args.datadir.join("mariabackup.backup.log");
     progress.set_total(estimate);
     s.monitor.stage(Stage::Sending, Some(Arc::clone(&progress)), estimate);
