@@ -63,6 +63,12 @@ fn a_joiner_is_provisioned_by_sluice_and_its_tables_equal_the_donors() {
     assert!(c.nodes[1].datadir.join("mariabackup.prepare.log").exists());
     assert!(c.nodes[1].datadir.join("mariabackup.move.log").exists());
     assert!(c.nodes[0].datadir.join("mariabackup.backup.log").exists());
+    // Unset backup-threads: two copy threads on a donor with two CPUs.
+    if std::thread::available_parallelism().map_or(1, std::num::NonZero::get) >= 2 {
+        let backup = std::fs::read_to_string(c.nodes[0].datadir.join("mariabackup.backup.log")).unwrap();
+        assert!(backup.contains("Starting 2 threads for parallel data files transfer"), "mariadb-backup's log:\n{backup}");
+        assert!(c.error_log(0).contains("mariadb-backup copies 2 files at once"));
+    }
     assert!(!c.nodes[1].datadir.join(".sst").exists(), "staging directory left behind");
     assert!(!c.nodes[1].datadir.join("sst_in_progress").exists());
     // The cluster works: a write on the joiner reaches the donor.
