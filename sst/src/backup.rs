@@ -270,10 +270,12 @@ impl Context<'_> {
 /// flush method), one 1 MiB read at a time per thread, so one thread
 /// leaves the disk idle between its reads: measured on a 1.5 GB datadir
 /// read cold, 2.5–2.75 s with one thread, 1.83–1.86 s with two,
-/// 1.74–1.77 s with four; in a delta SST over the 1 Gbit/s rig (the
-/// source is the limit there) 12.1–12.6 s with one, 9.4 s with two and
-/// 10.0 s with four (perf/RESULTS.md). Two keeps most of the gain and
-/// leaves the donor's other work its share of the disk.
+/// 1.74–1.77 s with four; a delta SST over the 1 Gbit/s rig (the source
+/// is the limit there) took 12.1–12.6 s with one and 9.4 s with two (the
+/// joiner on ext4), 7.9 s with two and 10.0 s with four (on XFS; the
+/// disk is shared with the joiner's reads there) (perf/RESULTS.md). Two
+/// keeps most of the gain and leaves the donor's other work its share of
+/// the disk.
 pub fn backup_threads(configured: Option<u32>, cpus: usize) -> u32 {
     configured.unwrap_or(if cpus >= 2 { 2 } else { 1 })
 }
