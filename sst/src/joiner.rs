@@ -247,11 +247,19 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     };
     let decided: Arc<Mutex<Option<std::result::Result<Decision, Refusal>>>> = Arc::new(Mutex::new(None));
     let slot = Arc::clone(&decided);
+    let failing = s.monitor.failing_now();
     let vet = Vet(Arc::new(move |dir: &Path| {
         let d = facts.examine(dir);
         let answer = match &d {
             Ok(_) => Ok(()),
-            Err(Refusal::Space(why) | Refusal::Other(why)) => Err(why.clone()),
+            Err(Refusal::Space(why) | Refusal::Other(why)) => {
+                // Said and recorded before the donor hears it: the donor
+                // then fails, and this node's mysqld, told by the cluster,
+                // may end this process before it returns.
+                tracing::error!("refusing the donor's SST: {why}");
+                failing(why);
+                Err(why.clone())
+            }
         };
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(d);
         answer

@@ -450,6 +450,23 @@ impl Monitor {
         if self.expired() { self.inner.lock().error.clone() } else { None }
     }
 
+    /// Something that records a failure in the status file at once, for a
+    /// thread that is about to make mysqld end this process (a refusal
+    /// told to the donor: the donor fails, the cluster tells this node's
+    /// mysqld, and it may kill the joiner before [`Monitor::finish`]).
+    pub fn failing_now(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let inner = Arc::clone(&self.inner);
+        move |error: &str| {
+            {
+                let mut st = inner.lock();
+                st.stage = Stage::Failed;
+                st.stage_started = Instant::now();
+                st.error = Some(error.to_string());
+            }
+            inner.write_file();
+        }
+    }
+
     /// Ends the monitor with `done` or `failed` (naming `error`) in the file.
     pub fn finish(&self, error: Option<&str>) {
         self.inner.stop.store(true, Ordering::Release);
