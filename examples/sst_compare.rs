@@ -41,7 +41,9 @@
 //! `rsync` (the stock rsync method; needs `SST_OS_USER`, it will not run as
 //! root), `sluice-none` (backup mode with `compressor=none`),
 //! `sluice-copy-full` (copy mode with `delta=off`: everything travels),
-//! `sluice-full` (backup mode with `delta=off`).
+//! `sluice-full` (backup mode with `delta=off`), `sluice-fixed` (backup mode
+//! with `streams=2`: a fixed count, as before streams were chosen by
+//! measurement).
 //!
 //! With `OLD_DATADIR=1 CHANGE_PCT=5`, before each SST that percentage of
 //! every table's rows (a contiguous range of ids, a different one each
@@ -169,6 +171,9 @@ fn main() {
                 "sluice-none" => "compressor=none\nmode=backup\n".to_string(),
                 "sluice-copy-full" => "mode=copy\ndelta=off\n".to_string(),
                 "sluice-full" => "mode=backup\ndelta=off\n".to_string(),
+                // The stream count fixed at the start's (as before streams
+                // were chosen by measurement).
+                "sluice-fixed" => "mode=backup\nstreams=2\n".to_string(),
                 m if m.starts_with("sluice") => format!("mode={}\n", if copy { "copy" } else { "backup" }),
                 _ => String::new(),
             };

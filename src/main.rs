@@ -149,7 +149,8 @@ struct ControlArgs {
     /// Progress as one JSON object per second on stdout.
     #[arg(long)]
     progress_json: bool,
-    /// Socket options, socat style: pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N.
+    /// Socket options, socat style: pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N, cc=NAME
+    /// (default bbr where allowed), pacing=RATE (a cap per connection).
     #[arg(long, default_value = "", value_parser = engine_value::<SockOpts>)]
     sockopt: SockOpts,
     /// Seconds a stream may stay silent (or stalled) mid-session.
@@ -320,9 +321,15 @@ struct SendArgs {
     /// which other users cannot read from the process list).
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, value_parser = engine_value::<Token>)]
     token: Token,
-    /// Parallel TCP streams (default: CPUs, at least 2).
+    /// Parallel TCP streams (default: CPUs, at least 2). Set alone, the
+    /// count is fixed.
     #[arg(long)]
     streams: Option<u16>,
+    /// Add streams up to this many while each one added makes the transfer
+    /// faster, and retire them when they stop paying (default, without
+    /// --streams: 4 × the start, at most 16; not toward this host).
+    #[arg(long)]
+    max_streams: Option<u16>,
     /// Block size, e.g. 1M or 256K.
     #[arg(long, default_value = "1M", value_parser = parse_size)]
     block_size: u64,
@@ -668,6 +675,9 @@ fn report(verb: &str, s: &Summary) {
         s.mib_per_sec(),
         s.compression_ratio()
     );
+    if !verb.starts_with("received") {
+        tracing::info!("at most {} streams carried data at once", s.peak_streams);
+    }
     if s.resent > 0 {
         tracing::info!("{:.1} MiB were sent again after broken connections", s.resent as f64 / 1_048_576.0);
     }
@@ -688,6 +698,8 @@ fn report(verb: &str, s: &Summary) {
 fn send_config(io: IoMode, streams: Option<u16>, block: u64, t: &TransformArgs, c: &ControlArgs) -> Result<SendConfig> {
     Ok(SendConfig {
         streams: streams.unwrap_or_else(sluice_engine::send::default_streams),
+        // Unset, the streams shift between the default and its bound.
+        max_streams: streams.is_none().then(|| sluice_engine::gears::default_max(sluice_engine::send::default_streams())),
         io,
         block_size: u32::try_from(block).map_err(|_| anyhow::anyhow!("--block-size {block} is too large"))?,
         compress: t.compression(io),
@@ -833,10 +845,12 @@ fn restore(backup: &Path, o: &RestoreOpts) -> Result<()> {
 
 fn send(a: &SendArgs) -> Result<()> {
     let token = a.token.clone();
+    let base = send_config(a.io.io, a.streams, a.block_size, &a.transform, &a.control)?;
     let cfg = SendConfig {
         connect_timeout: Duration::from_secs(a.connect_timeout),
         delta: a.delta,
-        ..send_config(a.io.io, a.streams, a.block_size, &a.transform, &a.control)?
+        max_streams: a.max_streams.or(base.max_streams),
+        ..base
     };
     let reporter = report::Reporter::start(cfg.progress.clone().unwrap_or_default(), a.control.mode());
     let result = if a.backup {

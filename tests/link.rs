@@ -185,12 +185,16 @@ fn adaptive_compression_stops_when_the_cpu_is_the_bottleneck() {
     );
 }
 
-/// A rate-limited transfer (8 MiB/s, 2 streams, idle timeouts of 60 s) of
-/// a generated corpus of `big_mib` MiB and `small` files across the rig,
-/// with `fault` run 2 s in; both ends must succeed and the copy be
-/// identical. Returns the sender's log and how long after `fault`
+/// The sender's flags of [`transfer_through`] by default: 8 MiB/s, two
+/// streams, no compression.
+const STEADY: [&str; 6] = ["--streams", "2", "--compress", "none", "--rate-limit", "8M"];
+
+/// A transfer (`how`: the sender's flags, e.g. [`STEADY`]; idle timeouts
+/// of 60 s) of a generated corpus of `big_mib` MiB and `small` files across
+/// the rig, with `fault` run `after` in; both ends must succeed and the
+/// copy be identical. Returns the sender's log and how long after `fault`
 /// returned the transfer ended.
-fn transfer_through(rig: &Rig, big_mib: &str, small: &str, fault: impl FnOnce()) -> (String, Duration) {
+fn transfer_through(rig: &Rig, big_mib: &str, small: &str, how: &[&str], after: Duration, fault: impl FnOnce()) -> (String, Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -216,13 +220,14 @@ fn transfer_through(rig: &Rig, big_mib: &str, small: &str, fault: impl FnOnce())
         std::thread::sleep(Duration::from_millis(20));
     }
     let send = in_ns(rig, 0)
-        .args(["send", "--to", "10.78.0.2:4444", "--streams", "2", "--compress", "none", "--rate-limit", "8M", "--idle-timeout", "60"])
+        .args(["send", "--to", "10.78.0.2:4444", "--idle-timeout", "60"])
+        .args(how)
         .arg(&src)
         .env("SLUICE_TOKEN", std::fs::read_to_string(&token).unwrap().trim())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(after);
     fault();
     let after = Instant::now();
     let out = send.wait_with_output().unwrap();
@@ -247,7 +252,7 @@ fn a_stalled_connection_is_given_up_and_the_stream_reconnects_when_the_link_retu
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(rig) = rig("s", Some("400mbit")) else { return };
     let addr = format!("{}/24", rig.addr[1]);
-    let (log, took) = transfer_through(&rig, "48", "50", || {
+    let (log, took) = transfer_through(&rig, "48", "50", &STEADY, Duration::from_secs(2), || {
         netns::ip(&["-n", &rig.ns[1], "addr", "del", &addr, "dev", &rig.dev[1]]);
         std::thread::sleep(Duration::from_secs(8));
         netns::ip(&["-n", &rig.ns[1], "addr", "add", &addr, "dev", &rig.dev[1]]);
@@ -266,7 +271,7 @@ fn a_link_down_for_20_s_with_its_connections_killed_is_survived() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(rig) = rig("r", Some("400mbit")) else { return };
     let mut killed = 0;
-    let (log, _) = transfer_through(&rig, "64", "100", || {
+    let (log, _) = transfer_through(&rig, "64", "100", &STEADY, Duration::from_secs(2), || {
         netns::ip(&["-n", &rig.ns[0], "link", "set", &rig.dev[0], "down"]);
         let out = rig.exec(0, "ss").args(["-K", "-t", "-n", "state", "established", "dst", "10.78.0.2:4444"]).output().unwrap();
         killed = String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
@@ -275,4 +280,70 @@ fn a_link_down_for_20_s_with_its_connections_killed_is_survived() {
     });
     assert!(killed >= 2, "ss -K killed {killed} sockets");
     assert!(log.contains("resumed after"), "the sender reconnected and says what it sent again:\n{log}");
+}
+
+/// The busy-stream counts a sender's log went through ("streams: 2 → 3").
+fn stream_counts(log: &str) -> Vec<usize> {
+    log.lines().filter_map(|l| l.split_once("streams: ")?.1.split_once(" → ")?.1.split_once(' ')?.0.parse().ok()).collect()
+}
+
+/// Issue 15: streams chosen by measurement. Across a path that limits each
+/// connection (every sender socket paced to 4 MiB/s, as a long round trip
+/// or a per-flow policer limits a flow) the sender adds streams while the
+/// session runs, because each one added raises what the session delivers;
+/// across a link that two streams already fill (tbf 200 Mbit/s) the
+/// streams it tries buy nothing and are retired. Both copies identical.
+#[test]
+fn streams_are_added_where_each_connection_is_limited_and_retired_where_the_link_is_full() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(rig) = rig("g", None) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["-q", "gen-sample", "--corpus", "--big-mib", "96", "--small", "20"])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+
+    let adaptive = ["--max-streams", "8", "--compress", "none"];
+    let (_, log) = transfer(&rig, &src, &tmp.path().join("paced"), &[&adaptive[..], &["--sockopt", "pacing=4M"]].concat());
+    sluice_engine::diff::compare(&src, &tmp.path().join("paced")).unwrap_or_else(|e| panic!("the copy differs: {e}"));
+    assert!(log.contains("streams: 2 busy at the start, up to 8"), "{log}");
+    let counts = stream_counts(&log);
+    eprintln!("paced: the busy streams went through {counts:?}");
+    let peak = counts.iter().copied().max().unwrap_or(2);
+    assert!(peak >= 4, "paced connections: the sender should have added streams, went through {counts:?}:\n{log}");
+    assert!(log.contains(&format!("at most {peak} streams carried data at once")), "{log}");
+
+    rig.shape("200mbit");
+    let (_, log) = transfer(&rig, &src, &tmp.path().join("full"), &adaptive);
+    sluice_engine::diff::compare(&src, &tmp.path().join("full")).unwrap_or_else(|e| panic!("the copy differs: {e}"));
+    let counts = stream_counts(&log);
+    eprintln!("full link: the busy streams went through {counts:?}");
+    assert!(counts.contains(&3), "the sender never tried a third stream: {counts:?}\n{log}");
+    assert!(log.contains("no gain"), "a third stream on a full link should be retired for no gain:\n{log}");
+    assert!(counts.iter().all(|&n| n <= 3), "a full link: no stream beyond the one tried: {counts:?}\n{log}");
+}
+
+/// Issue 15 with issue 12: every connection of a session that has added
+/// streams and parks others (paced connections, as above) is killed
+/// (`ss -K`) in the middle: busy and parked streams alike reconnect and go
+/// on, and the copy is identical.
+#[test]
+fn parked_and_busy_streams_alike_survive_their_connections_killed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(rig) = rig("p", None) else { return };
+    let mut killed = 0;
+    let how = ["--streams", "2", "--max-streams", "8", "--compress", "none", "--sockopt", "pacing=4M"];
+    let (log, _) = transfer_through(&rig, "96", "20", &how, Duration::from_secs(5), || {
+        let out = rig.exec(0, "ss").args(["-K", "-t", "-n", "state", "established", "dst", "10.78.0.2:4444"]).output().unwrap();
+        killed = String::from_utf8_lossy(&out.stdout).lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+    });
+    let counts = stream_counts(&log);
+    eprintln!("killed {killed} connections; the busy streams went through {counts:?}");
+    assert_eq!(killed, 8, "every connection, parked or not, was established when killed");
+    assert!(counts.iter().any(|&n| n >= 3), "streams were added before the kill: {counts:?}\n{log}");
+    let resumed = log.lines().filter(|l| l.contains("resumed after")).count();
+    assert_eq!(resumed, 8, "every stream reconnected once, the parked ones too:\n{log}");
 }

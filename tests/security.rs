@@ -220,7 +220,8 @@ fn f13_sigterm_kills_and_reaps_the_backup_helper_and_removes_its_temp_dir() {
     let (mut r, addr, token) = recv(&dest, &tmp.path().join("recv.log"));
     let path = format!("{}:{}", fakebin.display(), std::env::var("PATH").unwrap_or_default());
     let mut send = bin()
-        .args(["send", "--backup", "--to", &addr])
+        .args(["send", "--backup", "--to", &addr, "--backup-log"])
+        .arg(tmp.path().join("mariabackup.backup.log"))
         .env("SLUICE_TOKEN", &token)
         .env("PATH", path)
         .stderr(Stdio::piped())

@@ -34,6 +34,7 @@ mod error;
 mod feeder;
 pub mod fingerprint;
 mod gate;
+pub mod gears;
 pub mod journal;
 mod lane;
 pub mod manifest;
@@ -86,6 +87,9 @@ pub struct Summary {
     pub zeros: u64,
     /// The protocol version the session spoke.
     pub protocol: u16,
+    /// The most streams that carried data at once (a sender that adds
+    /// streams while they pay; a receiver: the streams that connected).
+    pub peak_streams: u16,
     /// Wall time of the session.
     pub elapsed: std::time::Duration,
 }

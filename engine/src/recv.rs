@@ -317,7 +317,19 @@ impl Receiver {
         }
         let (entries, files, bytes, wire_bytes, held, reused, zeros) = result?;
         Ok((
-            Summary { entries, files, bytes, wire_bytes, resent: 0, held, reused, zeros, protocol: version, elapsed: started.elapsed() },
+            Summary {
+                entries,
+                files,
+                bytes,
+                wire_bytes,
+                resent: 0,
+                held,
+                reused,
+                zeros,
+                protocol: version,
+                peak_streams: slots.len() as u16,
+                elapsed: started.elapsed(),
+            },
             listener,
         ))
     }
@@ -521,8 +533,10 @@ fn receive_session(
     let lock = |i: usize| openers[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let progress = cfg.progress.clone().unwrap_or_default();
     let abort = Abort::default();
-    let inbounds: Vec<std::sync::Mutex<Option<Inbound>>> =
-        slots.iter().map(|s| std::sync::Mutex::new(Some(Inbound::new(s.index, &s.peer, granted, session.is_some())))).collect();
+    let inbounds: Vec<std::sync::Mutex<Option<Inbound>>> = slots
+        .iter()
+        .map(|s| std::sync::Mutex::new(Some(Inbound::new(s.index, &s.peer, granted, session.is_some()).speaking(version))))
+        .collect();
     let rejoin = resumption.filter(|_| version >= wire::since::MANIFEST_RESUMES).map(|r| (r, &abort, &*progress, cfg.idle_timeout));
     let (entries, data_bytes) = {
         let mut t0 = inbounds[0].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -1175,6 +1189,7 @@ impl StreamCtx<'_> {
                     self.processed(processed);
                     return Ok(Some((entries, data_bytes, frames)));
                 }
+                (Event::Parked, _) => continue,
                 (Event::StreamEnded { last }, _) => {
                     self.processed(processed);
                     if last {

@@ -21,6 +21,7 @@ use crate::codec::seal::{Binding, Direction, SealKey, Sealer, TAG_LEN};
 use crate::codec::{Compression, Encoder};
 pub use crate::feeder::Feeder;
 use crate::feeder::{Item, ItemKind};
+use crate::gears::{self, Gears, Shifter, Turn};
 use crate::lane::{self, Hail, Heard, Lane, Replay, Resumer};
 use crate::manifest::{Entry, Extent};
 use crate::net::tls::TlsOptions;
@@ -38,8 +39,15 @@ use crate::{Error, Result, Summary};
 /// How to send.
 #[derive(Debug, Clone)]
 pub struct SendConfig {
-    /// Parallel TCP connections.
+    /// Parallel TCP connections (with `max_streams`: the busy ones at the
+    /// start).
     pub streams: u16,
+    /// Add streams up to this many while the session runs, as long as each
+    /// one added makes it deliver more, and retire them when they stop
+    /// paying ([`crate::gears`]); this many connections are opened, the
+    /// idle ones parked. `None`: `streams`, fixed. A receiver on this host
+    /// or one older than protocol 8 gets `streams`, fixed.
+    pub max_streams: Option<u16>,
     pub io: IoMode,
     /// Largest block per DATA frame.
     pub block_size: u32,
@@ -91,6 +99,7 @@ impl Default for SendConfig {
     fn default() -> Self {
         Self {
             streams: default_streams(),
+            max_streams: None,
             io: IoMode::Auto,
             block_size: crate::DEFAULT_BLOCK_SIZE,
             connect_timeout: Duration::from_secs(30),
@@ -115,6 +124,7 @@ fn validate(cfg: &SendConfig) -> Result<()> {
     if cfg.streams == 0 || cfg.streams > wire::MAX_STREAMS {
         return Err(Error::Config(format!("--streams must be between 1 and {}", wire::MAX_STREAMS)));
     }
+    crate::gears::connections(cfg.streams, cfg.max_streams)?;
     if cfg.block_size < 4096 || cfg.block_size > wire::MAX_PAYLOAD {
         return Err(Error::Config(format!("--block-size must be between 4 KiB and {} MiB", wire::MAX_PAYLOAD >> 20)));
     }
@@ -155,6 +165,8 @@ struct Session {
     version: u16,
     /// A delta transfer's fingerprints (set when DELTA was granted).
     prints: lane::Prints,
+    /// How many streams are busy.
+    gears: Arc<Gears>,
     /// Data bytes sent as references, and as zeros.
     reused: std::sync::atomic::AtomicU64,
     zeros: std::sync::atomic::AtomicU64,
@@ -166,19 +178,20 @@ impl Session {
         // Certificate problems surface before any connection is made.
         let tls = if cfg.tls.enabled() { Some((cfg.tls.client_config()?, cfg.tls.server_name(addr)?)) } else { None };
         let salt: [u8; 16] = net::random_bytes().map_err(|e| Error::io("reading /dev/urandom", e))?;
+        let total = crate::gears::connections(cfg.streams, cfg.max_streams)?;
         let hail = Hail {
             token: token.clone(),
             salt,
-            streams: cfg.streams,
+            streams: total,
             caps: capabilities(cfg, streamed),
             connect_timeout: cfg.connect_timeout,
             idle: cfg.idle_timeout,
             sockopt: cfg.sockopt,
             tls,
         };
-        let mut lanes = Vec::with_capacity(usize::from(cfg.streams));
+        let mut lanes = Vec::with_capacity(usize::from(total));
         let mut welcome: Option<lane::Welcome> = None;
-        for i in 0..cfg.streams {
+        for i in 0..total {
             let (sock, w) = lane::handshake(addr, &hail, i)?;
             let first = *welcome.get_or_insert(w);
             if (first.version, first.nonce, first.secret, first.caps) != (w.version, w.nonce, w.secret, w.caps) {
@@ -217,11 +230,11 @@ impl Session {
                 receiver_nonce: &welcome.nonce,
                 token: token.as_bytes(),
                 capabilities: welcome.caps,
-                streams: cfg.streams,
+                streams: total,
             })
         });
         let sealers: Arc<Vec<_>> = Arc::new(
-            (0..cfg.streams).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect(),
+            (0..total).map(|i| std::sync::Mutex::new(session.clone().map(|k| Sealer::new(k, Direction::ToReceiver, i)))).collect(),
         );
         // The receiver speaks on stream 0: KEEPALIVEs after END, and its
         // verdict, possibly early; in a resumable session it acknowledges
@@ -239,7 +252,7 @@ impl Session {
             readers.push(lane::spawn_reader(&lanes, i, opener, peer.clone(), zero, resume.clone(), Arc::clone(&abort))?);
         }
         let stopped = Arc::new(std::sync::OnceLock::new());
-        let said: Arc<Vec<_>> = Arc::new((0..cfg.streams).map(|_| std::sync::atomic::AtomicBool::new(false)).collect());
+        let said: Arc<Vec<_>> = Arc::new((0..total).map(|_| std::sync::atomic::AtomicBool::new(false)).collect());
         let farewell = crate::cleanup::add_farewell(farewell(&lanes, &sealers, &stopped, &said, &abort));
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if resume.is_some() {
@@ -253,6 +266,20 @@ impl Session {
             tracing::debug!("adaptive compression: starting with {}, measuring {} against it", names[0], names[1..].join(" and "));
             Arc::new(Governor::new(&arms, cfg.adapt_after))
         });
+        let parkable = welcome.version >= wire::since::PARKED_STREAMS;
+        let gears = Arc::new(Gears::new(usize::from(cfg.streams), usize::from(total), parkable));
+        if total > cfg.streams {
+            if parkable {
+                tracing::info!("streams: {} busy at the start, up to {total} while each one added makes the transfer faster", cfg.streams);
+            } else {
+                tracing::info!(
+                    "streams: {} (the receiver speaks protocol {}, which cannot hold a stream idle; the other {} end at once)",
+                    cfg.streams,
+                    welcome.version,
+                    total - cfg.streams
+                );
+            }
+        }
         Ok(Self {
             lanes,
             peer,
@@ -271,6 +298,7 @@ impl Session {
             governor,
             version: welcome.version,
             prints,
+            gears,
             reused: std::sync::atomic::AtomicU64::new(0),
             zeros: std::sync::atomic::AtomicU64::new(0),
         })
@@ -306,20 +334,54 @@ impl Session {
         }
     }
 
-    /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]).
-    fn run_streams<T: Send>(&self, work: impl Fn(usize, &Lane, &mut Option<Sealer>) -> Result<T> + Sync) -> Vec<Result<T>> {
-        pipeline::run_streams(
-            &self.lanes[..],
-            &self.abort,
-            |index, lane| work(index, lane, &mut lock(&self.sealers[index])),
-            // Wake writers blocked on a slow receiver; keep the read side
-            // open so the receiver's verdict can still arrive.
-            |_| {
-                for l in self.lanes.iter() {
-                    l.link().shutdown(Shutdown::Write);
-                }
-            },
-        )
+    /// Runs `work` on one thread per stream (see [`pipeline::run_streams`]),
+    /// and, while they run, shifts the number of busy ones by what
+    /// `progress` says they deliver.
+    fn run_streams<T: Send>(
+        &self,
+        progress: &Progress,
+        work: impl Fn(usize, &Lane, &mut Option<Sealer>) -> Result<T> + Sync,
+    ) -> Vec<Result<T>> {
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+        std::thread::scope(|scope| {
+            if self.gears.shifts() {
+                scope.spawn(|| self.shift_while(progress, &done));
+            }
+            let results = pipeline::run_streams(
+                &self.lanes[..],
+                &self.abort,
+                |index, lane| work(index, lane, &mut lock(&self.sealers[index])),
+                // Wake writers blocked on a slow receiver; keep the read side
+                // open so the receiver's verdict can still arrive.
+                |_| {
+                    for l in self.lanes.iter() {
+                        l.link().shutdown(Shutdown::Write);
+                    }
+                },
+            );
+            drop(done_tx);
+            results
+        })
+    }
+
+    /// Measures delivery every [`gears::EPOCH`] and applies the
+    /// [`Shifter`]'s changes until `done` closes.
+    fn shift_while(&self, progress: &Progress, done: &Rx<()>) {
+        let gears = &self.gears;
+        let mut shifter = Shifter::new(gears.active(), self.lanes.len());
+        let (mut bytes, mut starved, mut at) = (progress.snapshot().done, gears.starved_total(), Instant::now());
+        while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(gears::EPOCH) {
+            let now = Instant::now();
+            let (b, st) = (progress.snapshot().done, gears.starved_total());
+            let elapsed = now - at;
+            let busy = elapsed.as_nanos() as f64 * shifter.active() as f64;
+            let sample = gears::Sample { bytes: b - bytes, elapsed, starved: (st - starved) as f64 / busy.max(1.0) };
+            (bytes, starved, at) = (b, st, now);
+            if let Some(change) = shifter.observe(sample) {
+                tracing::info!("streams: {} → {} ({})", gears.active(), change.to, change.why);
+                gears.shift(change.to);
+            }
+        }
     }
 
     /// Gives `lane` a new connection after `why` broke the last one, and
@@ -438,20 +500,28 @@ pub fn send(addr: &str, token: &Token, roots: &[PathBuf], cfg: &SendConfig) -> R
     send_tree(addr, token, &source::scan(roots)?, cfg)
 }
 
-/// `cfg`, with adaptive compression switched off when the receiver is on
-/// this host: over loopback the "link" is a memory copy on the same CPUs
-/// the codec would take (measured: `copy` of 1 GiB, 1.5–1.9 s plain, 1.8–2.6
-/// s with auto), so compressing there only costs.
+/// `cfg`, with adaptive compression and the adding of streams switched off
+/// when the receiver is on this host: over loopback the "link" is a memory
+/// copy on the same CPUs the codec would take (measured: `copy` of 1 GiB,
+/// 1.5–1.9 s plain, 1.8–2.6 s with auto), so compressing there only costs,
+/// and there is no path whose parallelism more streams could use.
 fn for_peer<'a>(cfg: &'a SendConfig, addr: &str) -> Result<std::borrow::Cow<'a, SendConfig>> {
-    if cfg.compress != Compression::Auto {
+    if cfg.compress != Compression::Auto && cfg.max_streams.is_none_or(|m| m <= cfg.streams) {
         return Ok(std::borrow::Cow::Borrowed(cfg));
     }
     let targets = net::resolve_with(addr, &cfg.sockopt)?;
-    if !targets.is_empty() && targets.iter().all(|a| a.ip().is_loopback()) {
-        tracing::info!("adaptive compression off: the receiver at {addr} is on this host");
-        return Ok(std::borrow::Cow::Owned(SendConfig { compress: Compression::None, ..cfg.clone() }));
+    if targets.is_empty() || !targets.iter().all(|a| a.ip().is_loopback()) {
+        return Ok(std::borrow::Cow::Borrowed(cfg));
     }
-    Ok(std::borrow::Cow::Borrowed(cfg))
+    let mut local = cfg.clone();
+    if cfg.compress == Compression::Auto {
+        tracing::info!("adaptive compression off: the receiver at {addr} is on this host");
+        local.compress = Compression::None;
+    }
+    if local.max_streams.take().is_some_and(|m| m > cfg.streams) {
+        tracing::info!("streams: {}, fixed: the receiver at {addr} is on this host", cfg.streams);
+    }
+    Ok(std::borrow::Cow::Owned(local))
 }
 
 /// Sends a manifest built by the caller (e.g. [`source::scan_mapped`]).
@@ -512,7 +582,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
     let schedule = Schedule::new(&todo, cfg.block_size);
     let tally = SendTally::new(&todo, cfg.block_size);
     let throttle = throttle.as_ref();
-    let results = session.run_streams(|_, lane, seal| {
+    let results = session.run_streams(&progress, |_, lane, seal| {
         let ctx = StreamCtx { lane, session: &session, cfg, throttle, progress: &progress, tree: Some(tree) };
         ctx.run_tree(method, &schedule, &tally, seal).inspect_err(|e| ctx.give_up(e, seal))
     });
@@ -535,6 +605,7 @@ pub fn send_tree(addr: &str, token: &Token, tree: &SourceTree, cfg: &SendConfig)
         reused,
         zeros,
         protocol: session.version,
+        peak_streams: session.gears.peak() as u16,
         elapsed: started.elapsed(),
     })
 }
@@ -584,7 +655,7 @@ where
             }
             (r, echoed)
         });
-        let results = session.run_streams(|_, lane, seal| {
+        let results = session.run_streams(&progress, |_, lane, seal| {
             let ctx = StreamCtx { lane, session: &session, cfg, throttle: throttle.as_ref(), progress: &progress, tree: None };
             ctx.run_items(&rx, failure, seal).inspect_err(|e| ctx.give_up(e, seal))
         });
@@ -621,6 +692,7 @@ where
         reused,
         zeros,
         protocol: session_version,
+        peak_streams: session.gears.peak() as u16,
         elapsed: started.elapsed(),
     })
 }
@@ -894,7 +966,14 @@ impl StreamCtx<'_> {
         let mut open: Option<(u32, File)> = None;
         let mut out = Outbound::new();
         let book = self.session.prints.get().map(|b| &**b);
-        while let Some(b) = schedule.next_block() {
+        loop {
+            if self.turn(seal)? == Turn::Retire {
+                break;
+            }
+            let Some(b) = schedule.next_block() else {
+                self.session.gears.finish();
+                break;
+            };
             if self.session.abort.is_set() {
                 return Err(Abort::error());
             }
@@ -1078,8 +1157,15 @@ impl StreamCtx<'_> {
             Abort::error()
         };
         let abort = &self.session.abort;
+        let gears = &self.session.gears;
         loop {
-            let item = match rx.recv_timeout(Duration::from_millis(100)) {
+            if self.turn(seal)? == Turn::Retire {
+                break;
+            }
+            let waited = Instant::now();
+            let got = rx.recv_timeout(Duration::from_millis(100));
+            gears.starved(waited.elapsed());
+            let item = match got {
                 Ok(item) => item,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     if abort.is_set() {
@@ -1088,7 +1174,10 @@ impl StreamCtx<'_> {
                     continue;
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) if abort.is_set() => return Err(stop(seal)),
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    gears.finish();
+                    break;
+                }
             };
             if abort.is_set() {
                 return Err(stop(seal));
@@ -1208,6 +1297,19 @@ impl StreamCtx<'_> {
     /// resumable receiver would otherwise wait for the streams to come
     /// back. Echoes of another stream's failure are not told.
     /// A sender stopped by a signal says so instead.
+    /// This stream's turn ([`Gears::turn`]): a parked stream sends a
+    /// KEEPALIVE now and then (a broken connection is taken over as
+    /// anywhere else) until it may take work again.
+    fn turn(&self, seal: &mut Option<Sealer>) -> Result<Turn> {
+        self.session.gears.turn(self.index(), &self.session.abort, || {
+            self.lane.check(self.peer())?;
+            match self.write_frame(&Frame::Keepalive, seal) {
+                Ok(()) => Ok(()),
+                Err(e) => self.recover(e, seal, "a KEEPALIVE"),
+            }
+        })
+    }
+
     fn give_up(&self, e: &Error, seal: &mut Option<Sealer>) {
         let reason = match self.session.stopped.get() {
             Some(why) => why.clone(),

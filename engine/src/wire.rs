@@ -15,7 +15,7 @@ use crate::manifest::{Entry, EntryKind, Extent, validate_rel_path};
 pub const MAGIC: [u8; 8] = *b"\x89SLUICE\n";
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// The oldest protocol version this build accepts: version 4 bound the
 /// sealing key to both ends (SECURITY.md F2) and version 5 changed
 /// WELCOME's layout for resumable sessions, so only version 5 and later
@@ -59,6 +59,11 @@ pub mod since {
     /// fingerprints of its old copy (PRINTS), and the sender replaces equal
     /// ranges with references (DATA frames flagged REF, without payload).
     pub const DELTA: u16 = 7;
+    /// Parked streams: the sender may send KEEPALIVE on any stream while it
+    /// holds that stream idle (a session whose count of busy streams
+    /// changes with what the path delivers, `send::Gears`). The receiver
+    /// takes it as a sign of life, neither data nor a counted frame.
+    pub const PARKED_STREAMS: u16 = 8;
 }
 
 /// Capability bits a sender may request in HELLO; the receiver grants them
@@ -218,7 +223,8 @@ pub enum Kind {
     /// reason says why. The receiver fails the session with it.
     Abort = 13,
     /// R (stream 0): the receiver is alive and still verifying or syncing
-    /// after END; resets the sender's wait for the verdict.
+    /// after END; resets the sender's wait for the verdict. S (v8, any
+    /// stream): the sender holds this stream idle (parked) for now.
     Keepalive = 14,
     /// S: first frame of a connection that takes over a broken stream of a
     /// running session (v5, capability RESUME).

@@ -68,6 +68,7 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     let cfg = SendConfig {
         progress: Some(Arc::clone(&progress)),
         streams: s.opts.streams.unwrap_or_else(default_streams),
+        max_streams: streams_bound(s.opts.streams, s.opts.max_streams),
         compress: t.compress,
         seal_key: t.seal_key,
         filter: t.filter,
@@ -83,7 +84,8 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
         let p = Preamble { sluice: crate::version_line(), mode: mode.name().to_string(), ist: true, ..Preamble::default() };
         send_announcement(&target, &token, &cfg, &p)?;
         proto.continue_()?;
-        send_streamed(&target, &token, &cfg, |f| {
+        let fixed = SendConfig { max_streams: None, ..cfg.clone() };
+        send_streamed(&target, &token, &fixed, |f| {
             f.file_bytes(STATE_FILE.as_bytes(), state.as_bytes())?;
             f.file_bytes(IST_MARKER.as_bytes(), b"1\n")
         })?;
@@ -134,6 +136,7 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     let log = s.args.datadir.join("mariabackup.backup.log");
     progress.set_total(estimate);
     s.monitor.stage(Stage::Sending, Some(Arc::clone(&progress)), estimate);
+    // The engine says whether (and why not) it adds streams as it goes.
     tracing::info!("streaming a backup to {target} over {} streams", cfg.streams);
     let summary = crate::backup::send_backup_stream(&target, &token, &cfg, &helper, &log, &s.children, &[(STATE_FILE, state.as_bytes())])?;
     report::note_time(&s.opts, "streaming the backup", summary.elapsed);
@@ -141,11 +144,21 @@ pub fn run(s: &Plan, proto: &mut Protocol<impl Write>) -> Result<()> {
     proto.done(&gtid)
 }
 
+/// The most streams the donor may run: `max-streams` if set; else, when
+/// `streams` is not set either, the engine's default bound; else fixed.
+fn streams_bound(streams: Option<u16>, max: Option<u16>) -> Option<u16> {
+    match (streams, max) {
+        (_, Some(m)) => Some(m),
+        (None, None) => Some(sluice_engine::gears::default_max(default_streams())),
+        (Some(_), None) => None,
+    }
+}
+
 /// Sends `p` in a session of its own; the joiner's refusal is this
 /// donor's error.
 /// Sends the announcement; returns the protocol version the joiner speaks.
 fn send_announcement(target: &str, token: &Token, cfg: &SendConfig, p: &Preamble) -> Result<u16> {
-    let one = SendConfig { streams: 1, progress: None, ..cfg.clone() };
+    let one = SendConfig { streams: 1, max_streams: None, progress: None, ..cfg.clone() };
     let s =
         send_streamed(target, token, &one, |f| f.file_bytes(PREAMBLE_FILE.as_bytes(), p.to_text().as_bytes())).map_err(|e| match e {
             EngineError::ReceiverFailed(why) => {
@@ -204,4 +217,18 @@ fn announce(s: &Plan, target: &str, token: &Token, cfg: &SendConfig, mode: Mode)
         p.server.as_deref().map(|v| format!(" from {}", v.trim())).unwrap_or_default()
     );
     Ok((bytes, protocol))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_shift_only_when_the_operator_did_not_fix_them() {
+        let start = default_streams();
+        assert_eq!(streams_bound(None, None), Some(sluice_engine::gears::default_max(start)));
+        assert_eq!(streams_bound(Some(4), None), None, "streams set alone: fixed");
+        assert_eq!(streams_bound(Some(4), Some(12)), Some(12));
+        assert_eq!(streams_bound(None, Some(6)), Some(6));
+    }
 }

@@ -103,8 +103,13 @@ pub struct SstOptions {
     pub log_bin_index: Option<String>,
     pub log_basename: Option<String>,
     pub innodb_buffer_pool_size: Option<String>,
-    /// sluice: parallel streams (`streams` in `[sst]`).
+    /// sluice: parallel streams (`streams` in `[sst]`); set alone, a fixed
+    /// count.
     pub streams: Option<u16>,
+    /// sluice: the most streams the donor adds while each one makes the
+    /// transfer faster (`max-streams`; default: 4 × `streams`' default, at
+    /// most 16, when `streams` is not set).
+    pub max_streams: Option<u16>,
     /// sluice: `backup` (mariadb-backup, the default) or `copy`.
     pub mode: String,
     /// sluice: `refuse` (default) or `clean` when old and new data do not
@@ -343,6 +348,7 @@ pub fn load(files: &dyn Files, sources: &Sources) -> Result<SstOptions, OptionEr
         log_basename: l.string("log-basename", MYSQLD),
         innodb_buffer_pool_size: l.string("innodb-buffer-pool-size", MYSQLD),
         streams: l.parsed("streams", SST, "1 to 256", |v| v.parse::<u16>().ok().filter(|n| (1..=256).contains(n)))?,
+        max_streams: l.parsed("max-streams", SST, "1 to 256", |v| v.parse::<u16>().ok().filter(|n| (1..=256).contains(n)))?,
         mode: l
             .parsed("mode", SST, "backup or copy", |v| {
                 ["backup", "copy"].contains(&v.to_ascii_lowercase().as_str()).then(|| v.to_ascii_lowercase())
@@ -421,7 +427,8 @@ mod tests {
         assert_eq!(o.encrypt, 4, "[mysqld] beats [sst] for encrypt");
         assert_eq!(o.ssl_mode, TlsMode::Required);
         assert_eq!(o.compressor.as_deref(), Some("lz4 -z"));
-        assert_eq!((o.rlimit, o.streams), (Some(80 << 20), Some(4)));
+        assert_eq!((o.rlimit, o.streams, o.max_streams), (Some(80 << 20), Some(4), None));
+        assert_eq!(opts("[sst]\nmax-streams=12\n").unwrap().max_streams, Some(12));
         assert_eq!(o.innodb_undo_directory, Some(PathBuf::from("/undo")));
         assert_eq!(o.use_memory.as_deref(), Some("2G"));
         assert!(o.syslog);
@@ -442,6 +449,7 @@ mod tests {
         assert!(opts("[sst]\nencrypt=7\n").unwrap_err().to_string().contains("0, 1, 2, 3 or 4"));
         assert!(opts("[sst]\nssl-mode=PREFERRED\n").unwrap_err().to_string().contains("VERIFY_IDENTITY"));
         assert!(opts("[sst]\nstreams=0\n").unwrap_err().to_string().contains("1 to 256"));
+        assert!(opts("[sst]\nmax-streams=300\n").unwrap_err().to_string().contains("`max-streams`"));
         assert!(opts("[sst]\ntime=maybe\n").unwrap_err().to_string().contains("`time`"));
         assert!(opts("[sst]\nmode=rsync\n").unwrap_err().to_string().contains("backup or copy"));
     }

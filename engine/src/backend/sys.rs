@@ -205,6 +205,18 @@ pub fn set_sockopt_bytes(sock: impl AsFd, level: libc::c_int, name: libc::c_int,
     cvt(unsafe { libc::setsockopt(sock.as_fd().as_raw_fd(), level, name, value.as_ptr().cast(), len) }).map(drop)
 }
 
+/// A socket's pacing cap in bytes per second (`SO_MAX_PACING_RATE`;
+/// `u64::MAX`: none).
+pub fn max_pacing_rate(sock: impl AsFd) -> io::Result<u64> {
+    let mut rate = [0u8; 8];
+    let mut len = rate.len() as libc::socklen_t;
+    // SAFETY: `rate` is valid for writes of `len` bytes and `len` is a live socklen_t.
+    cvt(unsafe {
+        libc::getsockopt(sock.as_fd().as_raw_fd(), libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, rate.as_mut_ptr().cast(), &raw mut len)
+    })?;
+    Ok(if len as usize == 8 { u64::from_ne_bytes(rate) } else { u64::from(u32::from_ne_bytes([rate[0], rate[1], rate[2], rate[3]])) })
+}
+
 /// The TCP congestion control algorithm a socket runs (`TCP_CONGESTION`).
 pub fn congestion_control(sock: impl AsFd) -> io::Result<String> {
     let mut name = [0u8; 16];

@@ -120,9 +120,11 @@ impl Congestion {
 }
 
 /// Socket options from a socat-style list, as the stock `sockopt` option
-/// holds it: `pf=ip6,keepalive,nodelay,sndbuf=N,rcvbuf=N,cc=NAME` (a
-/// leading comma is fine; sizes accept K/M/G). Socket buffers are left to
+/// holds it: `pf=ip6,keepalive,nodelay,sndbuf=N,rcvbuf=N,cc=NAME,pacing=RATE`
+/// (a leading comma is fine; sizes accept K/M/G). Socket buffers are left to
 /// the kernel's autotuning unless set: a fixed size switches it off.
+/// `pacing` caps each connection's rate (bytes per second,
+/// `SO_MAX_PACING_RATE`), unlike `rlimit`, which caps the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SockOpts {
     pub family: Option<Family>,
@@ -130,6 +132,7 @@ pub struct SockOpts {
     pub sndbuf: Option<usize>,
     pub rcvbuf: Option<usize>,
     pub congestion: Congestion,
+    pub pacing: Option<u64>,
 }
 
 impl FromStr for SockOpts {
@@ -155,6 +158,7 @@ impl FromStr for SockOpts {
                 ("nodelay", None) => {}
                 ("sndbuf", v) => o.sndbuf = Some(size(v)?),
                 ("rcvbuf", v) => o.rcvbuf = Some(size(v)?),
+                ("pacing", v) => o.pacing = Some(size(v)? as u64).filter(|&r| r > 0),
                 ("cc" | "congestion", Some(name)) => {
                     o.congestion = match name.to_ascii_lowercase().as_str() {
                         "system" | "default" => Congestion::System,
@@ -168,7 +172,8 @@ impl FromStr for SockOpts {
                 }
                 _ => {
                     return Err(Error::Config(format!(
-                        "unsupported socket option {item:?}: sluice understands pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N, cc=NAME"
+                        "unsupported socket option {item:?}: sluice understands pf=ip4|ip6, keepalive, nodelay, sndbuf=N, rcvbuf=N, cc=NAME, \
+                         pacing=RATE"
                     )));
                 }
             }
@@ -198,6 +203,9 @@ impl SockOpts {
         }
         if let Some(n) = self.rcvbuf {
             set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n.min(i32::MAX as usize) as i32)?;
+        }
+        if let Some(rate) = self.pacing {
+            crate::backend::sys::set_sockopt_bytes(fd, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate.to_ne_bytes())?;
         }
         if let Some(name) = self.congestion.name() {
             let set = crate::backend::sys::set_sockopt_bytes(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_bytes());
@@ -398,7 +406,8 @@ mod tests {
                 keepalive: true,
                 sndbuf: Some(4 << 20),
                 rcvbuf: Some(262_144),
-                congestion: Congestion::Preferred
+                congestion: Congestion::Preferred,
+                pacing: None,
             }
         );
         assert_eq!("cc=system".parse::<SockOpts>().unwrap().congestion, Congestion::System);
@@ -460,6 +469,18 @@ mod tests {
         assert_eq!(congestion_control(&s).unwrap(), "reno");
         let e = "cc=nosuchcc".parse::<SockOpts>().unwrap().apply(sock()).unwrap_err().to_string();
         assert!(e.contains("\"nosuchcc\"") && e.contains("tcp_available_congestion_control"), "{e}");
+    }
+
+    #[test]
+    fn pacing_caps_each_connection() {
+        use crate::backend::sys::max_pacing_rate;
+        let o: SockOpts = "cc=system, pacing=20M".parse().unwrap();
+        assert_eq!(o.pacing, Some(20 << 20));
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(max_pacing_rate(&s).unwrap(), u64::MAX, "no cap unless asked");
+        o.apply(&s).unwrap();
+        assert_eq!(max_pacing_rate(&s).unwrap(), 20 << 20);
+        assert!("pacing".parse::<SockOpts>().unwrap_err().to_string().contains("needs a value"));
     }
 
     #[test]

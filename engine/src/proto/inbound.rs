@@ -41,6 +41,8 @@ pub enum Event {
     /// END on stream 0, after its STREAM_END: the session's totals as the
     /// sender counted them.
     End { entries: u64, data_bytes: u64, frames: u64 },
+    /// A KEEPALIVE on a stream the sender holds idle (protocol 8).
+    Parked,
 }
 
 /// The processed count to record, and whether to tell the sender now (an
@@ -73,6 +75,9 @@ pub struct Inbound {
     ended: bool,
     /// A DATA frame admitted by [`Inbound::data`] and not yet verified.
     admitted: Option<(u32, u64)>,
+    /// The sender may park this stream (protocol 8): its KEEPALIVEs are
+    /// signs of life.
+    parkable: bool,
 }
 
 impl Inbound {
@@ -94,7 +99,17 @@ impl Inbound {
             acked_at: None,
             ended: false,
             admitted: None,
+            parkable: false,
         }
+    }
+
+    /// The same, in a session of protocol `version`: from
+    /// [`wire::since::PARKED_STREAMS`] on, a sender's KEEPALIVE is
+    /// allowed on any stream.
+    #[must_use]
+    pub fn speaking(mut self, version: u16) -> Self {
+        self.parkable = version >= crate::wire::since::PARKED_STREAMS;
+        self
     }
 
     fn peer_err(&self, reason: String) -> Error {
@@ -170,6 +185,8 @@ impl Inbound {
                 return Ok((Event::End { entries, data_bytes, frames }, self.count(0, now, true)));
             }
             Frame::Abort { reason } => return Err(Error::SenderFailed(reason)),
+            // Not counted: the sender does not keep it for resending.
+            Frame::Keepalive if self.parkable && !self.ended => return Ok((Event::Parked, None)),
             _ if self.ended => return Err(self.peer_err(format!("sent a frame on stream {index} after its end"))),
             Frame::FileDone { file_id, digest } => Event::FileDone { file_id, digest },
             Frame::Announce { file_id, mode, path } => Event::Announce { file_id, mode, path },
@@ -275,6 +292,22 @@ mod tests {
         let e = s.data(h(data_flags::LZ4), &data_header(0, 1, 0)).unwrap_err().to_string();
         assert!(e.contains("unsealed Data frame in a sealed session"), "{e}");
         s.data(h(data_flags::LZ4 | SEALED), &data_header(0, 1, 0)).unwrap();
+    }
+
+    #[test]
+    fn a_senders_keepalive_is_a_sign_of_life_from_protocol_8_and_never_counted() {
+        let t = Instant::now();
+        let mut old = Inbound::new(1, "peer", caps::RESUME, false).speaking(7);
+        let e = old.control(Frame::Keepalive, t).unwrap_err().to_string();
+        assert!(e.contains("Keepalive in the middle of the data"), "{e}");
+        let mut s = Inbound::new(1, "peer", caps::RESUME, false).speaking(8);
+        for _ in 0..100 {
+            assert_eq!(s.control(Frame::Keepalive, t).unwrap(), (Event::Parked, None));
+        }
+        assert_eq!(s.processed(), 0, "the sender keeps no KEEPALIVE for resending, so none is counted");
+        s.control(Frame::StreamEnd { frames: 0, bytes: 0 }, t).unwrap();
+        let e = s.control(Frame::Keepalive, t).unwrap_err().to_string();
+        assert!(e.contains("after its end"), "{e}");
     }
 
     #[test]

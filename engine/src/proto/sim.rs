@@ -184,6 +184,7 @@ fn run(entries: &[Entry], data_bytes: u64, source: &[Vec<u8>], block_size: u32, 
                         table.done(file_id, digest, peer)?;
                     }
                     Event::StreamEnded { last } => r.done = last,
+                    Event::Parked => {}
                     Event::End { entries, data_bytes, frames } => {
                         *end = Some((entries, data_bytes, frames));
                         r.done = true;
