@@ -57,7 +57,10 @@
 //! SST's joiner assembles its new files from the old ones by sharing
 //! extents (`copy_file_range` reflinks), instead of writing the datadir
 //! again — the joiner a production host on XFS is. Needs `mkfs.xfs`
-//! (xfsprogs) and a loop device.
+//! (xfsprogs) and a loop device. `JOINER_FS=xfs-ram` puts that image in
+//! /dev/shm: the joiner's disk is then not the donor's (two hosts have a
+//! disk each; on this rig both namespaces otherwise share one), and a
+//! fast one.
 
 #[path = "../tests/cluster/mod.rs"]
 mod cluster;
@@ -90,8 +93,12 @@ fn main() {
     let mut _joiner_fs: Option<Mounted> = None;
     let mut c = Cluster::new(&work, &spec, &sluice.canonicalize().expect("sluice binary"));
     if let Ok(kind) = std::env::var("JOINER_FS") {
-        assert_eq!(kind, "xfs", "JOINER_FS takes xfs");
-        let m = Mounted::xfs(&work.with_extension("joiner-xfs.img"), &c.nodes[1].datadir);
+        let image = match kind.as_str() {
+            "xfs" => work.with_extension("joiner-xfs.img"),
+            "xfs-ram" => std::path::Path::new("/dev/shm").join(format!("sluice-joiner-{}.img", std::process::id())),
+            _ => panic!("JOINER_FS takes xfs or xfs-ram"),
+        };
+        let m = Mounted::xfs(&image, &c.nodes[1].datadir);
         println!("the joiner's datadir is an XFS filesystem of its own (reflink=1) on {}", m.image.display());
         _joiner_fs = Some(m);
     }

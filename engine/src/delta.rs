@@ -355,7 +355,8 @@ pub struct Served {
 }
 
 /// The receiver's side: walks the manifest's files in `order` (the
-/// sender's), fingerprints each one's old copy beneath `base` (opened
+/// sender's), fingerprints each one's old copy beneath `base` (at its own
+/// path, or its stand-in's: [`crate::standin`]; opened
 /// without following symlinks; a missing, unreadable or non-regular old
 /// file has no fingerprints) over the pages that lie wholly inside the
 /// new file's data, and hands PRINTS frames to `send` (false: stop).
@@ -366,6 +367,7 @@ pub struct Served {
 /// `None`: leave the file out, it is complete).
 pub fn serve(
     base: impl AsFd,
+    standins: &crate::standin::Standins,
     entries: &[Entry],
     order: &[u32],
     from: impl Fn(u32) -> Option<u64>,
@@ -387,7 +389,7 @@ pub fn serve(
         let wanted = |p: u64| e.extents.iter().any(|x| x.offset <= p * PRINT_PAGE && (p + 1) * PRINT_PAGE <= x.offset + x.len);
         let mut batch: Option<(u64, Vec<Fingerprint>)> = None;
         let mut ok = true;
-        if let Ok(old) = fingerprint::open(base.as_fd(), &e.path) {
+        if let Ok(old) = fingerprint::open(base.as_fd(), standins.old_path(id, &e.path)) {
             served.files += 1;
             let old_len = old.metadata().map_or(0, |m| m.len());
             let limit = old_len.min(e.size) / PRINT_PAGE * PRINT_PAGE;
@@ -702,6 +704,7 @@ mod tests {
         let mut paced = Vec::new();
         let served = serve(
             &root,
+            &crate::standin::Standins::default(),
             &entries,
             &[1, 0, 2],
             |_| Some(0),
@@ -727,13 +730,14 @@ mod tests {
         );
         assert_eq!(paced[..2], [0, 4 * P], "paced by the sender's order");
         // A stop from the pacing ends the walk.
-        let stopped = serve(&root, &entries, &[0], |_| Some(0), |_| false, |_| true);
+        let stopped = serve(&root, &crate::standin::Standins::default(), &entries, &[0], |_| Some(0), |_| false, |_| true);
         assert!(!stopped.complete);
         // A skipped file sends nothing; a walk from a later page starts there.
         let mut sent = Vec::new();
         assert!(
             serve(
                 &root,
+                &crate::standin::Standins::default(),
                 &entries,
                 &[1, 0],
                 |id| (id == 0).then_some(P + 7),

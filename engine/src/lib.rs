@@ -50,6 +50,7 @@ pub mod send;
 pub mod sink;
 mod slot;
 pub mod source;
+pub mod standin;
 pub mod throttle;
 pub mod wire;
 

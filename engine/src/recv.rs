@@ -584,7 +584,18 @@ fn receive_session(
     }
     // A delta transfer: the old copy to fingerprint and to take references
     // from (the destination itself, whose files are then updated in place).
-    let base = if caps0 & caps::DELTA != 0 { open_base(cfg.delta.as_ref(), &mut sink) } else { None };
+    let mut base = if caps0 & caps::DELTA != 0 { open_base(cfg.delta.as_ref(), &mut sink) } else { None };
+    if let Some(b) = base.as_mut().filter(|b| !b.in_place && !streamed) {
+        b.standins = crate::standin::find(&b.root, &entries);
+        if !b.standins.is_empty() {
+            tracing::info!(
+                "delta: {} new files have no old copy at their own path; each is compared with an old file of its directory \
+                 and kind that the new tree no longer names (a renamed table, say)",
+                b.standins.len()
+            );
+        }
+    }
+    let base = base;
     let reused = AtomicU64::new(0);
     let zeros = AtomicU64::new(0);
     let streams_done = AtomicBool::new(false);
@@ -607,7 +618,7 @@ fn receive_session(
             }
             (Some(b), None) => {
                 let (entries, slots, abort, progress, done, tally) = (&entries, slots, &abort, &*progress, &streams_done, &tally);
-                scope.spawn(move || serve_prints(&b.root, entries, tally, slots, abort, progress, done));
+                scope.spawn(move || serve_prints(b, entries, tally, slots, abort, progress, done));
             }
             _ => {}
         }
@@ -687,6 +698,8 @@ fn receive_session(
 struct OldCopy {
     root: File,
     in_place: bool,
+    /// Old files that stand in for new ones it lacks (renamed tables).
+    standins: crate::standin::Standins,
 }
 
 /// Opens the old copy of a granted delta transfer (`None` on failure: the
@@ -697,7 +710,7 @@ fn open_base(base: Option<&crate::delta::Base>, sink: &mut Sink) -> Option<OldCo
         crate::delta::Base::InPlace => {
             sink.update_in_place();
             match sink.root().try_clone() {
-                Ok(root) => Some(OldCopy { root, in_place: true }),
+                Ok(root) => Some(OldCopy { root, in_place: true, standins: crate::standin::Standins::default() }),
                 Err(e) => {
                     tracing::warn!("delta: cannot share the destination's descriptor ({e}); sending everything");
                     None
@@ -706,7 +719,7 @@ fn open_base(base: Option<&crate::delta::Base>, sink: &mut Sink) -> Option<OldCo
         }
         crate::delta::Base::Dir(dir) => {
             match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(dir) {
-                Ok(root) => Some(OldCopy { root, in_place: false }),
+                Ok(root) => Some(OldCopy { root, in_place: false, standins: crate::standin::Standins::default() }),
                 Err(e) => {
                     tracing::warn!("delta: cannot open the old copy {} ({e}); sending everything", dir.display());
                     None
@@ -723,7 +736,7 @@ fn open_base(base: Option<&crate::delta::Base>, sink: &mut Sink) -> Option<OldCo
 /// the walk starts again on the new connection, over the files not yet
 /// complete here, each from its first page; the sender takes them anew.
 fn serve_prints(
-    root: &File,
+    base: &OldCopy,
     entries: &[Entry],
     tally: &RecvTally,
     slots: &[Arc<Slot>],
@@ -760,7 +773,7 @@ fn serve_prints(
             _ if tally.is_complete(id) => None,
             _ => Some(tally.received(id).saturating_sub(margin)),
         };
-        let served = crate::delta::serve(root, entries, &order, from, pace, send);
+        let served = crate::delta::serve(&base.root, &base.standins, entries, &order, from, pace, send);
         (total.files, total.pages, total.complete) = (total.files + served.files, total.pages + served.pages, served.complete);
         walks += 1;
         // Until the streams end: if stream 0 reconnects (fingerprints in
@@ -1259,7 +1272,7 @@ impl StreamCtx<'_> {
         if !base.in_place {
             if old.as_ref().is_none_or(|(id, _)| *id != d.file_id) {
                 *old = None;
-                let f = crate::fingerprint::open(&base.root, target.path())
+                let f = crate::fingerprint::open(&base.root, base.standins.old_path(d.file_id, target.path()))
                     .map_err(|e| invalid(format!("a reference to the old copy, which cannot be opened: {e}")))?;
                 *old = Some((d.file_id, f));
             }
