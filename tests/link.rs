@@ -65,6 +65,19 @@ fn transfer(rig: &Rig, src: &Path, dest: &Path, extra: &[&str]) -> (f64, String)
     (line.rsplit(' ').next().unwrap().parse().unwrap(), log)
 }
 
+/// A generated corpus (half repetitive text, half random pages) of
+/// `big_mib` MiB in big files and `small` small files, in `dir`/src.
+fn corpus(dir: &Path, big_mib: &str, small: &str) -> std::path::PathBuf {
+    let src = dir.join("src");
+    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["-q", "gen-sample", "--corpus", "--big-mib", big_mib, "--small", small])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(generated.success());
+    src
+}
+
 /// Two namespaces joined by a veth pair (10.78.0.1 ↔ 10.78.0.2), both
 /// egresses shaped to `rate` (unshaped if `None`); `None` (reported)
 /// without root or iproute2.
@@ -87,13 +100,7 @@ fn adaptive_compression_pays_on_a_slow_link_and_the_copy_is_identical() {
 
     // Half repetitive text, half random pages: what a datadir looks like.
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-q", "gen-sample", "--corpus", "--big-mib", "96", "--small", "200"])
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(generated.success());
+    let src = corpus(tmp.path(), "96", "200");
 
     let (adaptive, log) = transfer(&rig, &src, &tmp.path().join("adaptive"), &[]);
     let (off, _) = transfer(&rig, &src, &tmp.path().join("off"), &["--compress", "none"]);
@@ -196,13 +203,7 @@ const STEADY: [&str; 6] = ["--streams", "2", "--compress", "none", "--rate-limit
 /// returned the transfer ended.
 fn transfer_through(rig: &Rig, big_mib: &str, small: &str, how: &[&str], after: Duration, fault: impl FnOnce()) -> (String, Duration) {
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-q", "gen-sample", "--corpus", "--big-mib", big_mib, "--small", small])
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(generated.success());
+    let src = corpus(tmp.path(), big_mib, small);
     let dest = tmp.path().join("dest");
     let token = dest.with_extension("token");
     let recv_log = tmp.path().join("recv.log");
@@ -298,13 +299,7 @@ fn streams_are_added_where_each_connection_is_limited_and_retired_where_the_link
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(rig) = rig("g", None) else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    let generated = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-q", "gen-sample", "--corpus", "--big-mib", "96", "--small", "20"])
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(generated.success());
+    let src = corpus(tmp.path(), "96", "20");
 
     let adaptive = ["--max-streams", "8", "--compress", "none"];
     let (_, log) = transfer(&rig, &src, &tmp.path().join("paced"), &[&adaptive[..], &["--sockopt", "pacing=4M"]].concat());

@@ -205,27 +205,29 @@ pub fn set_sockopt_bytes(sock: impl AsFd, level: libc::c_int, name: libc::c_int,
     cvt(unsafe { libc::setsockopt(sock.as_fd().as_raw_fd(), level, name, value.as_ptr().cast(), len) }).map(drop)
 }
 
+/// Reads a socket option into `buf`; returns the bytes the kernel wrote.
+fn get_sockopt_bytes(sock: impl AsFd, level: libc::c_int, name: libc::c_int, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = libc::socklen_t::try_from(buf.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `buf` is valid for writes of `len` bytes and `len` is a live socklen_t.
+    cvt(unsafe { libc::getsockopt(sock.as_fd().as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &raw mut len) })?;
+    Ok((len as usize).min(buf.len()))
+}
+
 /// A socket's pacing cap in bytes per second (`SO_MAX_PACING_RATE`;
 /// `u64::MAX`: none).
 pub fn max_pacing_rate(sock: impl AsFd) -> io::Result<u64> {
     let mut rate = [0u8; 8];
-    let mut len = rate.len() as libc::socklen_t;
-    // SAFETY: `rate` is valid for writes of `len` bytes and `len` is a live socklen_t.
-    cvt(unsafe {
-        libc::getsockopt(sock.as_fd().as_raw_fd(), libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, rate.as_mut_ptr().cast(), &raw mut len)
-    })?;
-    Ok(if len as usize == 8 { u64::from_ne_bytes(rate) } else { u64::from(u32::from_ne_bytes([rate[0], rate[1], rate[2], rate[3]])) })
+    Ok(match get_sockopt_bytes(sock, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &mut rate)? {
+        8 => u64::from_ne_bytes(rate),
+        _ => u64::from(u32::from_ne_bytes([rate[0], rate[1], rate[2], rate[3]])),
+    })
 }
 
 /// The TCP congestion control algorithm a socket runs (`TCP_CONGESTION`).
 pub fn congestion_control(sock: impl AsFd) -> io::Result<String> {
     let mut name = [0u8; 16];
-    let mut len = name.len() as libc::socklen_t;
-    // SAFETY: `name` is valid for writes of `len` bytes and `len` is a live socklen_t.
-    cvt(unsafe {
-        libc::getsockopt(sock.as_fd().as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &raw mut len)
-    })?;
-    let name = &name[..(len as usize).min(name.len())];
+    let len = get_sockopt_bytes(sock, libc::IPPROTO_TCP, libc::TCP_CONGESTION, &mut name)?;
+    let name = &name[..len];
     Ok(String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]).into_owned())
 }
 
